@@ -1,0 +1,52 @@
+# Quick start: `make demo` (set-up, then the lineage on generated data) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+STL_DATA_DIR ?= $(CURDIR)/.stl_data
+DAGSTER_HOME ?= $(STL_DATA_DIR)/dagster_home
+export STL_DATA_DIR DAGSTER_HOME
+
+.PHONY: install demo test lint format ui bench lock clean
+
+install: $(STAMP)
+
+# requirements.lock pins every package `make` installs; pyproject.toml keeps lower bounds only.
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $@
+
+demo: install
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/stl-demo
+
+test: install lint
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check stl_pipeline stl_pipeline_tests benchmarks
+	$(BIN)/ruff format --check stl_pipeline stl_pipeline_tests benchmarks
+
+format: install
+	$(BIN)/ruff check --fix stl_pipeline stl_pipeline_tests benchmarks
+	$(BIN)/ruff format stl_pipeline stl_pipeline_tests benchmarks
+
+ui: install
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev
+
+bench: install
+	$(BIN)/python benchmarks/download.py
+	$(BIN)/python benchmarks/full_scale.py
+
+# Re-resolve the pins from pyproject.toml in a scratch venv.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,40 @@
+"""Wires assets, checks, jobs and resources; the environment is read in settings.py."""
+
+import dagster as dg
+
+from stl_pipeline.images import assets as image_assets
+from stl_pipeline.ingest import assets as ingest_assets
+from stl_pipeline.io_managers import ParquetIOManager
+from stl_pipeline.resources import ImageSource, StlFiles
+from stl_pipeline.settings import Settings, load_settings
+
+MODULES = [ingest_assets, image_assets]
+
+stl_full_pipeline = dg.define_asset_job(
+    "stl_full_pipeline",
+    selection=dg.AssetSelection.all(),
+    description="Every asset, from the raw files to the downloaded images.",
+)
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules(MODULES),
+        asset_checks=dg.load_asset_checks_from_modules(MODULES),
+        jobs=[stl_full_pipeline],
+        resources={
+            "stl_files": StlFiles(
+                data_dir=str(settings.data_dir),
+                pairs_path=str(settings.pairs_path),
+                categories_path=str(settings.categories_path),
+                demo=settings.demo,
+            ),
+            "image_source": ImageSource(
+                url_template=settings.image_url_template, allowed_hosts=list(settings.allowed_hosts)
+            ),
+            "io_manager": ParquetIOManager(base_dir=str(settings.data_dir / "tables")),
+        },
+    )
+
+
+defs = build_definitions(load_settings())

@@ -1,0 +1,70 @@
+"""``stl-generate``: write a generated STL-format dataset to a directory."""
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from stl_pipeline.generate.dataset import FULL_SCALE, GeneratorConfig, generate_dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = GeneratorConfig()
+    parser = argparse.ArgumentParser(
+        prog="stl-generate",
+        description="Write fashion.json, fashion-cat.json, fashion-styles.json and images/ "
+        "in the formats of the Shop-the-Look release.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="directory to create")
+    parser.add_argument("--products", type=int, default=defaults.products)
+    parser.add_argument("--scenes", type=int, default=defaults.scenes)
+    parser.add_argument("--pairs", type=int, default=None, help="total pairs (default: 2-5 per scene)")
+    parser.add_argument(
+        "--full-scale",
+        action="store_true",
+        help=f"the release's size: {FULL_SCALE['products']:,} products, {FULL_SCALE['pairs']:,} pairs",
+    )
+    parser.add_argument("--styles", type=int, default=defaults.styles)
+    parser.add_argument(
+        "--off-style",
+        type=float,
+        default=defaults.off_style,
+        help="share of a scene's products from another style (harder when higher)",
+    )
+    parser.add_argument(
+        "--jitter", type=float, default=defaults.jitter, help="colour, placement and pixel noise in [0, 0.5]"
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--workers", type=int, default=None, help="render processes (default: auto)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    args = parser.parse_args(argv)
+
+    sizes = (
+        FULL_SCALE
+        if args.full_scale
+        else {"products": args.products, "scenes": args.scenes, "pairs": args.pairs}
+    )
+    config = GeneratorConfig(
+        **sizes, styles=args.styles, off_style=args.off_style, jitter=args.jitter, seed=args.seed
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.out.exists():
+        if not args.force:
+            parser.error(f"{args.out} exists; pass --force to replace it")
+        shutil.rmtree(args.out)
+    start = time.perf_counter()
+    summary = generate_dataset(config, args.out, workers=args.workers)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    summary["out"] = str(args.out)
+    json.dump(summary, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

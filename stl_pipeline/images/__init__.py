@@ -1,0 +1,1 @@
+"""Images: fetch, verify and store every product and scene image the pairs name."""

@@ -1,0 +1,1 @@
+"""Ingestion: raw STL JSON files to validated pair and product tables."""

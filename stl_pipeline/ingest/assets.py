@@ -1,0 +1,141 @@
+"""Assets ``stl_pairs`` and ``stl_products`` and the checks that guard them."""
+
+import time
+
+import dagster as dg
+import pandas as pd
+
+from stl_pipeline.ingest.tables import (
+    check_quarantine,
+    ingest,
+    invalid_bboxes,
+    invalid_ids,
+    scenes_in_several_splits,
+)
+from stl_pipeline.reporting import counts, markdown
+from stl_pipeline.resources import StlFiles
+from stl_pipeline.storage import atomic_write_with
+
+
+class IngestConfig(dg.Config):
+    max_quarantine_share: float = 0.01
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+
+@dg.multi_asset(
+    outs={
+        "stl_pairs": dg.AssetOut(description="Validated pairs: scene, product, bbox, split by scene."),
+        "stl_products": dg.AssetOut(description="Products: category path, leaf, pairs, train popularity."),
+    },
+    group_name="ingest",
+)
+def stl_tables(context: dg.AssetExecutionContext, config: IngestConfig, stl_files: StlFiles):
+    """Stream and validate the raw files; quarantine what is malformed."""
+    start = time.perf_counter()
+    pairs_path, categories_path = stl_files.ensure(context.log)
+    result = ingest(pairs_path, categories_path, config.split_seed, config.val_fraction, config.test_fraction)
+    quarantine_path = stl_files.path("quarantine", "stl_pairs.parquet")
+    atomic_write_with(quarantine_path, lambda tmp: result.quarantine.to_parquet(tmp, index=False))
+    check_quarantine(result, config.max_quarantine_share, quarantine_path)
+
+    pairs, products = result.pairs, result.products
+    seconds = time.perf_counter() - start
+    yield dg.Output(
+        pairs,
+        output_name="stl_pairs",
+        metadata={
+            "source": dg.MetadataValue.path(str(pairs_path)),
+            "lines": result.lines,
+            "pairs": len(pairs),
+            "scenes": pairs["scene"].nunique(),
+            "duplicates_dropped": result.duplicates,
+            "quarantined": len(result.quarantine),
+            "quarantined_share": float(result.quarantined_share),
+            "quarantine_path": dg.MetadataValue.path(str(quarantine_path)),
+            "quarantine_reasons": dg.MetadataValue.md(
+                counts(
+                    result.quarantine["reason"].str.replace(r"'.*'|\[.*\]|[0-9a-f]{32}", "…", regex=True),
+                    "reason",
+                )
+                if len(result.quarantine)
+                else "none"
+            ),
+            "pairs_per_split": dg.MetadataValue.md(counts(pairs["split"], "split")),
+            "scenes_per_split": dg.MetadataValue.md(counts(pairs.drop_duplicates("scene")["split"], "split")),
+            "pairs_per_category": dg.MetadataValue.md(counts(pairs["category"], "category")),
+            "preview": dg.MetadataValue.md(markdown(pairs, max_rows=5)),
+            "seconds": round(seconds, 2),
+        },
+    )
+    yield dg.Output(
+        products,
+        output_name="stl_products",
+        metadata={
+            "source": dg.MetadataValue.path(str(categories_path)),
+            "products": len(products),
+            "products_without_pairs": int((products["pairs"] == 0).sum()),
+            "products_per_category": dg.MetadataValue.md(counts(products["category"], "category")),
+            "max_popularity": int(products["popularity"].max()) if len(products) else 0,
+            "preview": dg.MetadataValue.md(
+                markdown(products.sort_values("popularity", ascending=False), max_rows=5)
+            ),
+        },
+    )
+
+
+def _result(
+    failures: pd.DataFrame | pd.Series, what: str, columns: list[str] | None = None
+) -> dg.AssetCheckResult:
+    metadata: dict = {"failures": len(failures)}
+    if len(failures):
+        sample = failures.reset_index() if isinstance(failures, pd.Series) else failures
+        metadata["sample"] = dg.MetadataValue.md(
+            markdown(sample[columns] if columns else sample, max_rows=10)
+        )
+    return dg.AssetCheckResult(
+        passed=len(failures) == 0,
+        metadata=metadata,
+        description=f"{len(failures)} {what}" if len(failures) else None,
+    )
+
+
+@dg.asset_check(asset="stl_pairs", blocking=True, description="Scene and product ids are 32-hex signatures.")
+def stl_pairs_ids_valid(stl_pairs: pd.DataFrame) -> dg.AssetCheckResult:
+    bad = pd.concat([invalid_ids(stl_pairs, "scene"), invalid_ids(stl_pairs, "product")]).drop_duplicates(
+        "pair_id"
+    )
+    return _result(bad, "pairs with an invalid id", ["line", "scene", "product"])
+
+
+@dg.asset_check(
+    asset="stl_pairs", blocking=True, description="Boxes are finite, in [0, 1], left < right, top < bottom."
+)
+def stl_pairs_bboxes_valid(stl_pairs: pd.DataFrame) -> dg.AssetCheckResult:
+    return _result(
+        invalid_bboxes(stl_pairs), "pairs with an invalid bbox", ["line", "left", "top", "right", "bottom"]
+    )
+
+
+@dg.asset_check(
+    asset="stl_pairs",
+    blocking=True,
+    additional_ins={"stl_products": dg.AssetIn()},
+    description="Every pair's product is in the product table.",
+)
+def stl_pairs_products_have_category(
+    stl_pairs: pd.DataFrame, stl_products: pd.DataFrame
+) -> dg.AssetCheckResult:
+    missing = stl_pairs[~stl_pairs["product"].isin(stl_products["product"])]
+    return _result(missing, "pairs whose product has no category", ["line", "product"])
+
+
+@dg.asset_check(asset="stl_pairs", blocking=True, description="No scene has pairs in two splits.")
+def stl_pairs_splits_disjoint(stl_pairs: pd.DataFrame) -> dg.AssetCheckResult:
+    return _result(scenes_in_several_splits(stl_pairs), "scenes in more than one split")
+
+
+@dg.asset_check(asset="stl_products", blocking=True, description="Product ids are 32-hex signatures.")
+def stl_products_ids_valid(stl_products: pd.DataFrame) -> dg.AssetCheckResult:
+    return _result(invalid_ids(stl_products, "product"), "products with an invalid id", ["product"])

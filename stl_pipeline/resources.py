@@ -1,0 +1,79 @@
+"""Resources: the raw STL files, the image source, and where outputs are stored."""
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from stl_pipeline.generate import GeneratorConfig, generate_dataset
+from stl_pipeline.images.download import Downloader, DownloadPolicy
+
+
+class StlFiles(dg.ConfigurableResource):
+    """The raw release files, or the generated demo dataset created on first use."""
+
+    data_dir: str = Field(description="Where everything the pipeline writes lives (STL_DATA_DIR).")
+    pairs_path: str = Field(description="fashion.json: one pair a line (STL_PAIRS_PATH).")
+    categories_path: str = Field(description="fashion-cat.json: id -> category path (STL_CATEGORIES_PATH).")
+    demo: bool = Field(description="The paths are the generated demo, made on first use.")
+    demo_products: int = 400
+    demo_scenes: int = 250
+    demo_seed: int = 0
+
+    def ensure(self, log: "dg.DagsterLogManager | None" = None) -> tuple[Path, Path]:
+        """Return the pairs and categories paths, generating the demo if it is missing."""
+        pairs, categories = Path(self.pairs_path), Path(self.categories_path)
+        if self.demo and not pairs.exists():
+            config = GeneratorConfig(
+                products=self.demo_products, scenes=self.demo_scenes, seed=self.demo_seed
+            )
+            if log:
+                log.info(f"Generating the demo dataset into {pairs.parent} ({config})")
+            generate_dataset(config, pairs.parent)
+        for path, variable in ((pairs, "STL_PAIRS_PATH"), (categories, "STL_CATEGORIES_PATH")):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist; point {variable} at the STL release file")
+        return pairs, categories
+
+    def path(self, *parts: str) -> Path:
+        return Path(self.data_dir).joinpath(*parts)
+
+
+class ImageSource(dg.ConfigurableResource):
+    """Where images come from and how politely and defensively they are fetched."""
+
+    url_template: str = Field(
+        description="URL of an image with {signature} and optional {shard} (STL_IMAGE_URL_TEMPLATE); "
+        "http(s):// or file://."
+    )
+    allowed_hosts: list[str] = Field(description="Hosts the downloader may contact (STL_ALLOWED_HOSTS).")
+    concurrency: int = 16
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0
+    total_timeout_s: float = 60.0
+    max_attempts: int = 4
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 25_000_000
+    min_success_rate: float = Field(
+        default=0.95,
+        description="Blocking check: the share of images that must be on disk. Lower it for the real "
+        "release, where many Pinterest URLs are dead.",
+    )
+
+    def downloader(self, store: Path) -> Downloader:
+        policy = DownloadPolicy(
+            url_template=self.url_template,
+            allowed_hosts=frozenset(h.lower() for h in self.allowed_hosts),
+            concurrency=self.concurrency,
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            total_timeout_s=self.total_timeout_s,
+            max_attempts=self.max_attempts,
+            backoff_base_s=self.backoff_base_s,
+            backoff_max_s=self.backoff_max_s,
+            max_bytes=self.max_bytes,
+            max_pixels=self.max_pixels,
+        )
+        return Downloader(policy, store)

@@ -1,0 +1,61 @@
+"""The environment contract: every ``STL_*`` variable and its embedded default.
+
+This is the only module that reads the environment, so "which data, where"
+is decided in exactly one place, and the Dagster launchpad shows the result.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from stl_pipeline.generate import CATEGORIES_FILE, IMAGES_DIR, PAIRS_FILE
+from stl_pipeline.ids import check_url_template
+
+PINTEREST_TEMPLATE = "http://i.pinimg.com/400x/{shard}/{signature}.jpg"
+DEMO_DIR = "demo"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    pairs_path: Path
+    categories_path: Path
+    image_url_template: str
+    allowed_hosts: tuple[str, ...]
+    demo: bool  # the raw files are the generated demo, created on first use
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.data_dir / DEMO_DIR
+
+
+def default_allowed_hosts(template: str) -> tuple[str, ...]:
+    host = urlsplit(template).hostname
+    return (host.lower(),) if host else ()
+
+
+def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
+    data_dir = Path(environ.get("STL_DATA_DIR") or ".stl_data").absolute()
+    pairs, categories = environ.get("STL_PAIRS_PATH"), environ.get("STL_CATEGORIES_PATH")
+    if bool(pairs) != bool(categories):
+        raise ValueError(
+            "set both STL_PAIRS_PATH and STL_CATEGORIES_PATH (your own STL files), "
+            "or neither (the generated demo dataset)"
+        )
+    demo = not pairs
+    demo_dir = data_dir / DEMO_DIR
+    if demo:
+        pairs_path, categories_path = demo_dir / PAIRS_FILE, demo_dir / CATEGORIES_FILE
+        default_template = (demo_dir / IMAGES_DIR).as_uri() + "/{signature}.jpg"
+    else:
+        pairs_path, categories_path = Path(pairs).absolute(), Path(categories).absolute()
+        default_template = PINTEREST_TEMPLATE
+    template = check_url_template(environ.get("STL_IMAGE_URL_TEMPLATE") or default_template)
+    hosts_text = environ.get("STL_ALLOWED_HOSTS")
+    if hosts_text:
+        hosts = tuple(h.strip().lower() for h in hosts_text.split(",") if h.strip())
+    else:
+        hosts = default_allowed_hosts(template)
+    return Settings(data_dir, pairs_path, categories_path, template, hosts, demo)
