@@ -92,12 +92,14 @@ def _rng(seed: int, kind: int, index: int) -> np.random.Generator:
 
 
 def _category_counts(config: GeneratorConfig) -> dict[str, int]:
-    """Products per category in the published proportions, at least one per style."""
+    """One product per style in every category, the rest in the published proportions."""
     total = sum(PUBLISHED_COUNTS.values())
-    counts = {c: max(config.styles, round(config.products * n / total)) for c, n in PUBLISHED_COUNTS.items()}
-    while (excess := sum(counts.values()) - config.products) != 0:
-        largest = max(counts, key=counts.get)  # type: ignore[arg-type]
-        counts[largest] -= excess
+    spare = config.products - config.styles * len(LEAVES)
+    shares = {c: spare * n / total for c, n in PUBLISHED_COUNTS.items()}
+    counts = {c: config.styles + int(share) for c, share in shares.items()}
+    by_remainder = sorted(shares, key=lambda c: shares[c] - int(shares[c]), reverse=True)
+    for category in by_remainder[: config.products - sum(counts.values())]:
+        counts[category] += 1
     return counts
 
 

@@ -47,12 +47,12 @@ def stl_tables(context: dg.AssetExecutionContext, config: IngestConfig, stl_file
         output_name="stl_pairs",
         metadata={
             "source": dg.MetadataValue.path(str(pairs_path)),
-            "lines": result.lines,
+            "lines": result.records[str(pairs_path)],
             "pairs": len(pairs),
             "scenes": pairs["scene"].nunique(),
             "duplicates_dropped": result.duplicates,
             "quarantined": len(result.quarantine),
-            "quarantined_share": float(result.quarantined_share),
+            "quarantined_share": max(result.quarantined_shares().values()),
             "quarantine_path": dg.MetadataValue.path(str(quarantine_path)),
             "quarantine_reasons": dg.MetadataValue.md(
                 counts(

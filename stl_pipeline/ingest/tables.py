@@ -43,13 +43,12 @@ class IngestResult:
     pairs: pd.DataFrame
     products: pd.DataFrame
     quarantine: pd.DataFrame
-    lines: int
-    category_entries: int
+    records: dict[str, int]  # file -> records read (non-blank lines, or category entries)
     duplicates: int
 
-    @property
-    def quarantined_share(self) -> float:
-        return len(self.quarantine) / max(1, self.lines + self.category_entries)
+    def quarantined_shares(self) -> dict[str, float]:
+        rejected = self.quarantine["file"].value_counts()
+        return {file: int(rejected.get(file, 0)) / max(1, n) for file, n in self.records.items()}
 
 
 def ingest(
@@ -78,27 +77,27 @@ def ingest(
         pairs=pairs,
         products=products,
         quarantine=quarantine.frame(),
-        lines=result.lines,
-        category_entries=category_entries,
+        records={str(pairs_path): result.lines, str(categories_path): category_entries},
         duplicates=result.duplicates,
     )
 
 
 def check_quarantine(result: IngestResult, max_share: float, quarantine_path: Path) -> None:
-    """Fail with the first reasons when more than ``max_share`` of the input was rejected."""
-    share = result.quarantined_share
-    if share <= max_share:
-        return
-    examples = "; ".join(
-        f"{row.file}:{row.line if pd.notna(row.line) else row.key}: {row.reason}"
-        for row in result.quarantine.head(3).itertuples()
-    )
-    raise IngestError(
-        f"{len(result.quarantine)} of {result.lines + result.category_entries} input records "
-        f"({share:.2%}) failed validation, over the limit of {max_share:.2%}. First: {examples}. "
-        f"Every rejected record is listed in {quarantine_path}. Fix the input files, or raise "
-        f"max_quarantine_share in the run config if this share is expected."
-    )
+    """Fail, naming the first reasons, when more than ``max_share`` of a file was rejected."""
+    for file, share in result.quarantined_shares().items():
+        if share <= max_share:
+            continue
+        rejected = result.quarantine[result.quarantine["file"] == file]
+        examples = "; ".join(
+            f"{row.file}:{row.line if pd.notna(row.line) else row.key}: {row.reason}"
+            for row in rejected.head(3).itertuples()
+        )
+        raise IngestError(
+            f"{len(rejected)} of {result.records[file]} records of {file} ({share:.2%}) failed "
+            f"validation, over the limit of {max_share:.2%}. First: {examples}. Every rejected record "
+            f"is listed in {quarantine_path}. Fix the input file, or raise max_quarantine_share in the "
+            "run config if this share is expected."
+        )
 
 
 def invalid_ids(frame: pd.DataFrame, column: str) -> pd.DataFrame:

@@ -1,0 +1,43 @@
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from stl_pipeline.generate import GeneratorConfig, generate_dataset
+
+# A small dataset most tests share: every (style, category) group has a product.
+SMALL = GeneratorConfig(products=120, scenes=60, styles=6, seed=7)
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's STL_* settings or writes into their data dir."""
+    for name in list(os.environ):
+        if name.startswith("STL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("STL_DATA_DIR", str(tmp_path / "stl_data"))
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests talk to servers they start on this machine, never to the internet."""
+    resolve = socket.getaddrinfo
+
+    def guarded(host: object, *args: object, **kwargs: object) -> list:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name is not None and name not in LOOPBACK:
+            raise socket.gaierror(f"tests may only reach loopback hosts, not {name!r}")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("generated") / "small"
+    generate_dataset(SMALL, out)
+    return out

@@ -1,0 +1,43 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def test_dagster_command_line_materializes_the_lineage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "STL_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(home)}
+    env = {k: v for k, v in env.items() if not k.startswith("STL_") or k == "STL_DATA_DIR"}
+    module = ["-m", "stl_pipeline.definitions"]
+
+    validate = subprocess.run(
+        [BIN / "dagster", "definitions", "validate", *module], env=env, capture_output=True, text=True
+    )
+    assert validate.returncode == 0, validate.stderr
+
+    materialize = subprocess.run(
+        [BIN / "dagster", "asset", "materialize", *module, "--select", "*"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert materialize.returncode == 0, materialize.stderr[-3000:]
+    assert "RUN_SUCCESS" in materialize.stderr
+
+    manifest = pd.read_parquet(tmp_path / "data" / "tables" / "scene_images.parquet")
+    assert len(manifest) > 0 and (manifest["status"] == "downloaded").all()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        (record,) = instance.get_run_records()
+        assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+        assert instance.get_latest_materialization_event(dg.AssetKey("product_images")) is not None

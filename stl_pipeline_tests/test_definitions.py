@@ -1,0 +1,41 @@
+import dagster as dg
+
+from stl_pipeline.definitions import defs
+
+ASSETS = {
+    "stl_pairs": "ingest",
+    "stl_products": "ingest",
+    "product_images": "images",
+    "scene_images": "images",
+}
+
+
+def test_definitions_load_with_the_interface_names() -> None:
+    graph = defs.resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == ASSETS
+    assert defs.resolve_job_def("stl_full_pipeline")
+
+
+def test_every_asset_is_guarded_by_blocking_checks() -> None:
+    graph = defs.resolve_asset_graph()
+    checks = {key: graph.get_check_spec(key) for key in graph.asset_check_keys}
+    guarded = {key.asset_key.to_user_string() for key in checks}
+    assert guarded == set(ASSETS)
+    assert all(spec.blocking for spec in checks.values())
+    names = {key.name for key in checks}
+    assert {
+        "stl_pairs_ids_valid",
+        "stl_pairs_bboxes_valid",
+        "stl_pairs_products_have_category",
+        "stl_pairs_splits_disjoint",
+        "product_images_success_rate",
+        "scene_images_success_rate",
+    } <= names
+
+
+def test_resources_show_the_environment_contract() -> None:
+    resources = defs.resources
+    assert resources["stl_files"].demo
+    assert "{signature}" in resources["image_source"].url_template
+    assert isinstance(resources["io_manager"], dg.ConfigurableIOManager)
