@@ -18,8 +18,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	touch $@
 
-demo: install
-	mkdir -p $(DAGSTER_HOME)
+demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/stl-demo
 
 test: install lint
@@ -33,9 +32,12 @@ format: install
 	$(BIN)/ruff check --fix stl_pipeline stl_pipeline_tests benchmarks
 	$(BIN)/ruff format stl_pipeline stl_pipeline_tests benchmarks
 
-ui: install
-	mkdir -p $(DAGSTER_HOME)
+ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev
+
+$(DAGSTER_HOME)/dagster.yaml: | instance/dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp -n instance/dagster.yaml $@
 
 bench: install
 	$(BIN)/python benchmarks/download.py
