@@ -1,5 +1,6 @@
 """Resources: the raw STL files, the image source, and where outputs are stored."""
 
+import contextlib
 from pathlib import Path
 
 import dagster as dg
@@ -29,7 +30,9 @@ class StlFiles(dg.ConfigurableResource):
             )
             if log:
                 log.info(f"Generating the demo dataset into {pairs.parent} ({config})")
-            generate_dataset(config, pairs.parent)
+            # A concurrent run may generate it first; its copy is identical.
+            with contextlib.suppress(FileExistsError):
+                generate_dataset(config, pairs.parent)
         for path, variable in ((pairs, "STL_PAIRS_PATH"), (categories, "STL_CATEGORIES_PATH")):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist; point {variable} at the STL release file")

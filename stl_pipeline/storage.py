@@ -1,4 +1,8 @@
-"""Atomic file writes: a reader never sees a half-written file, even after a crash."""
+"""Atomic file writes: a reader never sees a half-written file, even after a crash.
+
+Temporary files carry their writer's process id, so a cleanup removes only what
+a dead writer left behind, never the in-flight file of a concurrent run.
+"""
 
 import os
 import tempfile
@@ -10,12 +14,16 @@ from typing import BinaryIO
 PART_SUFFIX = ".part"
 
 
+def _temporary(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=PART_SUFFIX)
+
+
 @contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """Yield a file in ``path``'s directory that replaces ``path`` only once complete."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -35,8 +43,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_with(path: Path, write: Callable[[Path], None]) -> None:
     """Let ``write`` fill a temporary path (for libraries that want a file name)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
+    fd, tmp = _temporary(path)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -48,11 +55,27 @@ def atomic_write_with(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def _writer_alive(part: Path) -> bool:
+    fields = part.name[: -len(PART_SUFFIX)].split(".")
+    try:
+        pid = int(fields[-2])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_parts(root: Path) -> int:
-    """Delete temporary files a killed writer left under ``root``; return how many."""
+    """Delete temporary files whose writer has died under ``root``; return how many."""
     removed = 0
     if Path(root).is_dir():
         for part in Path(root).rglob(f".*{PART_SUFFIX}"):
-            part.unlink(missing_ok=True)
-            removed += 1
+            if not _writer_alive(part):
+                part.unlink(missing_ok=True)
+                removed += 1
     return removed

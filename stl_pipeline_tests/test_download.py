@@ -1,5 +1,6 @@
 import hashlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,17 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon") is None
     date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now + 30))
     assert 25 <= parse_retry_after(date, now=now) <= 31
+
+
+def test_concurrent_runs_share_one_store(tmp_path: Path) -> None:
+    """product_images and scene_images may run at once in dagster dev's executor."""
+    signatures = [signature(2, "shared", i) for i in range(60)]
+    with ImageServer() as server:
+        for s in signatures:
+            server.routes[s] = [Reply(body=JPEG, delay_s=0.01)]
+        runs = [Downloader(policy(server), tmp_path / "store") for _ in range(2)]
+        with ThreadPoolExecutor(2) as pool:
+            manifests = list(pool.map(lambda d: d.run(signatures), runs))
+    for manifest in manifests:
+        assert set(manifest["status"]) <= {DOWNLOADED, CACHED}
+        assert_store_consistent(tmp_path / "store", manifest)

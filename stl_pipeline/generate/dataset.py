@@ -274,8 +274,10 @@ def generate_dataset(config: GeneratorConfig, out: Path, workers: int | None = N
     try:
         _write(config, catalogue, scenes, staging, workers)
         os.replace(staging, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and out.exists():
+            raise FileExistsError(f"{out} was created by another process while generating") from exc
         raise
     return {
         "products": config.products,
