@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from stl_pipeline.categories import PATHS, UnknownCategoryError, parse_category_path
-from stl_pipeline.ingest.parse import IngestError, bbox_problem
+from stl_pipeline.ingest.parse import IngestError, bbox_problem, reason_kinds
 from stl_pipeline.ingest.tables import (
     check_quarantine,
     ingest,
@@ -123,6 +123,19 @@ def test_quarantine_threshold_fails_with_the_first_reasons(tmp_path: Path) -> No
     assert f"3 of 100 records of {pairs_path} (3.00%)" in message
     assert f"{pairs_path}:98: invalid JSON" in message
     assert "q.parquet" in message and "max_quarantine_share" in message
+
+
+def test_alike_reasons_count_together() -> None:
+    reasons = pd.Series(
+        [
+            "product id 'x' is not 32 lowercase hex characters",
+            f"product id '{P1.upper()}' is not 32 lowercase hex characters",
+            f"product {P1} has no valid category in fashion-cat.json",
+            f"product {P2} has no valid category in fashion-cat.json",
+            "bbox [0.5, 0.1, 0.2, 0.9] has left >= right (the format is [left, top, right, bottom])",
+        ]
+    )
+    assert reason_kinds(reasons).nunique() == 3
 
 
 def test_quarantine_share_is_per_file(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ import time
 import dagster as dg
 import pandas as pd
 
+from stl_pipeline.ingest.parse import reason_kinds
 from stl_pipeline.ingest.tables import (
     check_quarantine,
     ingest,
@@ -41,6 +42,7 @@ def stl_tables(context: dg.AssetExecutionContext, config: IngestConfig, stl_file
     check_quarantine(result, config.max_quarantine_share, quarantine_path)
 
     pairs, products = result.pairs, result.products
+    shares = result.quarantined_shares()
     seconds = time.perf_counter() - start
     yield dg.Output(
         pairs,
@@ -52,13 +54,11 @@ def stl_tables(context: dg.AssetExecutionContext, config: IngestConfig, stl_file
             "scenes": pairs["scene"].nunique(),
             "duplicates_dropped": result.duplicates,
             "quarantined": len(result.quarantine),
-            "quarantined_share": max(result.quarantined_shares().values()),
+            "pairs_quarantined_share": shares[str(pairs_path)],
+            "categories_quarantined_share": shares[str(categories_path)],
             "quarantine_path": dg.MetadataValue.path(str(quarantine_path)),
             "quarantine_reasons": dg.MetadataValue.md(
-                counts(
-                    result.quarantine["reason"].str.replace(r"'.*'|\[.*\]|[0-9a-f]{32}", "…", regex=True),
-                    "reason",
-                )
+                counts(reason_kinds(result.quarantine["reason"]), "reason")
                 if len(result.quarantine)
                 else "none"
             ),

@@ -42,6 +42,11 @@ class Quarantine:
         )
 
 
+def reason_kinds(reasons: pd.Series) -> pd.Series:
+    """Reasons with their quoted values, lists and ids blanked, so alike reasons count together."""
+    return reasons.str.replace(r"'.*'|\[.*\]|[0-9a-f]{32}", "…", regex=True)
+
+
 def _describe(value: object) -> str:
     shown = repr(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."
