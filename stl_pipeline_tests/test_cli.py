@@ -41,3 +41,24 @@ def test_dagster_command_line_materializes_the_lineage(
         (record,) = instance.get_run_records()
         assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
         assert instance.get_latest_materialization_event(dg.AssetKey("product_images")) is not None
+
+
+def test_stl_demo_records_its_run_for_the_ui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`make demo`'s command: the full job on the instance that `make ui` opens."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("STL_DATA_DIR", str(tmp_path / "data"))
+    from stl_pipeline import definitions
+    from stl_pipeline.demo import main
+
+    monkeypatch.setattr(definitions, "defs", definitions.build_definitions(definitions.load_settings()))
+    assert main() == 0
+    out = capsys.readouterr().out
+    assert "of stl_full_pipeline: succeeded" in out
+    assert out.count("  pass  ") == 7 and "FAIL" not in out
+    with dg.DagsterInstance.get() as instance:
+        (record,) = instance.get_run_records()
+        assert record.dagster_run.job_name == "stl_full_pipeline"

@@ -12,6 +12,7 @@ from stl_pipeline.images.download import (
     FAILED,
     Downloader,
     DownloadPolicy,
+    Progress,
     parse_retry_after,
 )
 from stl_pipeline.images.verify import verify_image
@@ -169,6 +170,11 @@ def test_progress_is_reported(scripted: ImageServer, tmp_path: Path) -> None:
     Downloader(policy(scripted), tmp_path / "store").run([sig("ok"), sig("png")], progress=reports.append)
     assert reports[-1].done == reports[-1].total == 2
     assert "images/s" in str(reports[-1])
+
+
+def test_progress_before_the_first_image_has_no_eta() -> None:
+    assert "ETA unknown" in str(Progress(done=0, total=10, failed=0, elapsed_s=5.0))
+    assert "ETA 5s" in str(Progress(done=5, total=10, failed=0, elapsed_s=5.0))
 
 
 def test_file_source(tmp_path: Path) -> None:

@@ -100,10 +100,10 @@ class Progress:
         return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def __str__(self) -> str:
-        eta = (self.total - self.done) / self.rate if self.rate else float("nan")
+        eta = f"{(self.total - self.done) / self.rate:.0f}s" if self.rate else "unknown"
         return (
             f"{self.done}/{self.total} images ({self.done / max(1, self.total):.0%}), "
-            f"{self.rate:.1f} images/s, ETA {eta:.0f}s, {self.failed} failed"
+            f"{self.rate:.1f} images/s, ETA {eta}, {self.failed} failed"
         )
 
 

@@ -1,6 +1,7 @@
 """Assets ``stl_pairs`` and ``stl_products`` and the checks that guard them."""
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
@@ -32,7 +33,9 @@ class IngestConfig(dg.Config):
     },
     group_name="ingest",
 )
-def stl_tables(context: dg.AssetExecutionContext, config: IngestConfig, stl_files: StlFiles):
+def stl_tables(
+    context: dg.AssetExecutionContext, config: IngestConfig, stl_files: StlFiles
+) -> Iterator[dg.Output[pd.DataFrame]]:
     """Stream and validate the raw files; quarantine what is malformed."""
     start = time.perf_counter()
     pairs_path, categories_path = stl_files.ensure(context.log)
