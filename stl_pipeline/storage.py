@@ -20,19 +20,26 @@ def _temporary(path: Path) -> tuple[int, str]:
 
 
 @contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    """Yield a file in ``path``'s directory that replaces ``path`` only once complete."""
+def _staged(path: Path) -> Iterator[Path]:
+    """Yield a temporary path that is fsynced and renamed onto ``path`` once the block ends."""
     path = Path(path)
     fd, tmp = _temporary(path)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """Yield a file that replaces ``path`` only once complete."""
+    with _staged(path) as tmp, open(tmp, "wb") as handle:
+        yield handle
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -42,17 +49,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_with(path: Path, write: Callable[[Path], None]) -> None:
     """Let ``write`` fill a temporary path (for libraries that want a file name)."""
-    path = Path(path)
-    fd, tmp = _temporary(path)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _staged(path) as tmp:
+        write(tmp)
 
 
 def _writer_alive(part: Path) -> bool:

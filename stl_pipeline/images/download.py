@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 from urllib.request import url2pathname
@@ -169,10 +170,11 @@ class Downloader:
             and content_type != "application/octet-stream"
         ):
             raise PermanentError(f"content type {content_type!r} is not an image", status)
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.policy.max_bytes:
+        length = response.headers.get("Content-Length", "")
+        declared = int(length) if length.isdigit() else None
+        if declared is not None and declared > self.policy.max_bytes:
             raise PermanentError(
-                f"body of {int(declared):,} bytes is over the cap of {self.policy.max_bytes:,}", status
+                f"body of {declared:,} bytes is over the cap of {self.policy.max_bytes:,}", status
             )
         body = bytearray()
         try:
@@ -186,8 +188,8 @@ class Downloader:
             raise TransientError(
                 f"body cut short after {len(body):,} bytes ({type(exc).__name__})", status
             ) from exc
-        if declared and declared.isdigit() and len(body) != int(declared):
-            raise TransientError(f"body cut short: {len(body):,} of {int(declared):,} bytes", status)
+        if declared is not None and len(body) != declared:
+            raise TransientError(f"body cut short: {len(body):,} of {declared:,} bytes", status)
         return bytes(body)
 
     def _fetch_http(self, url: str) -> tuple[bytes, int]:
@@ -241,7 +243,7 @@ class Downloader:
             try:
                 if sniff(data[:16]) != image_format:
                     raise BadImageError("content does not match its extension")
-                with Image.open(path) as image:
+                with Image.open(BytesIO(data)) as image:
                     width, height = image.size
             except Exception:
                 path.unlink(missing_ok=True)  # tampered or damaged: fetch it again
