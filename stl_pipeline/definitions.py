@@ -2,18 +2,20 @@
 
 import dagster as dg
 
+from stl_pipeline.features import assets as feature_assets
+from stl_pipeline.graph import assets as graph_assets
 from stl_pipeline.images import assets as image_assets
 from stl_pipeline.ingest import assets as ingest_assets
-from stl_pipeline.io_managers import ParquetIOManager
-from stl_pipeline.resources import ImageSource, StlFiles
+from stl_pipeline.io_managers import EmbeddingIOManager, GraphIOManager, ParquetIOManager
+from stl_pipeline.resources import BackboneResource, ImageSource, StlFiles, TorchDevice
 from stl_pipeline.settings import Settings, load_settings
 
-MODULES = [ingest_assets, image_assets]
+MODULES = [ingest_assets, image_assets, feature_assets, graph_assets]
 
 stl_full_pipeline = dg.define_asset_job(
     "stl_full_pipeline",
     selection=dg.AssetSelection.all(),
-    description="Every asset, from the raw files to the downloaded images.",
+    description="Every asset, from the raw files to the graph.",
 )
 
 
@@ -32,7 +34,16 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "image_source": ImageSource(
                 url_template=settings.image_url_template, allowed_hosts=list(settings.allowed_hosts)
             ),
+            "torch_device": TorchDevice(device=settings.device),
+            "backbone": BackboneResource(
+                model=settings.backbone,
+                weights=settings.backbone_weights,  # type: ignore[arg-type]
+                checkpoint=settings.backbone_checkpoint,
+                image_size=settings.image_size,
+            ),
             "io_manager": ParquetIOManager(base_dir=str(settings.data_dir / "tables")),
+            "embedding_io_manager": EmbeddingIOManager(base_dir=str(settings.data_dir / "embeddings")),
+            "graph_io_manager": GraphIOManager(base_dir=str(settings.data_dir / "graph")),
         },
     )
 

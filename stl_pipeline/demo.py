@@ -26,9 +26,11 @@ def main() -> int:
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
         meta = {k: v.value for k, v in materialization.metadata.items()}
+        keys = [k for k in meta if k.startswith(("nodes_", "edges_"))]
         shown = ", ".join(
             f"{k}={meta[k]:.3g}" if isinstance(meta[k], float) else f"{k}={meta[k]}"
             for k in (
+                *keys,
                 "rows",
                 "pairs",
                 "scenes",
@@ -38,11 +40,14 @@ def main() -> int:
                 "cached",
                 "failed",
                 "success_rate",
+                "count",
+                "computed",
                 "images_per_second",
+                "device",
             )
             if k in meta
         )
-        print(f"  {materialization.asset_key.to_user_string():<16} {shown}")
+        print(f"  {materialization.asset_key.to_user_string():<21} {shown}")
     print("\nChecks:")
     for evaluation in result.get_asset_check_evaluations():
         verdict = "pass" if evaluation.passed else "FAIL"

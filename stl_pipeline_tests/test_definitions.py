@@ -7,6 +7,11 @@ ASSETS = {
     "stl_products": "ingest",
     "product_images": "images",
     "scene_images": "images",
+    "product_embeddings": "features",
+    "scene_embeddings": "features",
+    "stl_crop_embeddings": "features",
+    "ctl_scene_embeddings": "features",
+    "stl_graph": "graph",
 }
 
 
@@ -31,7 +36,19 @@ def test_every_asset_is_guarded_by_blocking_checks() -> None:
         "stl_pairs_splits_disjoint",
         "product_images_success_rate",
         "scene_images_success_rate",
+        "stl_graph_no_leakage",
+        "stl_graph_edge_indices_valid",
+        "stl_graph_scenes_connected",
     } <= names
+    for asset in ("product_embeddings", "scene_embeddings", "stl_crop_embeddings", "ctl_scene_embeddings"):
+        assert {f"{asset}_finite", f"{asset}_unit_norm", f"{asset}_complete"} <= names
+
+
+def test_gpu_bound_assets_share_the_gpu_pool() -> None:
+    graph = defs.resolve_asset_graph()
+    pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
+    gpu = {name for name, assigned in pools.items() if assigned and "gpu" in assigned}
+    assert gpu == {name for name, group in ASSETS.items() if group == "features"}
 
 
 def test_resources_show_the_environment_contract() -> None:

@@ -14,6 +14,7 @@ from stl_pipeline.ingest.tables import (
     invalid_ids,
     scenes_in_several_splits,
 )
+from stl_pipeline.plots import bbox_coverage, category_distribution, cooccurrence_heatmap
 from stl_pipeline.reporting import counts, markdown
 from stl_pipeline.resources import StlFiles
 from stl_pipeline.storage import atomic_write_with
@@ -46,6 +47,11 @@ def stl_tables(
 
     pairs, products = result.pairs, result.products
     shares = result.quarantined_shares()
+    plots = {}
+    if len(pairs):
+        plots |= stl_files.save_plot("category_distribution", category_distribution(products, pairs))
+        plots |= stl_files.save_plot("bbox_coverage", bbox_coverage(pairs))
+        plots |= stl_files.save_plot("category_cooccurrence", cooccurrence_heatmap(pairs))
     seconds = time.perf_counter() - start
     yield dg.Output(
         pairs,
@@ -70,6 +76,7 @@ def stl_tables(
             "pairs_per_category": dg.MetadataValue.md(counts(pairs["category"], "category")),
             "preview": dg.MetadataValue.md(markdown(pairs, max_rows=5)),
             "seconds": round(seconds, 2),
+            **plots,
         },
     )
     yield dg.Output(

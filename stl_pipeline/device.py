@@ -1,0 +1,51 @@
+"""Which torch device and precision a GPU-bound step runs on.
+
+``auto`` picks CUDA when present; reduced precision is autocast on CUDA only,
+since CPU autocast is slower than fp32 on most CPUs and changes results.
+"""
+
+import contextlib
+from typing import Literal
+
+import torch
+
+Precision = Literal["fp32", "bf16", "fp16"]
+DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a device that exists here."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {spec!r} was asked for but CUDA is not available; use auto or cpu")
+        device = torch.device(spec)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+        return device
+    raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
+
+
+def effective_precision(device: torch.device, precision: Precision) -> Precision:
+    """The precision actually used: autocast applies on CUDA only."""
+    if precision not in ("fp32", *DTYPES):
+        raise ValueError(f"unknown precision {precision!r}: use fp32, bf16 or fp16")
+    return precision if device.type == "cuda" else "fp32"
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    if effective_precision(device, precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=DTYPES[precision])
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -1,0 +1,1 @@
+"""Embeddings of products, scenes and the two kinds of scene query, from a timm backbone."""

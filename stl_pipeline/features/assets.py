@@ -1,0 +1,207 @@
+"""Assets of the ``features`` group: backbone embeddings of images and scene queries, and their checks."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from stl_pipeline.device import describe
+from stl_pipeline.features.embed import EmbeddingCache, ImageItem, embed_items
+from stl_pipeline.features.queries import image_items, query_items
+from stl_pipeline.plots import embedding_map
+from stl_pipeline.resources import BackboneResource, StlFiles, TorchDevice
+from stl_pipeline.vectors import Embeddings
+
+GROUP, POOL, IO = "features", "gpu", "embedding_io_manager"
+NORM_TOLERANCE = 1e-3
+
+
+def _embed(
+    context: dg.AssetExecutionContext,
+    items: list[ImageItem],
+    torch_device: TorchDevice,
+    backbone: BackboneResource,
+    stl_files: StlFiles,
+) -> tuple[Embeddings, dict]:
+    name = context.asset_key.to_user_string()
+    device = torch_device.torch_device()
+    precision = torch_device.precision_on(device)
+    if precision != torch_device.precision:
+        context.log.warning(f"{torch_device.precision} autocast applies on CUDA only; {device} runs fp32")
+    model = backbone.load()
+    context.log.info(f"{name}: {len(items)} images with {model.spec.model} ({model.weights_id}) on {device}")
+    embeddings, stats = embed_items(
+        items,
+        model,
+        device,
+        precision,
+        batch_size=torch_device.batch_size,
+        workers=torch_device.num_workers,
+        cache=EmbeddingCache(stl_files.path("cache", "embeddings"), model),
+        progress=lambda done, total: context.log.debug(f"{name}: {done}/{total}"),
+    )
+    metadata = {
+        "model": model.spec.model,
+        "weights": model.weights_id,
+        "transform": model.transform.describe(),
+        "dimension": model.dim,
+        "count": len(embeddings),
+        "computed": stats.computed,
+        "cached": stats.cached,
+        "device": describe(device),
+        "precision": precision,
+        "seconds": round(stats.seconds, 2),
+        "images_per_second": round(stats.images_per_second, 1),
+    }
+    return embeddings, metadata
+
+
+def _asset(description: str):
+    return dg.asset(group_name=GROUP, pool=POOL, io_manager_key=IO, description=description)
+
+
+@_asset("Backbone embedding of every product image on disk, keyed by signature.")
+def product_embeddings(
+    context: dg.AssetExecutionContext,
+    product_images: pd.DataFrame,
+    stl_products: pd.DataFrame,
+    torch_device: TorchDevice,
+    backbone: BackboneResource,
+    stl_files: StlFiles,
+) -> dg.Output[Embeddings]:
+    embeddings, metadata = _embed(context, image_items(product_images), torch_device, backbone, stl_files)
+    category = dict(zip(stl_products["product"], stl_products["category"].astype(str), strict=True))
+    if len(embeddings):
+        png = embedding_map(
+            embeddings.vectors,
+            [category.get(key, "") for key in embeddings.keys],
+            f"Product embeddings ({metadata['model']}), PCA",
+        )
+        metadata |= stl_files.save_plot("product_embedding_map", png)
+    return dg.Output(embeddings, metadata=metadata)
+
+
+@_asset("Backbone embedding of every scene image on disk, keyed by signature.")
+def scene_embeddings(
+    context: dg.AssetExecutionContext,
+    scene_images: pd.DataFrame,
+    torch_device: TorchDevice,
+    backbone: BackboneResource,
+    stl_files: StlFiles,
+) -> dg.Output[Embeddings]:
+    embeddings, metadata = _embed(context, image_items(scene_images), torch_device, backbone, stl_files)
+    return dg.Output(embeddings, metadata=metadata)
+
+
+@_asset("Shop-the-Look queries: each pair's scene cropped to its bbox, keyed by pair id.")
+def stl_crop_embeddings(
+    context: dg.AssetExecutionContext,
+    stl_pairs: pd.DataFrame,
+    scene_images: pd.DataFrame,
+    torch_device: TorchDevice,
+    backbone: BackboneResource,
+    stl_files: StlFiles,
+) -> dg.Output[Embeddings]:
+    items, _ = query_items(stl_pairs, scene_images, "stl")
+    embeddings, metadata = _embed(context, items, torch_device, backbone, stl_files)
+    return dg.Output(embeddings, metadata=metadata)
+
+
+@_asset(
+    "Complete-the-Look queries: the largest scene region left of, right of, above or below each "
+    "pair's bbox, so the product is not visible; keyed by pair id."
+)
+def ctl_scene_embeddings(
+    context: dg.AssetExecutionContext,
+    stl_pairs: pd.DataFrame,
+    scene_images: pd.DataFrame,
+    torch_device: TorchDevice,
+    backbone: BackboneResource,
+    stl_files: StlFiles,
+) -> dg.Output[Embeddings]:
+    items, without_region = query_items(stl_pairs, scene_images, "ctl")
+    embeddings, metadata = _embed(context, items, torch_device, backbone, stl_files)
+    metadata["pairs_without_region"] = without_region
+    return dg.Output(embeddings, metadata=metadata)
+
+
+def _completeness(embeddings: Embeddings, expected: set[str]) -> dg.AssetCheckResult:
+    keys = list(embeddings.keys)
+    missing, extra = expected - set(keys), set(keys) - expected
+    duplicates = len(keys) - len(set(keys))
+    return dg.AssetCheckResult(
+        passed=not (missing or extra or duplicates),
+        metadata={
+            "expected": len(expected),
+            "missing": len(missing),
+            "unexpected": len(extra),
+            "duplicates": duplicates,
+            "sample_missing": ", ".join(sorted(missing)[:5]) or "none",
+        },
+        description="rematerialize the asset: its images changed since" if missing or extra else None,
+    )
+
+
+def _checks_for(asset: str, manifest: str | None = None, kind: str = "") -> list[dg.AssetChecksDefinition]:
+    """Three blocking checks per embedding asset: finite, unit norm, one per verified image
+    (``manifest``) or per pair query (``kind``)."""
+
+    @dg.asset_check(asset=asset, name=f"{asset}_finite", blocking=True, description="Every value is finite.")
+    def finite(embeddings: Embeddings) -> dg.AssetCheckResult:
+        bad = ~np.isfinite(embeddings.vectors).all(axis=1)
+        keys = [k for k, b in zip(embeddings.keys, bad, strict=True) if b]
+        return dg.AssetCheckResult(
+            passed=not keys, metadata={"non_finite": len(keys), "sample": ", ".join(keys[:5]) or "none"}
+        )
+
+    @dg.asset_check(
+        asset=asset, name=f"{asset}_unit_norm", blocking=True, description="Every vector has length 1."
+    )
+    def unit_norm(embeddings: Embeddings) -> dg.AssetCheckResult:
+        norms = np.linalg.norm(embeddings.vectors, axis=1)
+        off = ~(np.abs(norms - 1) <= NORM_TOLERANCE)
+        return dg.AssetCheckResult(
+            passed=not off.any(),
+            metadata={
+                "off_unit_norm": int(off.sum()),
+                "min_norm": float(np.nanmin(norms)) if len(norms) else 1.0,
+                "max_norm": float(np.nanmax(norms)) if len(norms) else 1.0,
+            },
+        )
+
+    name, description = f"{asset}_complete", "Exactly one vector per verified image or pair query."
+    if manifest:
+
+        @dg.asset_check(
+            asset=asset,
+            name=name,
+            blocking=True,
+            additional_ins={"manifest": dg.AssetIn(manifest)},
+            description=description,
+        )
+        def complete(embeddings: Embeddings, manifest: pd.DataFrame) -> dg.AssetCheckResult:
+            return _completeness(embeddings, {item.key for item in image_items(manifest)})
+
+    else:
+
+        @dg.asset_check(
+            asset=asset,
+            name=name,
+            blocking=True,
+            additional_ins={"stl_pairs": dg.AssetIn("stl_pairs"), "scene_images": dg.AssetIn("scene_images")},
+            description=description,
+        )
+        def complete(
+            embeddings: Embeddings, stl_pairs: pd.DataFrame, scene_images: pd.DataFrame
+        ) -> dg.AssetCheckResult:
+            items, _ = query_items(stl_pairs, scene_images, kind)
+            return _completeness(embeddings, {item.key for item in items})
+
+    return [finite, unit_norm, complete]
+
+
+embedding_checks = [
+    *_checks_for("product_embeddings", manifest="product_images"),
+    *_checks_for("scene_embeddings", manifest="scene_images"),
+    *_checks_for("stl_crop_embeddings", kind="stl"),
+    *_checks_for("ctl_scene_embeddings", kind="ctl"),
+]

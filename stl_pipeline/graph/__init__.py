@@ -1,0 +1,1 @@
+"""The heterogeneous PyG graph of products, scenes and categories."""

@@ -1,0 +1,94 @@
+"""Asset ``stl_graph`` (group ``graph``) and the checks that guard it."""
+
+import time
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+from torch_geometric.data import HeteroData
+
+from stl_pipeline.graph.build import EDGE_FAMILIES, GraphConfig, build_graph, summary
+from stl_pipeline.graph.checks import isolated, leakage, out_of_range
+from stl_pipeline.graph.knn import KnnConfig
+from stl_pipeline.reporting import markdown
+from stl_pipeline.vectors import Embeddings
+
+
+class GraphBuildConfig(dg.Config):
+    edges: list[str] = Field(
+        default=list(EDGE_FAMILIES), description=f"Edge families to build, of {list(EDGE_FAMILIES)}."
+    )
+    product_k: int = Field(default=10, description="Visual neighbours per product.")
+    scene_k: int = Field(default=10, description="Visual neighbours (train scenes) per scene.")
+    knn_method: str = Field(default="auto", description="auto, exact or clustered (FAISS).")
+    knn_exact_limit: int = Field(default=10_000, description="auto searches exactly up to this many vectors.")
+
+
+@dg.asset(group_name="graph", io_manager_key="graph_io_manager")
+def stl_graph(
+    context: dg.AssetExecutionContext,
+    config: GraphBuildConfig,
+    stl_pairs: pd.DataFrame,
+    stl_products: pd.DataFrame,
+    product_embeddings: Embeddings,
+    scene_embeddings: Embeddings,
+) -> dg.Output[HeteroData]:
+    """Products, scenes and categories with train-only label edges and visual kNN edges (PyG HeteroData)."""
+    start = time.perf_counter()
+    graph_config = GraphConfig(
+        edges=tuple(config.edges),
+        product_k=config.product_k,
+        scene_k=config.scene_k,
+        knn=KnnConfig(method=config.knn_method, exact_limit=config.knn_exact_limit),  # type: ignore[arg-type]
+    )
+    data, report = build_graph(stl_products, stl_pairs, product_embeddings, scene_embeddings, graph_config)
+    data.info = {
+        "config": config.model_dump(),
+        "backbone": product_embeddings.info,
+        "pairs_used": report.pairs_used,
+    }
+    nodes, edges = summary(data)
+    context.log.info(f"stl_graph nodes: {dict(zip(nodes.node_type, nodes['count'], strict=True))}")
+    context.log.info(f"stl_graph edges: {dict(zip(edges.edge_type, edges.edges, strict=True))}")
+    metadata: dict = {f"nodes_{row.node_type}": int(row.count) for row in nodes.itertuples()}
+    metadata |= {f"edges_{row.edge_type}": int(row.edges) for row in edges.itertuples()}
+    metadata |= {
+        "held_out_val_pairs": int(data["scene", "contains", "product"].val_edge_index.shape[1]),
+        "held_out_test_pairs": int(data["scene", "contains", "product"].test_edge_index.shape[1]),
+        "pairs_without_image": report.pairs_without_image,
+        "products_without_image": report.products_without_image,
+        "knn": ", ".join(f"{k}: {v}" for k, v in report.knn_methods.items()) or "none",
+        "edges": dg.MetadataValue.md(markdown(edges.round(6), max_rows=20)),
+        "nodes": dg.MetadataValue.md(markdown(nodes)),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return dg.Output(data, metadata=metadata)
+
+
+@dg.asset_check(asset=stl_graph, blocking=True, description="Every edge index lies within its node counts.")
+def stl_graph_edge_indices_valid(stl_graph: HeteroData) -> dg.AssetCheckResult:
+    problems = out_of_range(stl_graph)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={"out_of_range": sum(problems.values()), **{k: v for k, v in problems.items()}},
+    )
+
+
+@dg.asset_check(
+    asset=stl_graph,
+    blocking=True,
+    description="No validation or test pair among message-passing edges (contains, reverse, co-occurrence).",
+)
+def stl_graph_no_leakage(stl_graph: HeteroData) -> dg.AssetCheckResult:
+    leaks = leakage(stl_graph)
+    return dg.AssetCheckResult(
+        passed=not leaks,
+        metadata={"leaked_edges": sum(leaks.values()), **leaks},
+        description=f"held-out labels leak into the graph: {leaks}" if leaks else None,
+    )
+
+
+@dg.asset_check(asset=stl_graph, blocking=True, description="Every scene has at least one edge.")
+def stl_graph_scenes_connected(stl_graph: HeteroData) -> dg.AssetCheckResult:
+    count = isolated(stl_graph, "scene")
+    return dg.AssetCheckResult(passed=count == 0, metadata={"scenes_without_edges": count})

@@ -1,0 +1,192 @@
+"""Build the heterogeneous STL graph from the tables and the embeddings.
+
+Only train scenes contribute edges that carry labels (contains,
+co-occurrence); validation and test pairs are kept as label edges outside
+message passing. Scene kNN edges point from train scenes to every scene, so a
+held-out scene receives context but never sends its content into the graph.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch_geometric.data import HeteroData
+
+from stl_pipeline.categories import LEAVES
+from stl_pipeline.graph.knn import KnnConfig, search, self_neighbours
+from stl_pipeline.vectors import Embeddings
+
+PRODUCT, SCENE, CATEGORY = "product", "scene", "category"
+CONTAINS = (SCENE, "contains", PRODUCT)
+REV_CONTAINS = (PRODUCT, "rev_contains", SCENE)
+PRODUCT_SIMILAR = (PRODUCT, "similar", PRODUCT)
+SCENE_SIMILAR = (SCENE, "similar", SCENE)
+CO_OCCURS = (PRODUCT, "co_occurs", PRODUCT)
+BELONGS_TO = (PRODUCT, "belongs_to", CATEGORY)
+REV_BELONGS_TO = (CATEGORY, "rev_belongs_to", PRODUCT)
+
+EDGE_FAMILIES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "contains": (CONTAINS, REV_CONTAINS),
+    "product_similar": (PRODUCT_SIMILAR,),
+    "scene_similar": (SCENE_SIMILAR,),
+    "co_occurs": (CO_OCCURS,),
+    "category": (BELONGS_TO, REV_BELONGS_TO),
+}
+SPLITS = ("train", "val", "test")
+BBOX = ["left", "top", "right", "bottom"]
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    edges: tuple[str, ...] = tuple(EDGE_FAMILIES)
+    product_k: int = 10
+    scene_k: int = 10
+    knn: KnnConfig = field(default_factory=KnnConfig)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.edges) - set(EDGE_FAMILIES)
+        if unknown:
+            raise ValueError(f"unknown edge families {sorted(unknown)}; choose from {list(EDGE_FAMILIES)}")
+
+
+@dataclass
+class BuildReport:
+    pairs_used: int
+    pairs_without_image: int
+    products_without_image: int
+    knn_methods: dict[str, str]
+
+
+def _edge_index(src: np.ndarray, dst: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.stack([src, dst]).astype(np.int64, copy=False))
+
+
+def _knn_edges(neighbours: np.ndarray, sims: np.ndarray, sources: np.ndarray | None = None):
+    """Edges neighbour -> node, so that each node aggregates its own neighbours."""
+    rows, cols = np.nonzero(neighbours >= 0)
+    src = neighbours[rows, cols]
+    if sources is not None:
+        src = sources[src]
+    return _edge_index(src, rows), torch.from_numpy(sims[rows, cols].astype(np.float32)).unsqueeze(1)
+
+
+def build_graph(
+    products: pd.DataFrame,
+    pairs: pd.DataFrame,
+    product_embeddings: Embeddings,
+    scene_embeddings: Embeddings,
+    config: GraphConfig = GraphConfig(),
+) -> tuple[HeteroData, BuildReport]:
+    """The HeteroData of DESIGN.md section 4, and what was left out for lack of an image."""
+    product_ids = [p for p in products["product"] if p in set(product_embeddings.keys)]
+    product_pos = {p: i for i, p in enumerate(product_ids)}
+    pairs = pairs[pairs["product"].isin(product_pos)]
+    scene_keys = set(scene_embeddings.keys)
+    usable = pairs[pairs["scene"].isin(scene_keys)]
+    scene_ids = list(dict.fromkeys(usable["scene"]))
+    scene_pos = {s: i for i, s in enumerate(scene_ids)}
+    category_of = dict(zip(products["product"], products["category"], strict=True))
+    categories = list(LEAVES)
+    category_pos = {c: i for i, c in enumerate(categories)}
+
+    data = HeteroData()
+    visual = product_embeddings.take(product_ids)
+    category_index = torch.tensor([category_pos[category_of[p]] for p in product_ids], dtype=torch.long)
+    one_hot = torch.nn.functional.one_hot(category_index, len(categories)).float()
+    data[PRODUCT].x = torch.cat([torch.from_numpy(visual), one_hot], dim=1)
+    data[PRODUCT].category = category_index
+    data[PRODUCT].ids = product_ids
+    scene_visual = scene_embeddings.take(scene_ids)
+    data[SCENE].x = torch.from_numpy(scene_visual)
+    data[SCENE].ids = scene_ids
+    split_of = usable.drop_duplicates("scene").set_index("scene")["split"].astype(str)
+    split_code = np.array([SPLITS.index(split_of[s]) for s in scene_ids], dtype=np.int64)
+    data[SCENE].split = torch.from_numpy(split_code)
+    for code, name in enumerate(SPLITS):
+        data[SCENE][f"{name}_mask"] = torch.from_numpy(split_code == code)
+    data[CATEGORY].x = torch.eye(len(categories))
+    data[CATEGORY].ids = categories
+
+    src = usable["scene"].map(scene_pos).to_numpy()
+    dst = usable["product"].map(product_pos).to_numpy()
+    bbox = torch.from_numpy(usable[BBOX].to_numpy(np.float32, copy=True))
+    split = usable["split"].astype(str).to_numpy()
+    train = split == "train"
+    knn_methods: dict[str, str] = {}
+    if "contains" in config.edges:
+        data[CONTAINS].edge_index = _edge_index(src[train], dst[train])
+        data[CONTAINS].edge_attr = bbox[torch.from_numpy(train)]
+        data[REV_CONTAINS].edge_index = _edge_index(dst[train], src[train])
+        data[REV_CONTAINS].edge_attr = bbox[torch.from_numpy(train)]
+    for name in ("val", "test"):
+        held = split == name
+        data[CONTAINS][f"{name}_edge_index"] = _edge_index(src[held], dst[held])
+        data[CONTAINS][f"{name}_edge_attr"] = bbox[torch.from_numpy(held)]
+    if "product_similar" in config.edges:
+        found = self_neighbours(visual, config.product_k, config.knn)
+        data[PRODUCT_SIMILAR].edge_index, data[PRODUCT_SIMILAR].edge_attr = _knn_edges(
+            found.indices, found.similarities
+        )
+        knn_methods["product_similar"] = found.method
+    if "scene_similar" in config.edges:
+        train_scenes = np.flatnonzero(split_code == 0)
+        found = search(scene_visual, scene_visual[train_scenes], config.scene_k + 1, config.knn)
+        own = train_scenes[np.maximum(found.indices, 0)] == np.arange(len(scene_ids))[:, None]
+        indices = np.where(own, -1, found.indices)
+        order = np.argsort(indices < 0, axis=1, kind="stable")[:, : config.scene_k]
+        indices = np.take_along_axis(indices, order, 1)
+        sims = np.take_along_axis(found.similarities, order, 1)
+        data[SCENE_SIMILAR].edge_index, data[SCENE_SIMILAR].edge_attr = _knn_edges(
+            indices, sims, sources=train_scenes
+        )
+        knn_methods["scene_similar"] = found.method
+    if "co_occurs" in config.edges:
+        members = pd.DataFrame({"scene": src[train], "product": dst[train]}).drop_duplicates()
+        both = members.merge(members, on="scene")
+        both = both[both["product_x"] != both["product_y"]]
+        counted = both.groupby(["product_x", "product_y"]).size().reset_index(name="scenes")
+        data[CO_OCCURS].edge_index = _edge_index(
+            counted["product_x"].to_numpy(), counted["product_y"].to_numpy()
+        )
+        data[CO_OCCURS].edge_attr = torch.from_numpy(counted["scenes"].to_numpy(np.float32)).unsqueeze(1)
+    if "category" in config.edges:
+        products_range = np.arange(len(product_ids))
+        data[BELONGS_TO].edge_index = _edge_index(products_range, category_index.numpy())
+        data[REV_BELONGS_TO].edge_index = _edge_index(category_index.numpy(), products_range)
+    report = BuildReport(
+        pairs_used=len(usable),
+        pairs_without_image=len(pairs) - len(usable),
+        products_without_image=len(products) - len(product_ids),
+        knn_methods=knn_methods,
+    )
+    return data, report
+
+
+def edge_type_name(edge_type: tuple[str, str, str]) -> str:
+    return "__".join(edge_type)
+
+
+def summary(data: HeteroData) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Node counts, and per edge type: count, density and in-degree spread."""
+    nodes = pd.DataFrame(
+        {"node_type": list(data.node_types), "count": [data[t].num_nodes for t in data.node_types]}
+    )
+    rows = []
+    for edge_type in data.edge_types:
+        src, _, dst = edge_type
+        index = data[edge_type].edge_index
+        possible = data[src].num_nodes * data[dst].num_nodes
+        degree = torch.bincount(index[1], minlength=data[dst].num_nodes).float()
+        rows.append(
+            {
+                "edge_type": edge_type_name(edge_type),
+                "edges": index.shape[1],
+                "density": index.shape[1] / possible if possible else 0.0,
+                "in_degree_mean": float(degree.mean()) if len(degree) else 0.0,
+                "in_degree_median": float(degree.median()) if len(degree) else 0.0,
+                "in_degree_max": int(degree.max()) if len(degree) else 0,
+                "no_in_edge": int((degree == 0).sum()),
+            }
+        )
+    return nodes, pd.DataFrame(rows)

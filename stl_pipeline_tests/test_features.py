@@ -1,0 +1,105 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stl_pipeline.features.backbone import BackboneSpec, load_backbone
+from stl_pipeline.features.embed import EmbeddingCache, ImageItem, embed_items
+from stl_pipeline.features.regions import MIN_REGION_SIDE, ctl_box, stl_box
+from stl_pipeline.features.transform import Letterbox
+
+W, H = 200, 100
+
+
+def test_stl_crop_rounds_outwards_and_stays_inside() -> None:
+    assert stl_box((0.101, 0.199, 0.499, 0.801), W, H) == (20, 19, 100, 81)
+    assert stl_box((0.0, 0.0, 1.0, 1.0), W, H) == (0, 0, W, H)
+    assert stl_box((1.0, 1.0, 1.0, 1.0), W, H) == (W - 1, H - 1, W, H)  # degenerate: one pixel
+    assert stl_box((0.5, 0.5, 0.5, 0.5), W, H) == (100, 50, 101, 51)
+
+
+def test_ctl_region_is_the_largest_side_and_never_shows_the_product() -> None:
+    # Product on the right third: the region left of it is the largest.
+    assert ctl_box((0.7, 0.1, 0.9, 0.9), W, H) == (0, 0, 140, H)
+    # Touching the left border: nothing left of it; the right region wins.
+    assert ctl_box((0.0, 0.0, 0.3, 1.0), W, H) == (60, 0, W, H)
+    # Touching left, right and top: only the region below remains.
+    assert ctl_box((0.0, 0.0, 1.0, 0.6), W, H) == (0, 60, W, H)
+    # Covering the scene, or leaving only slivers: no context to complete.
+    assert ctl_box((0.0, 0.0, 1.0, 1.0), W, H) is None
+    sliver = (MIN_REGION_SIDE - 1) / W
+    assert ctl_box((sliver, 0.0, 1.0 - sliver, 1.0), W, H) is None
+    for bbox in [(0.2, 0.3, 0.4, 0.5), (0.0, 0.1, 0.5, 0.9), (0.45, 0.0, 0.55, 1.0)]:
+        region, product = ctl_box(bbox, W, H), stl_box(bbox, W, H)
+        overlap_x = min(region[2], product[2]) - max(region[0], product[0])
+        overlap_y = min(region[3], product[3]) - max(region[1], product[1])
+        assert overlap_x <= 0 or overlap_y <= 0, (bbox, region, product)
+
+
+def test_letterbox_keeps_the_whole_crop_and_pads_with_the_mean() -> None:
+    transform = Letterbox(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear")
+    image = Image.new("RGB", (W, H), (255, 0, 0))
+    out = transform(image)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+    assert out[:, 16, :].tolist()[0] == [255] * 32  # the middle row is all image
+    assert out[:, 0, 0].tolist() == [128, 128, 128]  # the top band is padding
+    cropped = transform(image, (0, 0, 10, 100))  # a tall narrow strip
+    assert cropped[0, :, 16].tolist() == [255] * 32 and cropped[:, 16, 0].tolist() == [128, 128, 128]
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone():
+    return load_backbone(BackboneSpec("resnet18", "none", image_size=32))
+
+
+def write_images(folder: Path, count: int, start: int = 0) -> list[ImageItem]:
+    folder.mkdir(exist_ok=True)
+    items = []
+    for i in range(start, start + count):
+        path = folder / f"{i}.png"
+        Image.new("RGB", (40, 30), (i * 20 % 256, 80, 160)).save(path)
+        items.append(ImageItem(key=f"k{i}", path=str(path), sha256=f"{i:064x}"))
+    return items
+
+
+def test_cache_computes_only_new_images(tmp_path: Path, tiny_backbone) -> None:
+    cache_root, cpu = tmp_path / "cache", torch.device("cpu")
+    items = write_images(tmp_path / "img", 5)
+    first, stats = embed_items(
+        items, tiny_backbone, cpu, workers=0, cache=EmbeddingCache(cache_root, tiny_backbone)
+    )
+    assert (stats.computed, stats.cached) == (5, 0)
+    assert np.allclose(np.linalg.norm(first.vectors, axis=1), 1, atol=1e-5)
+
+    more = items + write_images(tmp_path / "img", 3, start=5)
+    second, stats = embed_items(
+        more, tiny_backbone, cpu, batch_size=2, workers=0, cache=EmbeddingCache(cache_root, tiny_backbone)
+    )
+    assert (stats.computed, stats.cached) == (3, 5)
+    assert second.keys == [f"k{i}" for i in range(8)]
+    assert np.array_equal(second.vectors[:5], first.vectors)
+
+    # A crop of the same image is another cache entry; a new transform another namespace.
+    cropped = [ImageItem("c0", items[0].path, items[0].sha256, box=(0, 0, 20, 30))]
+    _, stats = embed_items(
+        cropped, tiny_backbone, cpu, workers=0, cache=EmbeddingCache(cache_root, tiny_backbone)
+    )
+    assert stats.computed == 1
+    other = load_backbone(BackboneSpec("resnet18", "none", image_size=48))
+    _, stats = embed_items(items, other, cpu, workers=0, cache=EmbeddingCache(cache_root, other))
+    assert stats.computed == 5
+
+
+def test_worker_processes_give_the_same_vectors(tmp_path: Path, tiny_backbone) -> None:
+    items = write_images(tmp_path / "img", 6)
+    serial, _ = embed_items(items, tiny_backbone, torch.device("cpu"), batch_size=4, workers=0)
+    parallel, _ = embed_items(items, tiny_backbone, torch.device("cpu"), batch_size=4, workers=2)
+    assert np.allclose(serial.vectors, parallel.vectors, atol=1e-6)
+
+
+def test_a_missing_image_is_named(tmp_path: Path, tiny_backbone) -> None:
+    item = ImageItem("lost", str(tmp_path / "gone.jpg"), "0" * 64)
+    with pytest.raises(RuntimeError, match=r"image of lost at .*gone\.jpg"):
+        embed_items([item], tiny_backbone, torch.device("cpu"), workers=0)
