@@ -42,6 +42,8 @@ $(DAGSTER_HOME)/dagster.yaml: | instance/dagster.yaml
 bench: install
 	$(BIN)/python benchmarks/download.py
 	$(BIN)/python benchmarks/full_scale.py
+	$(BIN)/python benchmarks/embed.py
+	$(BIN)/python benchmarks/knn.py
 
 # Re-resolve the pins from pyproject.toml in a scratch venv.
 lock:

@@ -70,8 +70,9 @@ class Embedder:
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        x = batch.to(self.device, non_blocking=True).float().sub_(self.offset).div_(self.scale)
-        x = x.contiguous(memory_format=torch.channels_last)
+        # Reorder while still uint8 (a quarter of the bytes), then normalize in place.
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = x.float().sub_(self.offset).div_(self.scale)
         with autocast(self.device, self.precision):
             features = self.model(x)
         return F.normalize(features.float(), dim=1).cpu().numpy()
