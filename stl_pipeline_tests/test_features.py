@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from stl_pipeline.device import effective_precision, resolve_device
 from stl_pipeline.features.backbone import BackboneSpec, load_backbone
 from stl_pipeline.features.embed import EmbeddingCache, ImageItem, embed_items
 from stl_pipeline.features.regions import MIN_REGION_SIDE, ctl_box, stl_box
@@ -103,3 +104,28 @@ def test_a_missing_image_is_named(tmp_path: Path, tiny_backbone) -> None:
     item = ImageItem("lost", str(tmp_path / "gone.jpg"), "0" * 64)
     with pytest.raises(RuntimeError, match=r"image of lost at .*gone\.jpg"):
         embed_items([item], tiny_backbone, torch.device("cpu"), workers=0)
+
+
+def test_device_resolution_and_precision() -> None:
+    cpu = resolve_device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert effective_precision(cpu, "bf16") == "fp32"  # autocast applies on CUDA only
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="unknown precision"):
+        effective_precision(cpu, "int8")  # type: ignore[arg-type]
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_autocast_embeddings_match_cpu(tmp_path: Path, precision: str) -> None:
+    backbone = load_backbone(BackboneSpec("tf_efficientnet_lite0", "packaged", image_size=128))
+    items = write_images(tmp_path / "img", 8)
+    on_cpu, _ = embed_items(items, backbone, torch.device("cpu"), workers=0)
+    on_gpu, stats = embed_items(items, backbone, torch.device("cuda"), precision, workers=2)
+    assert stats.computed == 8 and on_gpu.info["device"].startswith("cuda")
+    assert np.min(np.sum(on_cpu.vectors * on_gpu.vectors, axis=1)) > 0.99  # cosine to the fp32 result
