@@ -2,6 +2,7 @@
 parquet, the graph as safetensors."""
 
 from pathlib import Path
+from typing import Any, ClassVar
 
 import dagster as dg
 import pandas as pd
@@ -12,67 +13,71 @@ from stl_pipeline.storage import atomic_write_with
 from stl_pipeline.vectors import Embeddings
 
 
-def _missing(path: Path, context: dg.InputContext) -> FileNotFoundError:
-    return FileNotFoundError(f"{path} does not exist; materialize {context.asset_key.to_user_string()} first")
-
-
-class ParquetIOManager(dg.ConfigurableIOManager):
-    """One parquet file per asset: ``<base_dir>/<asset key path>.parquet``."""
+class _FileIOManager(dg.ConfigurableIOManager):
+    """One file per asset: ``<base_dir>/<asset key path><suffix>``, replaced atomically."""
 
     base_dir: str
+    suffix: ClassVar[str]
 
     def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        return Path(self.base_dir).joinpath(*context.asset_key.path).with_suffix(".parquet")
+        return Path(self.base_dir).joinpath(*context.asset_key.path).with_suffix(self.suffix)
 
-    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         path = self._path(context)
-        atomic_write_with(path, lambda tmp: obj.to_parquet(tmp, index=False))
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": len(obj)})
+        extra = self.write(obj, path)
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), **extra})
 
-    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+    def load_input(self, context: dg.InputContext) -> Any:
         path = self._path(context)
         if not path.is_file():
-            raise _missing(path, context)
+            raise FileNotFoundError(
+                f"{path} does not exist; materialize {context.asset_key.to_user_string()} first"
+            )
+        return self.read(path)
+
+    def write(self, obj: Any, path: Path) -> dict:
+        raise NotImplementedError
+
+    def read(self, path: Path) -> Any:
+        raise NotImplementedError
+
+
+class ParquetIOManager(_FileIOManager):
+    """Tables as parquet."""
+
+    suffix: ClassVar[str] = ".parquet"
+
+    def write(self, obj: pd.DataFrame, path: Path) -> dict:
+        atomic_write_with(path, lambda tmp: obj.to_parquet(tmp, index=False))
+        return {"rows": len(obj)}
+
+    def read(self, path: Path) -> pd.DataFrame:
         return pd.read_parquet(path)
 
 
-class EmbeddingIOManager(dg.ConfigurableIOManager):
-    """``<base_dir>/<asset>.parquet``: a key column and a fixed-size float32 list column."""
+class EmbeddingIOManager(_FileIOManager):
+    """Embeddings as parquet: a key column and a fixed-size float32 list column."""
 
-    base_dir: str
+    suffix: ClassVar[str] = ".parquet"
 
-    def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        return Path(self.base_dir).joinpath(*context.asset_key.path).with_suffix(".parquet")
-
-    def handle_output(self, context: dg.OutputContext, obj: Embeddings) -> None:
-        path = self._path(context)
+    def write(self, obj: Embeddings, path: Path) -> dict:
         obj.save(path)
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+        return {}
 
-    def load_input(self, context: dg.InputContext) -> Embeddings:
-        path = self._path(context)
-        if not path.is_file():
-            raise _missing(path, context)
+    def read(self, path: Path) -> Embeddings:
         return Embeddings.load(path)
 
 
-class GraphIOManager(dg.ConfigurableIOManager):
-    """``<base_dir>/<asset>.safetensors``: tensors, ids and build info; no pickle."""
+class GraphIOManager(_FileIOManager):
+    """The graph as safetensors: tensors, ids and build info; no pickle."""
 
-    base_dir: str
+    suffix: ClassVar[str] = ".safetensors"
 
-    def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        return Path(self.base_dir).joinpath(*context.asset_key.path).with_suffix(".safetensors")
-
-    def handle_output(self, context: dg.OutputContext, obj: HeteroData) -> None:
-        path = self._path(context)
+    def write(self, obj: HeteroData, path: Path) -> dict:
         save_graph(obj, path, info=dict(getattr(obj, "info", None) or {}))
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+        return {}
 
-    def load_input(self, context: dg.InputContext) -> HeteroData:
-        path = self._path(context)
-        if not path.is_file():
-            raise _missing(path, context)
+    def read(self, path: Path) -> HeteroData:
         data, info = load_graph(path)
         data.info = info
         return data

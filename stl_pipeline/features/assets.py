@@ -92,36 +92,38 @@ def scene_embeddings(
     return dg.Output(embeddings, metadata=metadata)
 
 
-@_asset("Shop-the-Look queries: each pair's scene cropped to its bbox, keyed by pair id.")
-def stl_crop_embeddings(
-    context: dg.AssetExecutionContext,
-    stl_pairs: pd.DataFrame,
-    scene_images: pd.DataFrame,
-    torch_device: TorchDevice,
-    backbone: BackboneResource,
-    stl_files: StlFiles,
-) -> dg.Output[Embeddings]:
-    items, _ = query_items(stl_pairs, scene_images, "stl")
-    embeddings, metadata = _embed(context, items, torch_device, backbone, stl_files)
-    return dg.Output(embeddings, metadata=metadata)
+def _query_asset(name: str, kind: str, description: str) -> dg.AssetsDefinition:
+    """The two scene-query assets differ only in the region they crop."""
+
+    @dg.asset(name=name, group_name=GROUP, pool=POOL, io_manager_key=IO, description=description)
+    def query_embeddings(
+        context: dg.AssetExecutionContext,
+        stl_pairs: pd.DataFrame,
+        scene_images: pd.DataFrame,
+        torch_device: TorchDevice,
+        backbone: BackboneResource,
+        stl_files: StlFiles,
+    ) -> dg.Output[Embeddings]:
+        items, without_region = query_items(stl_pairs, scene_images, kind)
+        embeddings, metadata = _embed(context, items, torch_device, backbone, stl_files)
+        if kind == "ctl":
+            metadata["pairs_without_region"] = without_region
+        return dg.Output(embeddings, metadata=metadata)
+
+    return query_embeddings
 
 
-@_asset(
-    "Complete-the-Look queries: the largest scene region left of, right of, above or below each "
-    "pair's bbox, so the product is not visible; keyed by pair id."
+stl_crop_embeddings = _query_asset(
+    "stl_crop_embeddings",
+    "stl",
+    "Shop-the-Look queries: each pair's scene cropped to its bbox, keyed by pair id.",
 )
-def ctl_scene_embeddings(
-    context: dg.AssetExecutionContext,
-    stl_pairs: pd.DataFrame,
-    scene_images: pd.DataFrame,
-    torch_device: TorchDevice,
-    backbone: BackboneResource,
-    stl_files: StlFiles,
-) -> dg.Output[Embeddings]:
-    items, without_region = query_items(stl_pairs, scene_images, "ctl")
-    embeddings, metadata = _embed(context, items, torch_device, backbone, stl_files)
-    metadata["pairs_without_region"] = without_region
-    return dg.Output(embeddings, metadata=metadata)
+ctl_scene_embeddings = _query_asset(
+    "ctl_scene_embeddings",
+    "ctl",
+    "Complete-the-Look queries: the largest scene region left of, right of, above or below each "
+    "pair's bbox, so the product is not visible; keyed by pair id.",
+)
 
 
 def _completeness(embeddings: Embeddings, expected: set[str]) -> dg.AssetCheckResult:
