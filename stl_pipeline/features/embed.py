@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -22,7 +25,7 @@ from stl_pipeline.device import Precision, autocast
 from stl_pipeline.features.backbone import Backbone
 from stl_pipeline.features.transform import Box, Letterbox
 from stl_pipeline.storage import atomic_write_bytes
-from stl_pipeline.vectors import Embeddings
+from stl_pipeline.vectors import KEY, Embeddings
 
 COMPACT_AFTER = 16  # cache parts before they are merged into one
 
@@ -104,13 +107,18 @@ class EmbeddingCache:
     def _parts(self) -> list[Path]:
         return sorted(self.dir.glob("part-*.parquet"))
 
-    def load(self) -> Embeddings | None:
+    def load(self, wanted: set[str] | None = None) -> Embeddings | None:
+        """The cached vectors (only those of ``wanted`` keys, if given: the namespace holds
+        every asset's vectors, and a full-scale run should not hold them all in memory)."""
         tables = []
         for part in self._parts():
             try:
-                tables.append(Embeddings.load(part))
+                table = pq.read_table(part)
             except FileNotFoundError:  # merged away by a concurrent run
                 continue
+            if wanted is not None:
+                table = table.filter(pc.is_in(table[KEY], value_set=pa.array(sorted(wanted), pa.string())))
+            tables.append(Embeddings.from_table(table))
         if not tables:
             return None
         keys = [key for table in tables for key in table.keys]
@@ -157,7 +165,7 @@ def embed_items(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Embeddings, EmbedStats]:
     """Embeddings of ``items`` in their order, computing only what the cache lacks."""
-    known = cache.load() if cache else None
+    known = cache.load({item.cache_key for item in items}) if cache else None
     found = known.positions() if known else {}
     todo = [item for item in items if item.cache_key not in found]
     unique_todo = list({item.cache_key: item for item in todo}.values())
