@@ -1,0 +1,92 @@
+"""Ranking losses over query and product vectors (both L2-normalized; scores are cosines).
+
+Negatives are given as an index matrix into the product table, so in-batch and
+same-category hard negatives are one code path.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def candidate_scores(
+    queries: torch.Tensor, products: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scores of each query's positive (B,), of its negatives (B, N), and the mask of negatives
+    that are really other products (B, N).
+
+    Queries are scored against the distinct candidates with one matrix product:
+    gathering a (B, N, d) block of product vectors instead costs B times the memory.
+    """
+    candidates, where = torch.unique(torch.cat([positives, negatives.flatten()]), return_inverse=True)
+    scores = queries @ products[candidates].T
+    rows = torch.arange(len(queries), device=queries.device)
+    positive = scores[rows, where[: len(positives)]]
+    negative = scores.gather(1, where[len(positives) :].view_as(negatives))
+    return positive, negative, negatives != positives[:, None]
+
+
+def info_nce(
+    queries: torch.Tensor,
+    products: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float = 0.07,
+) -> torch.Tensor:
+    """Cross-entropy of the positive against ``negatives`` (B, N) product indices.
+
+    A negative that equals the query's positive is masked, so in-batch
+    negatives may include other queries of the same product.
+    """
+    positive, negative, valid = candidate_scores(queries, products, positives, negatives)
+    logits = torch.cat([positive[:, None], negative.masked_fill(~valid, float("-inf"))], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(queries), dtype=torch.long, device=queries.device))
+
+
+def triplet(
+    queries: torch.Tensor,
+    products: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    margin: float = 0.2,
+) -> torch.Tensor:
+    """Hinge on the hardest valid negative of each query (cosine distance)."""
+    positive, negative, valid = candidate_scores(queries, products, positives, negatives)
+    hardest = negative.masked_fill(~valid, float("-inf")).max(dim=1).values
+    return F.relu(hardest - positive + margin).mean()
+
+
+def bpr(
+    queries: torch.Tensor, products: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+) -> torch.Tensor:
+    """Bayesian personalized ranking: -log sigmoid(positive - negative), averaged over negatives."""
+    positive, negative, valid = candidate_scores(queries, products, positives, negatives)
+    loss = -F.logsigmoid((positive[:, None] - negative) * 10.0)  # cosines are small: scale them
+    return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+LOSSES = {"infonce": info_nce, "triplet": triplet, "bpr": bpr}
+
+
+def sample_negatives(
+    positives: torch.Tensor,
+    product_category: torch.Tensor,
+    in_batch: bool = True,
+    same_category: int = 8,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(B, N) negative product indices: the batch's other positives, and ``same_category``
+    random products of each positive's own category (the hard ones)."""
+    parts = []
+    if in_batch:
+        parts.append(positives[None, :].expand(len(positives), -1))
+    if same_category:
+        categories = product_category[positives]
+        order = torch.argsort(product_category, stable=True)
+        counts = torch.bincount(product_category, minlength=int(product_category.max()) + 1)
+        starts = torch.cumsum(counts, 0) - counts
+        draw = torch.rand(len(positives), same_category, generator=generator, device=positives.device)
+        offsets = (draw * counts[categories][:, None]).long()
+        parts.append(order[starts[categories][:, None] + offsets])
+    if not parts:
+        raise ValueError("no negatives: enable in-batch or same-category negatives")
+    return torch.cat(parts, dim=1)

@@ -1,0 +1,107 @@
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+
+from stl_pipeline.models.encoders import HeteroEncoder
+from stl_pipeline.models.heads import Projection, TripletHead
+from stl_pipeline.models.losses import LOSSES, bpr, info_nce, sample_negatives, triplet
+from stl_pipeline.models.recommender import GraphRecommender
+
+
+def tiny_graph(seed: int = 0) -> HeteroData:
+    g = torch.Generator().manual_seed(seed)
+    data = HeteroData()
+    data["product"].x = torch.randn(12, 6, generator=g)
+    data["product"].category = torch.arange(12) % 3
+    data["scene"].x = torch.randn(5, 4, generator=g)
+    data["category"].x = torch.eye(3)
+    contains = torch.tensor([[0, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5]])
+    data["scene", "contains", "product"].edge_index = contains
+    data["product", "rev_contains", "scene"].edge_index = contains.flip(0)
+    data["product", "similar", "product"].edge_index = torch.randint(0, 12, (2, 30), generator=g)
+    data["product", "belongs_to", "category"].edge_index = torch.stack(
+        [torch.arange(12), torch.arange(12) % 3]
+    )
+    return data
+
+
+@pytest.mark.parametrize("kind", ["gat", "sage"])
+def test_encoders_keep_node_counts_and_width(kind: str) -> None:
+    data = tiny_graph()
+    dims = {t: data[t].x.shape[1] for t in data.node_types}
+    encoder = HeteroEncoder(dims, list(data.edge_types), kind, hidden=16, layers=2, heads=4)
+    out = encoder(data.x_dict, data.edge_index_dict)
+    assert {t: tuple(v.shape) for t, v in out.items()} == {
+        "product": (12, 16),
+        "scene": (5, 16),
+        "category": (3, 16),
+    }
+    assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_gat_needs_hidden_divisible_by_heads() -> None:
+    with pytest.raises(ValueError, match="multiple of heads"):
+        HeteroEncoder({"product": 4}, [], "gat", hidden=10, heads=4)
+    with pytest.raises(ValueError, match="unknown encoder"):
+        HeteroEncoder({"product": 4}, [("product", "similar", "product")], "gcn")  # type: ignore[arg-type]
+
+
+def test_heads_project_to_unit_vectors() -> None:
+    x = torch.randn(8, 32)
+    head = TripletHead(32, out_dim=128).eval()
+    assert head(x).shape == (8, 128) and torch.allclose(head(x).norm(dim=1), torch.ones(8), atol=1e-5)
+    assert torch.allclose(Projection(32, 16)(x).norm(dim=1), torch.ones(8), atol=1e-5)
+
+
+def test_losses_match_hand_computed_values() -> None:
+    products = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    queries = torch.tensor([[1.0, 0.0]])
+    positives, negatives = torch.tensor([0]), torch.tensor([[0, 1, 2]])  # the first negative is masked
+    expected = -torch.log(
+        torch.exp(torch.tensor(1.0)) / (torch.exp(torch.tensor(1.0)) + 1 + torch.exp(torch.tensor(0.6)))
+    )
+    assert torch.isclose(info_nce(queries, products, positives, negatives, temperature=1.0), expected)
+    assert torch.isclose(triplet(queries, products, positives, negatives, margin=0.5), torch.tensor(0.1))
+    bpr_expected = (
+        -(
+            torch.nn.functional.logsigmoid(torch.tensor(10.0))
+            + torch.nn.functional.logsigmoid(torch.tensor(4.0))
+        )
+        / 2
+    )
+    assert torch.isclose(bpr(queries, products, positives, negatives), bpr_expected)
+
+
+def test_negatives_come_from_the_batch_and_the_positive_category() -> None:
+    category = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    positives = torch.tensor([0, 3, 5])
+    negatives = sample_negatives(positives, category, in_batch=True, same_category=20)
+    assert negatives.shape == (3, 3 + 20)
+    assert (negatives[:, :3] == positives).all()
+    hard = negatives[:, 3:]
+    assert (category[hard] == category[positives][:, None]).all()
+    assert set(hard[1].tolist()) == {3, 4}  # every product of category 1 can be drawn
+    with pytest.raises(ValueError, match="no negatives"):
+        sample_negatives(positives, category, in_batch=False, same_category=0)
+
+
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+@pytest.mark.parametrize("kind", ["gat", "sage"])
+def test_a_few_steps_lower_the_loss(kind: str, loss_name: str) -> None:
+    torch.manual_seed(0)
+    data = tiny_graph()
+    model = GraphRecommender.for_graph(
+        data, query_dim=6, kind=kind, hidden=16, heads=4, dropout=0.0, out_dim=8
+    )
+    queries = data["product"].x[:6] + 0.1 * torch.randn(6, 6)  # a noisy view of each positive
+    positives = torch.arange(6)
+    negatives = sample_negatives(positives, data["product"].category, same_category=4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = LOSSES[loss_name](model.queries(queries, "stl"), model.products(data), positives, negatives)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
