@@ -1,0 +1,1 @@
+"""Training loops for the GNN recommenders: seeded, checkpointed, resumable, early-stopped."""

@@ -1,0 +1,171 @@
+"""Full-batch training of a ``GraphRecommender`` with checkpoints, resume and early stopping.
+
+A checkpoint holds the model, the optimizer, both random generators and the
+history, so a run killed after epoch n and resumed ends in exactly the state
+an uninterrupted run reaches. Checkpoints are written atomically and read with
+``weights_only=True``.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch_geometric.data import HeteroData
+
+from stl_pipeline.models.losses import LOSSES, sample_negatives
+from stl_pipeline.models.recommender import TASKS, GraphRecommender
+from stl_pipeline.storage import atomic_write_with
+from stl_pipeline.training.ranking import mrr, true_ranks
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    kind: str = "gat"
+    hidden: int = 128
+    heads: int = 4
+    layers: int = 2
+    dropout: float = 0.3
+    out_dim: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    epochs: int = 150
+    loss: str = "infonce"
+    in_batch_negatives: bool = True
+    category_negatives: int = 8
+    patience: int = 30  # epochs without a better validation MRR before stopping
+    checkpoint_every: int = 10
+    seed: int = 0
+
+
+@dataclass
+class Queries:
+    """Query vectors of one task and split, and the index of each one's true product."""
+
+    x: torch.Tensor  # (Q, backbone dim)
+    product: torch.Tensor  # (Q,)
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_mrr: float
+    epochs_run: int
+    history: list[dict[str, float]]
+    stopped_early: bool
+
+
+def validation_mrr(model: GraphRecommender, graph: HeteroData, val: dict[str, Queries]) -> dict[str, float]:
+    """MRR of each task over the same-category candidate pool (the realistic one)."""
+    model.eval()
+    with torch.no_grad():
+        products = model.products(graph)
+        category = graph["product"].category
+        result = {}
+        for task, queries in val.items():
+            scores = model.queries(queries.x, task) @ products.T
+            allowed = category[None, :] == category[queries.product][:, None]
+            result[f"val_mrr_{task}"] = mrr(true_ranks(scores, queries.product, allowed))
+    model.train()
+    result["val_mrr"] = sum(result.values()) / max(1, len(result))
+    return result
+
+
+def _state(model, optimizer, sampler, config, epoch, history, best, finished: bool) -> dict:
+    return {
+        "epoch": epoch,
+        "finished": finished,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "sampler": sampler.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+        "best_epoch": best[0],
+        "best_val_mrr": best[1],
+        "config": asdict(config),
+    }
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train(
+    model: GraphRecommender,
+    graph: HeteroData,
+    train_queries: dict[str, Queries],
+    val_queries: dict[str, Queries],
+    config: TrainConfig,
+    checkpoint_dir: Path,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train, resuming from ``checkpoint_dir/last.pt`` when it was written with the same config."""
+    if config.loss not in LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}: use one of {sorted(LOSSES)}")
+    unknown = set(train_queries) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown tasks {sorted(unknown)}: use {TASKS}")
+    checkpoint_dir = Path(checkpoint_dir)
+    torch.manual_seed(config.seed)
+    sampler = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start, history, best = 0, [], (-1, -math.inf)
+    last = checkpoint_dir / LAST
+    if last.exists():
+        state = load_checkpoint(last)
+        if state["config"] == asdict(config):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            sampler.set_state(state["sampler"])
+            torch.set_rng_state(state["torch_rng"])
+            start, history = state["epoch"] + 1, list(state["history"])
+            best = (state["best_epoch"], state["best_val_mrr"])
+            if state["finished"]:
+                return TrainResult(best[0], best[1], start, history, start < config.epochs)
+    loss_fn = LOSSES[config.loss]
+    category = graph["product"].category
+    model.train()
+    epoch = start - 1
+    for epoch in range(start, config.epochs):
+        products = model.products(graph)
+        loss = torch.zeros(())
+        for task, queries in train_queries.items():
+            negatives = sample_negatives(
+                queries.product, category, config.in_batch_negatives, config.category_negatives, sampler
+            )
+            loss = loss + loss_fn(model.queries(queries.x, task), products, queries.product, negatives)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(
+                f"the loss became {loss.item()} at epoch {epoch}; lower lr (now {config.lr}) or check the "
+                f"inputs for non-finite embeddings. The last good checkpoint is {last}"
+            )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        metrics = {"epoch": float(epoch), "loss": loss.item(), **validation_mrr(model, graph, val_queries)}
+        history.append(metrics)
+        if on_epoch:
+            on_epoch(epoch, metrics)
+        improved = metrics["val_mrr"] > best[1]
+        if improved:
+            best = (epoch, metrics["val_mrr"])
+        finished = epoch + 1 == config.epochs or epoch - best[0] >= config.patience
+        if improved or finished or (epoch + 1) % config.checkpoint_every == 0:
+            state = _state(model, optimizer, sampler, config, epoch, history, best, finished)
+            if improved:
+                save_checkpoint(checkpoint_dir / BEST, state)
+            save_checkpoint(last, state)
+        if finished:
+            break
+    return TrainResult(best[0], best[1], epoch + 1, history, epoch + 1 < config.epochs)

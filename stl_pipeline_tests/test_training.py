@@ -1,0 +1,101 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from stl_pipeline.models.recommender import GraphRecommender
+from stl_pipeline.training.loop import BEST, LAST, NonFiniteLoss, Queries, TrainConfig, load_checkpoint, train
+from stl_pipeline.training.ranking import hit_rate, mrr, true_ranks
+from stl_pipeline_tests.test_models import tiny_graph
+
+CONFIG = TrainConfig(hidden=16, heads=4, out_dim=8, dropout=0.2, epochs=12, checkpoint_every=3, patience=100)
+
+
+def queries(seed: int, products: torch.Tensor, graph) -> Queries:
+    g = torch.Generator().manual_seed(seed)
+    x = graph["product"].x[products] + 0.1 * torch.randn(len(products), 6, generator=g)
+    return Queries(x, products)
+
+
+def setup(config: TrainConfig = CONFIG):
+    graph = tiny_graph()
+    torch.manual_seed(config.seed)
+    model = GraphRecommender.for_graph(
+        graph, 6, kind=config.kind, hidden=config.hidden, heads=config.heads, out_dim=config.out_dim
+    )
+    train_q = {"stl": queries(1, torch.arange(8), graph), "ctl": queries(2, torch.arange(8), graph)}
+    val_q = {"stl": queries(3, torch.arange(8, 12), graph)}
+    return model, graph, train_q, val_q
+
+
+def test_ranks_and_metrics_by_hand() -> None:
+    scores = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.3, 0.3], [0.0, 0.0, 0.0]])
+    truth = torch.tensor([0, 2, 1])
+    ranks = true_ranks(scores, truth)
+    assert ranks.tolist() == [0, 1, 2]  # a tie counts against the true product
+    assert true_ranks(scores, truth, torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 0]]).bool()).tolist() == [
+        0,
+        0,
+        0,
+    ]
+    assert mrr(ranks) == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+    assert hit_rate(ranks, 1) == pytest.approx(1 / 3) and hit_rate(ranks, 2) == pytest.approx(2 / 3)
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:
+    model, graph, train_q, val_q = setup()
+    result = train(model, graph, train_q, val_q, CONFIG, tmp_path)
+    losses = [h["loss"] for h in result.history]
+    assert result.epochs_run == 12 and losses[-1] < losses[0]
+    best = load_checkpoint(tmp_path / BEST)
+    assert best["epoch"] == result.best_epoch and best["best_val_mrr"] == result.best_val_mrr
+    assert load_checkpoint(tmp_path / LAST)["finished"]
+
+
+def test_a_killed_run_resumes_to_the_same_final_state(tmp_path: Path) -> None:
+    model, graph, train_q, val_q = setup()
+    train(model, graph, train_q, val_q, CONFIG, tmp_path / "straight")
+    straight = load_checkpoint(tmp_path / "straight" / LAST)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_7(epoch: int, _: dict) -> None:
+        if epoch == 7:
+            raise Killed
+
+    model, graph, train_q, val_q = setup()
+    with pytest.raises(Killed):
+        train(model, graph, train_q, val_q, CONFIG, tmp_path / "killed", on_epoch=kill_after_epoch_7)
+    assert 5 <= load_checkpoint(tmp_path / "killed" / LAST)["epoch"] < 7  # periodic (5) or a new best
+    model, graph, train_q, val_q = setup()  # a new process: fresh model, fresh generators
+    result = train(model, graph, train_q, val_q, CONFIG, tmp_path / "killed")
+    resumed = load_checkpoint(tmp_path / "killed" / LAST)
+    assert result.epochs_run == 12 and len(result.history) == 12
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+
+def test_early_stopping_and_a_finished_run_is_not_repeated(tmp_path: Path) -> None:
+    config = TrainConfig(**{**CONFIG.__dict__, "epochs": 200, "patience": 3, "lr": 0.0})
+    model, graph, train_q, val_q = setup(config)
+    result = train(model, graph, train_q, val_q, config, tmp_path)
+    assert result.stopped_early and result.epochs_run == result.best_epoch + 4
+    again = train(*setup(config), config, tmp_path)
+    assert again.epochs_run == result.epochs_run and again.history == result.history
+
+
+def test_a_non_finite_loss_stops_with_advice(tmp_path: Path) -> None:
+    model, graph, train_q, val_q = setup()
+    train_q["stl"].x[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLoss, match=r"lower lr .* non-finite embeddings"):
+        train(model, graph, train_q, val_q, CONFIG, tmp_path)
+
+
+def test_unknown_loss_or_task_is_refused(tmp_path: Path) -> None:
+    model, graph, train_q, val_q = setup()
+    with pytest.raises(ValueError, match="unknown loss"):
+        train(model, graph, train_q, val_q, TrainConfig(loss="hinge"), tmp_path)
+    with pytest.raises(ValueError, match="unknown tasks"):
+        train(model, graph, {"outfit": train_q["stl"]}, val_q, CONFIG, tmp_path)
