@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from stl_pipeline.evaluation.retrieval import RetrievalTask, metrics, sample_auc_negatives
+
+# Four products in two categories; three queries whose true products are 0, 2 and 3.
+CATEGORY = torch.tensor([0, 0, 1, 1])
+SCORES = torch.tensor(
+    [
+        [0.2, 0.9, 0.8, 0.1],  # true 0: rank 2 in the catalogue, 1 within category 0
+        [0.1, 0.2, 0.9, 0.3],  # true 2: rank 0
+        [0.9, 0.1, 0.8, 0.7],  # true 3: rank 2 in the catalogue, 1 within category 1
+    ]
+)
+TASK = RetrievalTask(torch.tensor([0, 2, 3]), CATEGORY, torch.tensor([[1, 1], [3, 3], [2, 2]]))
+
+
+def test_metrics_against_hand_computed_values() -> None:
+    catalogue = metrics(SCORES, TASK, "catalogue")
+    assert catalogue["HR@1"] == pytest.approx(1 / 3)
+    assert catalogue["HR@5"] == pytest.approx(1.0)
+    assert catalogue["MRR"] == pytest.approx((1 / 3 + 1 + 1 / 3) / 3)
+    assert catalogue["NDCG@10"] == pytest.approx((1 / np.log2(4) + 1 + 1 / np.log2(4)) / 3)
+    same = metrics(SCORES, TASK, "same_category")
+    assert same["HR@1"] == pytest.approx(1 / 3) and same["MRR"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert same["NDCG@10"] == pytest.approx((1 / np.log2(3) + 1 + 1 / np.log2(3)) / 3)
+    # AUC per query against its negatives, as scikit-learn computes it: 0, 1, 0.
+    assert same["AUC"] == pytest.approx(np.mean([roc_auc_score([1, 0, 0], [0.2, 0.9, 0.9]), 1.0, 0.0]))
+
+
+def test_unknown_pool_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown candidate pool"):
+        metrics(SCORES, TASK, "friends")
+
+
+def test_auc_negatives_share_the_category_and_avoid_the_scene() -> None:
+    category = torch.tensor([0, 0, 0, 0, 1, 1])
+    negatives = sample_auc_negatives(torch.tensor([0, 4]), category, [{0, 1}, {4, 5}], count=10)
+    assert set(negatives[0].tolist()) <= {2, 3}
+    assert (negatives[1] == -1).all()  # category 1 has no product outside the scene
+    scores = torch.tensor([[0.9, 0.0, 0.1, 0.2, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.1, 0.5]])
+    task = RetrievalTask(torch.tensor([0, 4]), category, negatives)
+    assert metrics(scores, task, "catalogue")["AUC"] == 1.0  # only the first query has negatives
