@@ -1,0 +1,78 @@
+"""MLflow tracking through an explicit client: no process-global active run, so concurrent
+materializations in one process never log into each other's runs.
+
+Model versions are registered with the run's checkpoint directory as their
+source: a state dict and its config, loadable with ``weights_only=True``,
+rather than a pickled model.
+"""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+
+MAX_PARAM_LENGTH = 6000
+
+
+class TrackedRun:
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict) -> None:
+        items = [Param(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+
+    def log_artifact(self, path: Path, directory: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), directory)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def register(self, name: str, directory: str, tags: dict[str, str] | None = None) -> str:
+        """Register ``directory`` of this run's artifacts as a new version of model ``name``."""
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as error:
+            if "already exists" not in str(error).lower() and "RESOURCE_ALREADY_EXISTS" not in str(error):
+                raise
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{directory}"
+        version = self.client.create_model_version(name, source, run_id=self.run_id, tags=tags or {})
+        return str(version.version)
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri, self.experiment, self.artifact_root = tracking_uri, experiment, artifact_root
+
+    def experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=self.artifact_root)
+        except MlflowException:  # created concurrently
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
+
+    @contextmanager
+    def run(self, name: str, tags: dict[str, str] | None = None) -> Iterator[TrackedRun]:
+        """An MLflow run that ends FINISHED, or FAILED if the block raises."""
+        run = self.client.create_run(self.experiment_id(), run_name=name, tags=tags or {})
+        tracked = TrackedRun(self.client, run.info.run_id)
+        try:
+            yield tracked
+        except BaseException:
+            self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
