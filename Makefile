@@ -8,7 +8,7 @@ STL_DATA_DIR ?= $(CURDIR)/.stl_data
 DAGSTER_HOME ?= $(STL_DATA_DIR)/dagster_home
 export STL_DATA_DIR DAGSTER_HOME
 
-.PHONY: install demo test lint format ui bench lock clean
+.PHONY: install demo test lint format ui mlflow bench lock clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ format: install
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev
+
+# The MLflow UI on the store training runs log to (MLFLOW_TRACKING_URI overrides it).
+MLFLOW_TRACKING_URI ?= sqlite:///$(STL_DATA_DIR)/mlflow/mlflow.db
+mlflow: install
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
 
 $(DAGSTER_HOME)/dagster.yaml: | instance/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)

@@ -2,20 +2,29 @@
 
 import dagster as dg
 
+from stl_pipeline.evaluation import assets as evaluation_assets
 from stl_pipeline.features import assets as feature_assets
 from stl_pipeline.graph import assets as graph_assets
 from stl_pipeline.images import assets as image_assets
 from stl_pipeline.ingest import assets as ingest_assets
-from stl_pipeline.io_managers import EmbeddingIOManager, GraphIOManager, ParquetIOManager
-from stl_pipeline.resources import BackboneResource, ImageSource, StlFiles, TorchDevice
+from stl_pipeline.io_managers import EmbeddingIOManager, GraphIOManager, ModelIOManager, ParquetIOManager
+from stl_pipeline.resources import (
+    BackboneResource,
+    ImageSource,
+    MlflowTracker,
+    QualityGate,
+    StlFiles,
+    TorchDevice,
+)
 from stl_pipeline.settings import Settings, load_settings
+from stl_pipeline.training import assets as training_assets
 
-MODULES = [ingest_assets, image_assets, feature_assets, graph_assets]
+MODULES = [ingest_assets, image_assets, feature_assets, graph_assets, training_assets, evaluation_assets]
 
 stl_full_pipeline = dg.define_asset_job(
     "stl_full_pipeline",
     selection=dg.AssetSelection.all(),
-    description="Every asset, from the raw files to the graph.",
+    description="Every asset, from the raw files to the trained models and their reports.",
 )
 
 
@@ -44,6 +53,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "io_manager": ParquetIOManager(base_dir=str(settings.data_dir / "tables")),
             "embedding_io_manager": EmbeddingIOManager(base_dir=str(settings.data_dir / "embeddings")),
             "graph_io_manager": GraphIOManager(base_dir=str(settings.data_dir / "graph")),
+            "model_io_manager": ModelIOManager(base_dir=str(settings.data_dir / "models")),
+            "quality_gate": QualityGate(),
+            "mlflow": MlflowTracker(
+                tracking_uri=settings.mlflow_tracking_uri,
+                artifact_root=str(settings.data_dir / "mlflow" / "artifacts"),
+            ),
         },
     )
 

@@ -48,6 +48,14 @@ def main() -> int:
             if k in meta
         )
         print(f"  {materialization.asset_key.to_user_string():<21} {shown}")
+    report = [
+        e for e in result.get_asset_materialization_events() if e.asset_key.path == ["retrieval_report"]
+    ]
+    if report:
+        meta = report[0].step_materialization_data.materialization.metadata
+        print("\nRetrieval report, held-out test scenes, same-category candidates:\n")
+        print(meta["test_same_category"].value)
+        print(f"\nMLflow runs: {meta['mlflow_runs'].value}")
     print("\nChecks:")
     for evaluation in result.get_asset_check_evaluations():
         verdict = "pass" if evaluation.passed else "FAIL"

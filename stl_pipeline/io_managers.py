@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import dagster as dg
 import pandas as pd
+import torch
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.graph.store import load_graph, save_graph
@@ -81,3 +82,16 @@ class GraphIOManager(_FileIOManager):
         data, info = load_graph(path)
         data.info = info
         return data
+
+
+class ModelIOManager(_FileIOManager):
+    """A trained model record (weights, config, schema) via torch.save; loaded weights-only."""
+
+    suffix: ClassVar[str] = ".pt"
+
+    def write(self, obj: dict, path: Path) -> dict:
+        atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
+        return {}
+
+    def read(self, path: Path) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=True)

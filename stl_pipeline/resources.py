@@ -13,6 +13,7 @@ from stl_pipeline.features.backbone import Backbone, BackboneSpec, WeightsSource
 from stl_pipeline.generate import GeneratorConfig, generate_dataset
 from stl_pipeline.images.download import Downloader, DownloadPolicy
 from stl_pipeline.storage import atomic_write_bytes
+from stl_pipeline.tracking import Tracker
 
 
 class StlFiles(dg.ConfigurableResource):
@@ -131,3 +132,25 @@ class BackboneResource(dg.ConfigurableResource):
 
     def load(self) -> Backbone:
         return load_backbone(BackboneSpec(self.model, self.weights, self.checkpoint, self.image_size))
+
+
+class MlflowTracker(dg.ConfigurableResource):
+    """Where training runs are tracked; the default is a SQLite store under STL_DATA_DIR."""
+
+    tracking_uri: str = Field(description="MLflow tracking URI (MLFLOW_TRACKING_URI).")
+    experiment: str = "stl-pipeline"
+    artifact_root: str | None = Field(
+        default=None, description="Where a new experiment keeps artifacts; empty: the server's default."
+    )
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.tracking_uri, self.experiment, self.artifact_root)
+
+
+class QualityGate(dg.ConfigurableResource):
+    """Thresholds that a trained model must meet before anything downstream uses it."""
+
+    ctl_hr10_margin: float = Field(
+        default=0.0,
+        description="GAT's validation CTL HR@10 must exceed popularity's and frozen kNN's by at least this.",
+    )

@@ -35,6 +35,7 @@ class Settings:
     backbone_checkpoint: str | None = None
     image_size: int | None = None
     device: str = "auto"
+    mlflow_tracking_uri: str = ""
 
     @property
     def demo_dir(self) -> Path:
@@ -95,4 +96,6 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         backbone_checkpoint=checkpoint,
         image_size=size,
         device=environ.get("STL_DEVICE") or "auto",
+        mlflow_tracking_uri=environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
     )

@@ -53,6 +53,8 @@ class TrackedRun:
 
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None) -> None:
+        if tracking_uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri, self.experiment, self.artifact_root = tracking_uri, experiment, artifact_root
 

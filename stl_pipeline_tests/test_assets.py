@@ -3,12 +3,13 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 
 from stl_pipeline.definitions import MODULES, build_definitions
 from stl_pipeline.graph.build import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.images.download import DOWNLOADED, FAILED
-from stl_pipeline.resources import StlFiles
+from stl_pipeline.resources import QualityGate, StlFiles
 from stl_pipeline.settings import load_settings
 from stl_pipeline.vectors import Embeddings
 from stl_pipeline_tests.http_server import ImageServer
@@ -171,3 +172,54 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
 
     again, _ = run(environ, groups=("features",))
     assert again.success and metadata(again, "scene_embeddings")["computed"] == 0
+
+
+def test_training_and_report_materialize_and_track_runs_in_mlflow(
+    tmp_path: Path, small_dataset: Path
+) -> None:
+    environ = {
+        "STL_DATA_DIR": str(tmp_path / "data"),
+        "STL_PAIRS_PATH": str(small_dataset / "fashion.json"),
+        "STL_CATEGORIES_PATH": str(small_dataset / "fashion-cat.json"),
+        "STL_IMAGE_URL_TEMPLATE": (small_dataset / "images").as_uri() + "/{signature}.jpg",
+        "STL_BACKBONE": "tf_efficientnet_lite0",
+        "STL_BACKBONE_WEIGHTS": "packaged",
+        "STL_BACKBONE_IMAGE_SIZE": "64",
+    }
+    settings = load_settings(environ)
+    resources = dict(build_definitions(settings).resources)
+    resources["quality_gate"] = QualityGate(
+        ctl_hr10_margin=-1.0
+    )  # a smoke test: the gate is tested elsewhere
+    few = {"epochs": 6, "hidden": 32, "checkpoint_every": 2}
+    run_config = {"ops": {"gat_model": {"config": few}, "sage_model": {"config": {**few, "lr": 0.01}}}}
+    result = dg.materialize(
+        [*ASSETS, *CHECKS], resources=resources, run_config=run_config, raise_on_error=False
+    )
+    assert result.success
+    evaluated = checks(result)
+    assert len(evaluated) == 26 and all(evaluated.values()), evaluated
+
+    report = pd.read_parquet(settings.data_dir / "tables" / "retrieval_report.parquet")
+    methods = {"random", "popularity", "frozen_knn", "gat", "sage", "oracle"}
+    assert set(report["method"]) == methods and set(report["task"]) == {"stl", "ctl"}
+    assert len(report) == len(methods) * 2 * 2 * 2  # splits x tasks x pools
+    catalogue = report[(report["pool"] == "catalogue")].set_index(["split", "task", "method"])["MRR"]
+    for split in ("val", "test"):
+        for task in ("stl", "ctl"):
+            assert catalogue[split, task, "oracle"] > catalogue[split, task, "random"]
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name("stl-pipeline")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.data.tags["asset"] for r in runs} == {"gat_model", "sage_model"}
+    for run in runs:
+        assert run.data.tags["dagster_run_id"] == result.run_id and run.info.status == "FINISHED"
+        assert run.data.params["epochs"] == "6" and "val_mrr" in run.data.metrics
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 6
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {
+            "checkpoint/best.pt",
+            "checkpoint/config.json",
+        }
+    assert {r.data.params["lr"] for r in runs} == {"0.003", "0.01"}
+    assert client.get_latest_versions("stl-gat")[0].run_id == metadata(result, "gat_model")["mlflow_run_id"]

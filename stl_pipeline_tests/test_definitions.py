@@ -12,6 +12,9 @@ ASSETS = {
     "stl_crop_embeddings": "features",
     "ctl_scene_embeddings": "features",
     "stl_graph": "graph",
+    "gat_model": "training",
+    "sage_model": "training",
+    "retrieval_report": "evaluation",
 }
 
 
@@ -39,6 +42,10 @@ def test_every_asset_is_guarded_by_blocking_checks() -> None:
         "stl_graph_no_leakage",
         "stl_graph_edge_indices_valid",
         "stl_graph_scenes_connected",
+        "gat_model_weights_finite",
+        "sage_model_weights_finite",
+        "retrieval_report_complete",
+        "retrieval_report_gat_beats_baselines",
     } <= names
     for asset in ("product_embeddings", "scene_embeddings", "stl_crop_embeddings", "ctl_scene_embeddings"):
         assert {f"{asset}_finite", f"{asset}_unit_norm", f"{asset}_complete"} <= names
@@ -48,7 +55,7 @@ def test_gpu_bound_assets_share_the_gpu_pool() -> None:
     graph = defs.resolve_asset_graph()
     pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
     gpu = {name for name, assigned in pools.items() if assigned and "gpu" in assigned}
-    assert gpu == {name for name, group in ASSETS.items() if group == "features"}
+    assert gpu == {name for name, group in ASSETS.items() if group in ("features", "training")}
 
 
 def test_resources_show_the_environment_contract() -> None:

@@ -8,6 +8,7 @@ an uninterrupted run reaches. Checkpoints are written atomically and read with
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def train(
     config: TrainConfig,
     checkpoint_dir: Path,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> TrainResult:
     """Train, resuming from ``checkpoint_dir/last.pt`` when it was written with the same config."""
     if config.loss not in LOSSES:
@@ -134,17 +136,23 @@ def train(
             if state["finished"]:
                 return TrainResult(best[0], best[1], start, history, start < config.epochs)
     loss_fn = LOSSES[config.loss]
-    category = graph["product"].category
+    category = graph["product"].category.cpu()  # negatives are drawn on the CPU generator
     model.train()
     epoch = start - 1
     for epoch in range(start, config.epochs):
-        products = model.products(graph)
-        loss = torch.zeros(())
-        for task, queries in train_queries.items():
-            negatives = sample_negatives(
-                queries.product, category, config.in_batch_negatives, config.category_negatives, sampler
-            )
-            loss = loss + loss_fn(model.queries(queries.x, task), products, queries.product, negatives)
+        with autocast():
+            products = model.products(graph).float()
+            loss = torch.zeros((), device=products.device)
+            for task, queries in train_queries.items():
+                negatives = sample_negatives(
+                    queries.product.cpu(),
+                    category,
+                    config.in_batch_negatives,
+                    config.category_negatives,
+                    sampler,
+                ).to(products.device)
+                predicted = model.queries(queries.x, task).float()
+                loss = loss + loss_fn(predicted, products, queries.product, negatives)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
                 f"the loss became {loss.item()} at epoch {epoch}; lower lr (now {config.lr}) or check the "

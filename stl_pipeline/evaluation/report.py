@@ -1,0 +1,95 @@
+"""The retrieval report: every method on every task, candidate pool and metric.
+
+Methods score (queries x products); the ranking protocol is the same for all:
+random, popularity within category, the frozen backbone's cosine kNN, the
+trained GNNs, and, when the generator's ground truth is at hand, an oracle
+that ranks by the true latent style (the ceiling).
+"""
+
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+from torch_geometric.data import HeteroData
+
+from stl_pipeline.evaluation.retrieval import KS, POOLS, RetrievalTask, metrics, sample_auc_negatives
+from stl_pipeline.training.loop import Queries
+
+# (task, queries, the pairs they come from) -> (Q, P) scores
+Scorer = Callable[[str, Queries, pd.DataFrame], torch.Tensor]
+METRICS = [*(f"HR@{k}" for k in KS), "MRR", "NDCG@10", "AUC"]
+
+
+def random_scorer(products: int, seed: int = 0) -> Scorer:
+    def score(task: str, queries: Queries, rows: pd.DataFrame) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return torch.rand(len(queries.product), products, generator=generator)
+
+    return score
+
+
+def popularity_scorer(popularity: torch.Tensor, seed: int = 0) -> Scorer:
+    """Train popularity; ties are broken at random, never in the true product's favour by index."""
+
+    def score(task: str, queries: Queries, rows: pd.DataFrame) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.rand(len(queries.product), len(popularity), generator=generator) * 1e-3
+        return popularity.float()[None, :] + noise
+
+    return score
+
+
+def cosine_scorer(products: torch.Tensor, queries_of: Callable[[str, torch.Tensor], torch.Tensor]) -> Scorer:
+    def score(task: str, queries: Queries, rows: pd.DataFrame) -> torch.Tensor:
+        with torch.no_grad():
+            return queries_of(task, queries.x) @ products.T
+
+    return score
+
+
+def oracle_scorer(
+    product_style: torch.Tensor, scene_style: dict[str, int], popularity: torch.Tensor
+) -> Scorer:
+    """1 for products of the scene's true style, plus popularity (under 0.5) to order them."""
+    tiebreak = popularity.float() / (popularity.max().float() + 1) * 0.5
+
+    def score(task: str, queries: Queries, rows: pd.DataFrame) -> torch.Tensor:
+        style = torch.tensor([scene_style.get(s, -1) for s in rows["scene"]])
+        return (product_style[None, :] == style[:, None]).float() + tiebreak[None, :]
+
+    return score
+
+
+def retrieval_task(
+    graph: HeteroData, all_pairs: pd.DataFrame, rows: pd.DataFrame, queries: Queries, seed: int = 0
+) -> RetrievalTask:
+    """The AUC negatives of each query: same-category products absent from its scene."""
+    position = {p: i for i, p in enumerate(graph["product"].ids)}
+    scenes = all_pairs[all_pairs["scene"].isin(set(rows["scene"]))]
+    members = scenes.groupby("scene")["product"].agg(lambda s: {position[p] for p in s if p in position})
+    category = graph["product"].category.cpu()
+    negatives = sample_auc_negatives(
+        queries.product.cpu(), category, [members[s] for s in rows["scene"]], seed=seed
+    )
+    return RetrievalTask(queries.product.cpu(), category, negatives)
+
+
+def report(
+    methods: dict[str, Scorer],
+    graph: HeteroData,
+    all_pairs: pd.DataFrame,
+    split_queries: dict[str, dict[str, Queries]],
+    split_rows: dict[str, dict[str, pd.DataFrame]],
+) -> pd.DataFrame:
+    """One row per (split, method, task, pool) with every metric."""
+    rows = []
+    for split, by_task in split_queries.items():
+        for task, queries in by_task.items():
+            pairs = split_rows[split][task]
+            evaluation = retrieval_task(graph, all_pairs, pairs, queries)
+            for method, scorer in methods.items():
+                scores = scorer(task, queries, pairs).cpu().float()
+                for pool in POOLS:
+                    key = {"split": split, "method": method, "task": task, "pool": pool}
+                    rows.append(key | {"queries": len(pairs)} | metrics(scores, evaluation, pool))
+    return pd.DataFrame(rows)

@@ -1,0 +1,134 @@
+"""Assets of the ``training`` group: GAT and GraphSAGE recommenders, tracked in MLflow."""
+
+import hashlib
+import json
+from dataclasses import asdict
+
+import dagster as dg
+import pandas as pd
+import torch
+from pydantic import Field
+from torch_geometric.data import HeteroData
+
+from stl_pipeline.device import autocast, describe
+from stl_pipeline.resources import MlflowTracker, StlFiles, TorchDevice
+from stl_pipeline.storage import atomic_write_bytes
+from stl_pipeline.training.data import split_queries
+from stl_pipeline.training.loop import BEST, TrainConfig, load_checkpoint, train
+from stl_pipeline.training.models import build_model, model_record, schema
+from stl_pipeline.vectors import Embeddings
+
+GROUP, POOL, IO = "training", "gpu", "model_io_manager"
+
+
+class GnnConfig(dg.Config):
+    hidden: int = 128
+    heads: int = Field(default=4, description="Attention heads (GAT only).")
+    layers: int = 2
+    dropout: float = 0.3
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    epochs: int = 150
+    loss: str = Field(default="infonce", description="infonce, triplet or bpr.")
+    in_batch_negatives: bool = True
+    category_negatives: int = Field(default=8, description="Same-category hard negatives per query.")
+    patience: int = Field(default=30, description="Epochs without a better validation MRR before stopping.")
+    checkpoint_every: int = 10
+    seed: int = 0
+
+
+def _train_asset(name: str, kind: str, registered: str, description: str) -> dg.AssetsDefinition:
+    @dg.asset(name=name, group_name=GROUP, pool=POOL, io_manager_key=IO, description=description)
+    def trained(
+        context: dg.AssetExecutionContext,
+        config: GnnConfig,
+        stl_graph: HeteroData,
+        stl_pairs: pd.DataFrame,
+        stl_crop_embeddings: Embeddings,
+        ctl_scene_embeddings: Embeddings,
+        torch_device: TorchDevice,
+        mlflow: MlflowTracker,
+        stl_files: StlFiles,
+    ) -> dg.Output[dict]:
+        train_config = TrainConfig(kind=kind, **config.model_dump())
+        params = asdict(train_config)
+        queries = {"stl": stl_crop_embeddings, "ctl": ctl_scene_embeddings}
+        train_q, _ = split_queries(stl_graph, stl_pairs, queries, "train")
+        val_q, _ = split_queries(stl_graph, stl_pairs, queries, "val")
+        # Resuming is only right for the same config on the same data: a retrain on new data
+        # starts afresh, a retry of an interrupted one continues.
+        digest = hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=8)
+        for tensor in (*(stl_graph[t].x for t in stl_graph.node_types), *stl_graph.edge_index_dict.values()):
+            digest.update(tensor.numpy().tobytes())
+        for split in (train_q, val_q):
+            for q in split.values():
+                digest.update(q.x.numpy().tobytes())
+                digest.update(q.product.numpy().tobytes())
+        checkpoints = stl_files.path("checkpoints", name, digest.hexdigest())
+        device = torch_device.torch_device()
+        precision = torch_device.precision_on(device)
+        graph = stl_graph.to(device)
+        for split in (train_q, val_q):
+            for q in split.values():
+                q.x, q.product = q.x.to(device), q.product.to(device)
+        torch.manual_seed(train_config.seed)
+        node_dims, edge_types = schema(stl_graph)
+        model = build_model(node_dims, edge_types, stl_crop_embeddings.dim, train_config).to(device)
+        tags = {"dagster_run_id": context.run.run_id, "asset": name, "kind": kind}
+        with mlflow.tracker().run(f"{name} {context.run.run_id[:8]}", tags=tags) as run:
+            run.log_params({**params, "device": describe(device), "precision": precision})
+            result = train(
+                model,
+                graph,
+                train_q,
+                val_q,
+                train_config,
+                checkpoints,
+                on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
+                autocast=lambda: autocast(device, precision),
+            )
+            best = load_checkpoint(checkpoints / BEST)
+            record = model_record(best, stl_graph, stl_crop_embeddings.dim, run.run_id)
+            config_path = checkpoints / "config.json"
+            atomic_write_bytes(config_path, json.dumps(params, indent=2).encode())
+            run.log_artifact(checkpoints / BEST, "checkpoint")
+            run.log_artifact(config_path, "checkpoint")
+            run.log_metrics({"best_epoch": result.best_epoch, "best_val_mrr": result.best_val_mrr})
+            version = run.register(
+                registered, "checkpoint", tags={"asset": name, "dagster_run_id": context.run.run_id}
+            )
+        history = pd.DataFrame(result.history)
+        context.log.info(
+            f"{name}: best validation MRR {result.best_val_mrr:.4f} at epoch {result.best_epoch}"
+        )
+        return dg.Output(
+            record,
+            metadata={
+                "mlflow_run_id": run.run_id,
+                "mlflow_model": f"{registered} version {version}",
+                "best_epoch": result.best_epoch,
+                "best_val_mrr": round(result.best_val_mrr, 4),
+                "epochs_run": result.epochs_run,
+                "stopped_early": result.stopped_early,
+                "final_loss": round(float(history["loss"].iloc[-1]), 4) if len(history) else float("nan"),
+                "device": describe(device),
+                "precision": precision,
+                "checkpoints": dg.MetadataValue.path(str(checkpoints)),
+            },
+        )
+
+    return trained
+
+
+gat_model = _train_asset(
+    "gat_model",
+    "gat",
+    "stl-gat",
+    "Heterogeneous GAT over stl_graph, with STL and CTL query projections, early-stopped on validation MRR.",
+)
+sage_model = _train_asset(
+    "sage_model",
+    "sage",
+    "stl-sage",
+    "GraphSAGE over stl_graph, with STL and CTL query projections, early-stopped on validation MRR.",
+)

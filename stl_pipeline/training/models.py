@@ -1,0 +1,52 @@
+"""A trained model as one self-describing record: weights, the config and the graph schema
+needed to rebuild it, and where it came from. Plain tensors and containers, so it loads
+with ``weights_only=True``."""
+
+from torch_geometric.data import HeteroData
+
+from stl_pipeline.models.encoders import EdgeType
+from stl_pipeline.models.recommender import GraphRecommender
+from stl_pipeline.training.loop import TrainConfig
+
+
+def build_model(
+    node_dims: dict[str, int], edge_types: list[EdgeType], query_dim: int, config: TrainConfig
+) -> GraphRecommender:
+    return GraphRecommender(
+        node_dims,
+        edge_types,
+        query_dim,
+        kind=config.kind,  # type: ignore[arg-type]
+        hidden=config.hidden,
+        layers=config.layers,
+        heads=config.heads,
+        dropout=config.dropout,
+        out_dim=config.out_dim,
+    )
+
+
+def schema(graph: HeteroData) -> tuple[dict[str, int], list[EdgeType]]:
+    return {t: int(graph[t].x.shape[1]) for t in graph.node_types}, list(graph.edge_types)
+
+
+def model_record(best: dict, graph: HeteroData, query_dim: int, mlflow_run_id: str) -> dict:
+    """``best`` is the best-epoch checkpoint that ``train`` wrote."""
+    node_dims, edge_types = schema(graph)
+    return {
+        "config": best["config"],
+        "state_dict": best["model"],
+        "node_dims": node_dims,
+        "edge_types": [list(e) for e in edge_types],
+        "query_dim": query_dim,
+        "best_epoch": best["best_epoch"],
+        "best_val_mrr": best["best_val_mrr"],
+        "history": best["history"],
+        "mlflow_run_id": mlflow_run_id,
+    }
+
+
+def load_model(record: dict) -> GraphRecommender:
+    edge_types = [tuple(e) for e in record["edge_types"]]
+    model = build_model(record["node_dims"], edge_types, record["query_dim"], TrainConfig(**record["config"]))
+    model.load_state_dict(record["state_dict"])
+    return model.eval()
