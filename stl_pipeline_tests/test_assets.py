@@ -222,4 +222,5 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
             "checkpoint/config.json",
         }
     assert {r.data.params["lr"] for r in runs} == {"0.003", "0.01"}
-    assert client.get_latest_versions("stl-gat")[0].run_id == metadata(result, "gat_model")["mlflow_run_id"]
+    (version,) = client.search_model_versions("name = 'stl-gat'")
+    assert version.run_id == metadata(result, "gat_model")["mlflow_run_id"]
