@@ -128,8 +128,9 @@ def test_quarantine_table_is_written_even_when_clean(tmp_path: Path, small_datas
     assert metadata(result, "stl_pairs")["quarantined"] == 0
 
 
-def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_dataset: Path) -> None:
-    environ = {
+def generated_environ(tmp_path: Path, small_dataset: Path) -> dict[str, str]:
+    """The small generated dataset from files, with the packaged backbone on small inputs."""
+    return {
         "STL_DATA_DIR": str(tmp_path / "data"),
         "STL_PAIRS_PATH": str(small_dataset / "fashion.json"),
         "STL_CATEGORIES_PATH": str(small_dataset / "fashion-cat.json"),
@@ -138,6 +139,10 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
         "STL_BACKBONE_WEIGHTS": "packaged",
         "STL_BACKBONE_IMAGE_SIZE": "64",
     }
+
+
+def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_dataset: Path) -> None:
+    environ = generated_environ(tmp_path, small_dataset)
     groups = ("ingest", "images", "features", "graph")
     result, data_dir = run(environ, groups=groups)
     assert result.success
@@ -177,15 +182,7 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
 def test_training_and_report_materialize_and_track_runs_in_mlflow(
     tmp_path: Path, small_dataset: Path
 ) -> None:
-    environ = {
-        "STL_DATA_DIR": str(tmp_path / "data"),
-        "STL_PAIRS_PATH": str(small_dataset / "fashion.json"),
-        "STL_CATEGORIES_PATH": str(small_dataset / "fashion-cat.json"),
-        "STL_IMAGE_URL_TEMPLATE": (small_dataset / "images").as_uri() + "/{signature}.jpg",
-        "STL_BACKBONE": "tf_efficientnet_lite0",
-        "STL_BACKBONE_WEIGHTS": "packaged",
-        "STL_BACKBONE_IMAGE_SIZE": "64",
-    }
+    environ = generated_environ(tmp_path, small_dataset)
     settings = load_settings(environ)
     resources = dict(build_definitions(settings).resources)
     resources["quality_gate"] = QualityGate(
