@@ -6,6 +6,7 @@ from stl_pipeline.models.encoders import HeteroEncoder
 from stl_pipeline.models.heads import Projection, TripletHead
 from stl_pipeline.models.losses import LOSSES, bpr, info_nce, sample_negatives, triplet
 from stl_pipeline.models.recommender import GraphRecommender
+from stl_pipeline.training.models import schema
 
 
 def tiny_graph(seed: int = 0) -> HeteroData:
@@ -90,8 +91,8 @@ def test_negatives_come_from_the_batch_and_the_positive_category() -> None:
 def test_a_few_steps_lower_the_loss(kind: str, loss_name: str) -> None:
     torch.manual_seed(0)
     data = tiny_graph()
-    model = GraphRecommender.for_graph(
-        data, query_dim=6, kind=kind, hidden=16, heads=4, dropout=0.0, out_dim=8
+    model = GraphRecommender(
+        *schema(data), query_dim=6, kind=kind, hidden=16, heads=4, dropout=0.0, out_dim=8
     )
     queries = data["product"].x[:6] + 0.1 * torch.randn(6, 6)  # a noisy view of each positive
     positives = torch.arange(6)

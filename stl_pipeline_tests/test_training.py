@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stl_pipeline.models.recommender import GraphRecommender
 from stl_pipeline.training.loop import BEST, LAST, NonFiniteLoss, Queries, TrainConfig, load_checkpoint, train
+from stl_pipeline.training.models import build_model, schema
 from stl_pipeline.training.ranking import hit_rate, mrr, true_ranks
 from stl_pipeline_tests.test_models import tiny_graph
 
@@ -20,9 +20,7 @@ def queries(seed: int, products: torch.Tensor, graph) -> Queries:
 def setup(config: TrainConfig = CONFIG):
     graph = tiny_graph()
     torch.manual_seed(config.seed)
-    model = GraphRecommender.for_graph(
-        graph, 6, kind=config.kind, hidden=config.hidden, heads=config.heads, out_dim=config.out_dim
-    )
+    model = build_model(*schema(graph), 6, config)
     train_q = {"stl": queries(1, torch.arange(8), graph), "ctl": queries(2, torch.arange(8), graph)}
     val_q = {"stl": queries(3, torch.arange(8, 12), graph)}
     return model, graph, train_q, val_q

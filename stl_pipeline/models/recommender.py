@@ -35,11 +35,6 @@ class GraphRecommender(nn.Module):
             {task: Projection(query_dim, out_dim, dropout=dropout) for task in TASKS}
         )
 
-    @staticmethod
-    def for_graph(data: HeteroData, query_dim: int, **options) -> "GraphRecommender":
-        node_dims = {t: data[t].x.shape[1] for t in data.node_types}
-        return GraphRecommender(node_dims, list(data.edge_types), query_dim, **options)
-
     def products(self, data: HeteroData) -> torch.Tensor:
         """(P, out_dim) product vectors after message passing over ``data``'s edges."""
         h = self.encoder(data.x_dict, data.edge_index_dict)
