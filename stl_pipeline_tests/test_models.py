@@ -4,9 +4,9 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.models.encoders import HeteroEncoder
 from stl_pipeline.models.heads import Projection, TripletHead
-from stl_pipeline.models.losses import LOSSES, bpr, info_nce, sample_negatives, triplet
-from stl_pipeline.models.recommender import GraphRecommender
-from stl_pipeline.training.models import schema
+from stl_pipeline.models.losses import LOSSES, bpr, candidate_scores, info_nce, sample_negatives, triplet
+from stl_pipeline.training.loop import TrainConfig
+from stl_pipeline.training.models import build_model, schema
 
 
 def tiny_graph(seed: int = 0) -> HeteroData:
@@ -86,14 +86,27 @@ def test_negatives_come_from_the_batch_and_the_positive_category() -> None:
         sample_negatives(positives, category, in_batch=False, same_category=0)
 
 
+def test_scoring_against_the_table_or_the_distinct_candidates_agrees() -> None:
+    g = torch.Generator().manual_seed(0)
+    products = torch.nn.functional.normalize(torch.randn(50, 8, generator=g), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=1)
+    positives = torch.randint(0, 50, (6,), generator=g)
+    few = torch.randint(0, 50, (6, 4), generator=g)  # 50 > 4 * 4: distinct candidates only
+    many = torch.randint(0, 50, (6, 20), generator=g)  # the whole table
+    for negatives in (few, many):
+        positive, negative, valid = candidate_scores(queries, products, positives, negatives)
+        assert torch.allclose(positive, (queries * products[positives]).sum(1))
+        assert torch.allclose(negative, torch.einsum("bd,bnd->bn", queries, products[negatives]))
+        assert torch.equal(valid, negatives != positives[:, None])
+
+
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))
-@pytest.mark.parametrize("kind", ["gat", "sage"])
+@pytest.mark.parametrize("kind", ["gat", "sage", "triplet"])
 def test_a_few_steps_lower_the_loss(kind: str, loss_name: str) -> None:
     torch.manual_seed(0)
     data = tiny_graph()
-    model = GraphRecommender(
-        *schema(data), query_dim=6, kind=kind, hidden=16, heads=4, dropout=0.0, out_dim=8
-    )
+    config = TrainConfig(kind=kind, hidden=16, heads=4, dropout=0.0, out_dim=8)
+    model = build_model(*schema(data), 6, config)
     queries = data["product"].x[:6] + 0.1 * torch.randn(6, 6)  # a noisy view of each positive
     positives = torch.arange(6)
     negatives = sample_negatives(positives, data["product"].category, same_category=4)

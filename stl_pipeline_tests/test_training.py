@@ -1,14 +1,28 @@
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from stl_pipeline.training.loop import BEST, LAST, NonFiniteLoss, Queries, TrainConfig, load_checkpoint, train
+from stl_pipeline.device import autocast
+from stl_pipeline.training.loop import (
+    BEST,
+    LAST,
+    NonFiniteLoss,
+    Queries,
+    TrainConfig,
+    batches,
+    load_checkpoint,
+    train,
+)
 from stl_pipeline.training.models import build_model, schema
 from stl_pipeline.training.ranking import hit_rate, mrr, true_ranks
 from stl_pipeline_tests.test_models import tiny_graph
 
-CONFIG = TrainConfig(hidden=16, heads=4, out_dim=8, dropout=0.2, epochs=12, checkpoint_every=3, patience=100)
+# Three queries a step: resume and early stopping are tested across mini-batches.
+CONFIG = TrainConfig(
+    hidden=16, heads=4, out_dim=8, dropout=0.2, epochs=12, checkpoint_every=3, patience=100, batch_size=3
+)
 
 
 def queries(seed: int, products: torch.Tensor, graph) -> Queries:
@@ -97,3 +111,39 @@ def test_unknown_loss_or_task_is_refused(tmp_path: Path) -> None:
         train(model, graph, train_q, val_q, TrainConfig(loss="hinge"), tmp_path)
     with pytest.raises(ValueError, match="unknown tasks"):
         train(model, graph, {"outfit": train_q["stl"]}, val_q, CONFIG, tmp_path)
+
+
+def test_an_epoch_visits_every_query_once_in_steps_of_the_batch_size() -> None:
+    queries = {
+        "stl": Queries(torch.zeros(10, 2), torch.arange(10)),
+        "ctl": Queries(torch.zeros(4, 2), torch.arange(4)),
+    }
+    steps = batches(queries, 3, torch.Generator().manual_seed(0))
+    assert len(steps) == 4
+    for task, n in (("stl", 10), ("ctl", 4)):
+        seen = torch.cat([step[task] for step in steps])
+        assert sorted(seen.tolist()) == list(range(n))
+        assert max(len(step[task]) for step in steps) <= 3
+    assert len(batches(queries, 0, torch.Generator())) == 1  # 0: full batch
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_cuda_training_with_autocast_learns_and_loads_on_cpu(tmp_path: Path, precision: str) -> None:
+    cuda = torch.device("cuda")
+    model, graph, train_q, val_q = setup()
+    model, graph = model.to(cuda), graph.to(cuda)
+    for split in (train_q, val_q):
+        for q in split.values():
+            q.x, q.product = q.x.to(cuda), q.product.to(cuda)
+    result = train(model, graph, train_q, val_q, CONFIG, tmp_path, autocast=lambda: autocast(cuda, precision))
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0] and all(map(math.isfinite, losses))
+    assert next(model.parameters()).device.type == "cuda"
+    state = load_checkpoint(tmp_path / LAST)  # written from CUDA, read onto the CPU
+    on_cpu, cpu_graph, _, _ = setup()
+    on_cpu.load_state_dict(state["model"])
+    on_cpu.eval(), model.eval()
+    with torch.no_grad():
+        assert torch.allclose(on_cpu.products(cpu_graph), model.products(graph).float().cpu(), atol=1e-3)

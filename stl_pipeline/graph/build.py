@@ -94,6 +94,7 @@ def build_graph(
     visual = product_embeddings.take(product_ids)
     category_index = torch.tensor([category_pos[category_of[p]] for p in product_ids], dtype=torch.long)
     one_hot = torch.nn.functional.one_hot(category_index, len(categories)).float()
+    # The backbone vector comes first: the triplet head and the kNN baseline read only it.
     data[PRODUCT].x = torch.cat([torch.from_numpy(visual), one_hot], dim=1)
     data[PRODUCT].category = category_index
     data[PRODUCT].ids = product_ids

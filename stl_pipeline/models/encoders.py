@@ -1,6 +1,9 @@
 """Heterogeneous GAT and GraphSAGE encoders over ``stl_graph``, built from PyG's layers.
 
-Each node type is first projected to a common width; every layer is a
+Each node type is first projected to a common width, from its features plus
+the log in-degree of each incoming edge type: attention and mean aggregation
+normalize degree away, yet it carries popularity (a product's in-degree on
+``contains`` edges is its count of train scenes). Every layer is a
 ``HeteroConv`` over the message-passing edge types, followed by a residual
 connection and layer norm, which keeps deep stacks from collapsing all nodes
 onto one vector (over-smoothing).
@@ -32,7 +35,10 @@ class HeteroEncoder(nn.Module):
         if kind == "gat" and hidden % heads:
             raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
         self.kind, self.dropout = kind, dropout
-        self.inputs = nn.ModuleDict({t: nn.Linear(d, hidden) for t, d in node_dims.items()})
+        self.incoming = {t: [e for e in edge_types if e[2] == t] for t in node_dims}
+        self.inputs = nn.ModuleDict(
+            {t: nn.Linear(d + len(self.incoming[t]), hidden) for t, d in node_dims.items()}
+        )
         self.convs = nn.ModuleList()
         for _ in range(layers):
             per_edge: dict[EdgeType, nn.Module] = {}
@@ -53,7 +59,7 @@ class HeteroEncoder(nn.Module):
     def forward(
         self, x_dict: dict[str, torch.Tensor], edge_index_dict: dict[EdgeType, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        h = {t: self.inputs[t](x) for t, x in x_dict.items()}
+        h = {t: self.inputs[t](self._with_degrees(t, x, edge_index_dict)) for t, x in x_dict.items()}
         for conv, norms in zip(self.convs, self.norms, strict=True):
             out = conv(h, edge_index_dict)
             h = {
@@ -63,3 +69,14 @@ class HeteroEncoder(nn.Module):
                 for t in h
             }
         return h
+
+    def _with_degrees(
+        self, node_type: str, x: torch.Tensor, edge_index_dict: dict[EdgeType, torch.Tensor]
+    ) -> torch.Tensor:
+        degrees = [
+            torch.bincount(edge_index_dict[e][1], minlength=len(x)).to(x.dtype).log1p()
+            if e in edge_index_dict
+            else x.new_zeros(len(x))
+            for e in self.incoming[node_type]
+        ]
+        return torch.cat([x, *(d[:, None] for d in degrees)], dim=1) if degrees else x

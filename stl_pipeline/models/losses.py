@@ -14,14 +14,20 @@ def candidate_scores(
     """Scores of each query's positive (B,), of its negatives (B, N), and the mask of negatives
     that are really other products (B, N).
 
-    Queries are scored against the distinct candidates with one matrix product:
-    gathering a (B, N, d) block of product vectors instead costs B times the memory.
+    Queries are scored with one matrix product, against the whole table when it is
+    not much larger than the negatives (sorting out the distinct candidates costs
+    more than the product then), else against the distinct candidates only.
+    Gathering a (B, N, d) block of product vectors instead costs B times the memory.
     """
-    candidates, where = torch.unique(torch.cat([positives, negatives.flatten()]), return_inverse=True)
-    scores = queries @ products[candidates].T
     rows = torch.arange(len(queries), device=queries.device)
-    positive = scores[rows, where[: len(positives)]]
-    negative = scores.gather(1, where[len(positives) :].view_as(negatives))
+    if len(products) <= 4 * negatives.shape[1]:
+        scores = queries @ products.T
+        positive, negative = scores[rows, positives], scores.gather(1, negatives)
+    else:
+        candidates, where = torch.unique(torch.cat([positives, negatives.flatten()]), return_inverse=True)
+        scores = queries @ products[candidates].T
+        positive = scores[rows, where[: len(positives)]]
+        negative = scores.gather(1, where[len(positives) :].view_as(negatives))
     return positive, negative, negatives != positives[:, None]
 
 
@@ -74,11 +80,14 @@ def sample_negatives(
     same_category: int = 8,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """(B, N) negative product indices: the batch's other positives, and ``same_category``
+    """(B, N) negative product indices: the batch's distinct positives, and ``same_category``
     random products of each positive's own category (the hard ones)."""
     parts = []
     if in_batch:
-        parts.append(positives[None, :].expand(len(positives), -1))
+        # Each distinct product once: a full batch repeats popular products many times,
+        # and (B, B) negatives would cost quadratic memory for no new candidates.
+        distinct = torch.unique(positives)
+        parts.append(distinct[None, :].expand(len(positives), -1))
     if same_category:
         categories = product_category[positives]
         order = torch.argsort(product_category, stable=True)

@@ -1,4 +1,4 @@
-"""Full-batch training of a ``GraphRecommender`` with checkpoints, resume and early stopping.
+"""Full-batch training of a recommender with checkpoints, resume and early stopping.
 
 A checkpoint holds the model, the optimizer, both random generators and the
 history, so a run killed after epoch n and resumed ends in exactly the state
@@ -16,7 +16,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.models.losses import LOSSES, sample_negatives
-from stl_pipeline.models.recommender import TASKS, GraphRecommender
+from stl_pipeline.models.recommender import TASKS, Recommender
 from stl_pipeline.storage import atomic_write_with
 from stl_pipeline.training.ranking import mrr, true_ranks
 
@@ -25,7 +25,7 @@ LAST, BEST = "last.pt", "best.pt"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    kind: str = "gat"
+    kind: str = "gat"  # gat, sage or triplet
     hidden: int = 128
     heads: int = 4
     layers: int = 2
@@ -37,6 +37,7 @@ class TrainConfig:
     loss: str = "infonce"
     in_batch_negatives: bool = True
     category_negatives: int = 8
+    batch_size: int = 512  # queries per task and optimizer step; 0: all at once (full batch)
     patience: int = 30  # epochs without a better validation MRR before stopping
     checkpoint_every: int = 10
     seed: int = 0
@@ -63,7 +64,7 @@ class TrainResult:
     stopped_early: bool
 
 
-def validation_mrr(model: GraphRecommender, graph: HeteroData, val: dict[str, Queries]) -> dict[str, float]:
+def validation_mrr(model: Recommender, graph: HeteroData, val: dict[str, Queries]) -> dict[str, float]:
     """MRR of each task over the same-category candidate pool (the realistic one)."""
     model.eval()
     with torch.no_grad():
@@ -77,6 +78,20 @@ def validation_mrr(model: GraphRecommender, graph: HeteroData, val: dict[str, Qu
     model.train()
     result["val_mrr"] = sum(result.values()) / max(1, len(result))
     return result
+
+
+def batches(
+    queries: dict[str, Queries], batch_size: int, generator: torch.Generator
+) -> list[dict[str, torch.Tensor]]:
+    """One epoch's steps: per task, a shuffled slice of its queries (tasks of different
+    sizes are spread over the same number of steps)."""
+    sizes = {task: len(q.product) for task, q in queries.items()}
+    largest = max(sizes.values(), default=0)
+    steps = 1 if batch_size <= 0 or largest <= batch_size else math.ceil(largest / batch_size)
+    orders = {task: torch.randperm(n, generator=generator) for task, n in sizes.items()}
+    return [
+        {task: order.tensor_split(steps)[step] for task, order in orders.items()} for step in range(steps)
+    ]
 
 
 def _state(model, optimizer, sampler, config, epoch, history, best, finished: bool) -> dict:
@@ -103,7 +118,7 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def train(
-    model: GraphRecommender,
+    model: Recommender,
     graph: HeteroData,
     train_queries: dict[str, Queries],
     val_queries: dict[str, Queries],
@@ -140,28 +155,41 @@ def train(
     model.train()
     epoch = start - 1
     for epoch in range(start, config.epochs):
-        with autocast():
-            products = model.products(graph).float()
-            loss = torch.zeros((), device=products.device)
-            for task, queries in train_queries.items():
-                negatives = sample_negatives(
-                    queries.product.cpu(),
-                    category,
-                    config.in_batch_negatives,
-                    config.category_negatives,
-                    sampler,
-                ).to(products.device)
-                predicted = model.queries(queries.x, task).float()
-                loss = loss + loss_fn(predicted, products, queries.product, negatives)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(
-                f"the loss became {loss.item()} at epoch {epoch}; lower lr (now {config.lr}) or check the "
-                f"inputs for non-finite embeddings. The last good checkpoint is {last}"
-            )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        metrics = {"epoch": float(epoch), "loss": loss.item(), **validation_mrr(model, graph, val_queries)}
+        steps = batches(train_queries, config.batch_size, sampler)
+        losses = []
+        for batch in steps:
+            with autocast():
+                # The graph is encoded again for every step: its weights have just changed.
+                products = model.products(graph).float()
+                loss = torch.zeros((), device=products.device)
+                for task, queries in train_queries.items():
+                    chosen = batch[task].to(queries.product.device)
+                    if not len(chosen):  # a small task may run out of queries before a large one
+                        continue
+                    positives = queries.product[chosen]
+                    negatives = sample_negatives(
+                        positives.cpu(),
+                        category,
+                        config.in_batch_negatives,
+                        config.category_negatives,
+                        sampler,
+                    ).to(products.device)
+                    predicted = model.queries(queries.x[chosen], task).float()
+                    loss = loss + loss_fn(predicted, products, positives, negatives)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"the loss became {loss.item()} at epoch {epoch}; lower lr (now {config.lr}) or check "
+                    f"the inputs for non-finite embeddings. The last good checkpoint is {last}"
+                )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        metrics = {
+            "epoch": float(epoch),
+            "loss": sum(losses) / len(losses),
+            **validation_mrr(model, graph, val_queries),
+        }
         history.append(metrics)
         if on_epoch:
             on_epoch(epoch, metrics)

@@ -5,13 +5,15 @@ with ``weights_only=True``."""
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.models.encoders import EdgeType
-from stl_pipeline.models.recommender import GraphRecommender
+from stl_pipeline.models.recommender import GraphRecommender, Recommender, TripletRecommender
 from stl_pipeline.training.loop import TrainConfig
 
 
 def build_model(
     node_dims: dict[str, int], edge_types: list[EdgeType], query_dim: int, config: TrainConfig
-) -> GraphRecommender:
+) -> Recommender:
+    if config.kind == "triplet":
+        return TripletRecommender(query_dim, config.out_dim, config.hidden, config.dropout)
     return GraphRecommender(
         node_dims,
         edge_types,
@@ -45,7 +47,7 @@ def model_record(best: dict, graph: HeteroData, query_dim: int, mlflow_run_id: s
     }
 
 
-def load_model(record: dict) -> GraphRecommender:
+def load_model(record: dict) -> Recommender:
     edge_types = [tuple(e) for e in record["edge_types"]]
     model = build_model(record["node_dims"], edge_types, record["query_dim"], TrainConfig(**record["config"]))
     model.load_state_dict(record["state_dict"])
