@@ -104,3 +104,23 @@ def embedding_map(vectors: np.ndarray, categories: list[str], title: str, points
     axes.set_title(title)
     axes.legend(fontsize=7, markerscale=2, loc="best")
     return _png(figure)
+
+
+def training_curves(history: list[dict[str, float]], best_epoch: int, title: str) -> bytes:
+    """Training loss and validation MRR per epoch, with the kept (best) epoch marked."""
+    frame = pd.DataFrame(history)
+    figure = Figure(figsize=(9, 3.5))
+    loss_axes, val_axes = figure.subplots(1, 2)
+    loss_axes.plot(frame["epoch"], frame["loss"])
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("training loss")
+    for column in sorted(c for c in frame.columns if c.startswith("val_mrr")):
+        label = column.removeprefix("val_mrr").strip("_") or "mean"
+        val_axes.plot(frame["epoch"], frame[column], label=label)
+    val_axes.set_xlabel("epoch")
+    val_axes.set_ylabel("validation MRR")
+    val_axes.legend()
+    for axes in (loss_axes, val_axes):
+        axes.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+    figure.suptitle(f"{title} (dashed: best epoch {best_epoch})")
+    return _png(figure)

@@ -6,6 +6,7 @@ source: a state dict and its config, loadable with ``weights_only=True``,
 rather than a pickled model.
 """
 
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,12 @@ class TrackedRun:
     def log_text(self, text: str, name: str) -> None:
         self.client.log_text(self.run_id, text, name)
 
+    def log_image(self, png: bytes, name: str) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            path.write_bytes(png)
+            self.client.log_artifact(self.run_id, str(path))
+
     def register(self, name: str, directory: str, tags: dict[str, str] | None = None) -> str:
         """Register ``directory`` of this run's artifacts as a new version of model ``name``."""
         try:
@@ -66,6 +73,10 @@ class Tracker:
             return self.client.create_experiment(self.experiment, artifact_location=self.artifact_root)
         except MlflowException:  # created concurrently
             return self.client.get_experiment_by_name(self.experiment).experiment_id
+
+    def existing(self, run_id: str) -> TrackedRun:
+        """A finished run to add to: the evaluation logs its test metrics and tables there."""
+        return TrackedRun(self.client, run_id)
 
     @contextmanager
     def run(self, name: str, tags: dict[str, str] | None = None) -> Iterator[TrackedRun]:
