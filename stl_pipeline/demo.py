@@ -11,6 +11,10 @@ import dagster as dg
 STL_FULL_PIPELINE = "stl_full_pipeline"
 
 
+def _failed(severity: dg.AssetCheckSeverity) -> str:
+    return "WARN" if severity == dg.AssetCheckSeverity.WARN else "FAIL"
+
+
 def main() -> int:
     from stl_pipeline.definitions import defs
 
@@ -48,17 +52,22 @@ def main() -> int:
             if k in meta
         )
         print(f"  {materialization.asset_key.to_user_string():<21} {shown}")
-    report = [
-        e for e in result.get_asset_materialization_events() if e.asset_key.path == ["retrieval_report"]
-    ]
-    if report:
-        meta = report[0].step_materialization_data.materialization.metadata
+    reports = {
+        e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.path[-1] in ("retrieval_report", "embedding_report")
+    }
+    if "retrieval_report" in reports:
+        meta = reports["retrieval_report"]
         print("\nRetrieval report, held-out test scenes, same-category candidates:\n")
         print(meta["test_same_category"].value)
         print(f"\nMLflow runs: {meta['mlflow_runs'].value}")
+    if "embedding_report" in reports:
+        print("\nEmbedding report (product embeddings; top-10 lists of test queries):\n")
+        print(reports["embedding_report"]["embeddings"].value)
     print("\nChecks:")
     for evaluation in result.get_asset_check_evaluations():
-        verdict = "pass" if evaluation.passed else "FAIL"
+        verdict = "pass" if evaluation.passed else _failed(evaluation.severity)
         print(f"  {verdict}  {evaluation.asset_key.to_user_string()}:{evaluation.check_name}")
     print(f"\n{seconds:.1f}s. Open the UI with `make ui` (DAGSTER_HOME={instance.root_directory}).")
     return 0 if result.success else 1

@@ -76,7 +76,7 @@ class ImageSource(dg.ConfigurableResource):
     max_bytes: int = 8 * 1024 * 1024
     max_pixels: int = 25_000_000
     min_success_rate: float = Field(
-        default=0.95,
+        default=0.99,
         description="Blocking check: the share of images that must be on disk. Lower it for the real "
         "release, where many Pinterest URLs are dead.",
     )
@@ -153,4 +153,8 @@ class QualityGate(dg.ConfigurableResource):
     ctl_hr10_margin: float = Field(
         default=0.0,
         description="GAT's validation CTL HR@10 must exceed popularity's and frozen kNN's by at least this.",
+    )
+    max_mean_pairwise_cosine: float = Field(
+        default=0.99,
+        description="A product embedding whose mean pairwise cosine reaches this has collapsed (warns).",
     )

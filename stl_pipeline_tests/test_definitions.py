@@ -14,15 +14,21 @@ ASSETS = {
     "stl_graph": "graph",
     "gat_model": "training",
     "sage_model": "training",
+    "triplet_head": "training",
     "retrieval_report": "evaluation",
+    "embedding_report": "evaluation",
 }
+WARNS_ONLY = {"embedding_report_not_collapsed"}  # a collapsed embedding is news, not a stop
 
 
 def test_definitions_load_with_the_interface_names() -> None:
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == ASSETS
-    assert defs.resolve_job_def("stl_full_pipeline")
+    for job in ("stl_full_pipeline", "stl_ingest", "stl_retrain"):
+        assert defs.resolve_job_def(job)
+    assert defs.resolve_schedule_def("stl_retrain_schedule")
+    assert defs.resolve_sensor_def("stl_raw_files_sensor")
 
 
 def test_every_asset_is_guarded_by_blocking_checks() -> None:
@@ -30,7 +36,8 @@ def test_every_asset_is_guarded_by_blocking_checks() -> None:
     checks = {key: graph.get_check_spec(key) for key in graph.asset_check_keys}
     guarded = {key.asset_key.to_user_string() for key in checks}
     assert guarded == set(ASSETS)
-    assert all(spec.blocking for spec in checks.values())
+    assert all(spec.blocking for key, spec in checks.items() if key.name not in WARNS_ONLY)
+    assert not any(spec.blocking for key, spec in checks.items() if key.name in WARNS_ONLY)
     names = {key.name for key in checks}
     assert {
         "stl_pairs_ids_valid",
@@ -44,6 +51,7 @@ def test_every_asset_is_guarded_by_blocking_checks() -> None:
         "stl_graph_scenes_connected",
         "gat_model_weights_finite",
         "sage_model_weights_finite",
+        "triplet_head_weights_finite",
         "retrieval_report_complete",
         "retrieval_report_gat_beats_baselines",
     } <= names

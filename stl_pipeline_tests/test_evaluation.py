@@ -3,7 +3,14 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from stl_pipeline.evaluation.embedding import (
+    embedding_quality,
+    graph_density,
+    list_quality,
+    mean_pairwise_cosine,
+)
 from stl_pipeline.evaluation.retrieval import RetrievalTask, metrics, sample_auc_negatives
+from stl_pipeline_tests.test_models import tiny_graph
 
 # Four products in two categories; three queries whose true products are 0, 2 and 3.
 CATEGORY = torch.tensor([0, 0, 1, 1])
@@ -43,3 +50,39 @@ def test_auc_negatives_share_the_category_and_avoid_the_scene() -> None:
     scores = torch.tensor([[0.9, 0.0, 0.1, 0.2, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.1, 0.5]])
     task = RetrievalTask(torch.tensor([0, 4]), category, negatives)
     assert metrics(scores, task, "catalogue")["AUC"] == 1.0  # only the first query has negatives
+
+
+def test_mean_pairwise_cosine_by_hand_and_at_collapse() -> None:
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    # pairs: (1,2) 0, (1,3) 1/sqrt2, (2,3) 1/sqrt2
+    assert mean_pairwise_cosine(vectors) == pytest.approx(2 / 2**0.5 / 3)
+    collapsed = torch.ones(50, 4) + 1e-4 * torch.randn(50, 4)
+    assert mean_pairwise_cosine(collapsed) > 0.999
+
+
+def test_cluster_quality_tells_separated_categories_from_noise() -> None:
+    g = torch.Generator().manual_seed(0)
+    category = torch.arange(60) % 3
+    centres = torch.eye(8)[:3] * 5
+    separated = centres[category] + 0.3 * torch.randn(60, 8, generator=g)
+    noise = torch.randn(60, 8, generator=g)
+    good, bad = embedding_quality(separated, category), embedding_quality(noise, category)
+    assert good["silhouette_category"] > 0.5 > bad["silhouette_category"]
+    assert good["davies_bouldin_category"] < bad["davies_bouldin_category"]
+    assert good["silhouette_kmeans"] == pytest.approx(good["silhouette_category"], abs=0.05)
+
+
+def test_list_coverage_and_diversity_by_hand() -> None:
+    category = torch.tensor([0, 0, 1, 2, 3])
+    scores = torch.tensor([[5.0, 4.0, 3.0, 0.0, 0.0], [5.0, 4.0, 0.0, 3.0, 0.0]])
+    result = list_quality(scores, category, k=3)
+    assert result["coverage@3"] == pytest.approx(4 / 5)  # products 0, 1, 2, 3
+    # in each list 2 of the 6 ordered pairs share a category (products 0 and 1)
+    assert result["diversity@3"] == pytest.approx(1 - 2 / 6)
+
+
+def test_graph_density_counts_typed_pairs() -> None:
+    data = tiny_graph()
+    edges = sum(data[e].edge_index.shape[1] for e in data.edge_types)
+    possible = sum(data[s].num_nodes * data[d].num_nodes for s, _, d in data.edge_types)
+    assert graph_density(data) == pytest.approx(edges / possible)

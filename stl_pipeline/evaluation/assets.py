@@ -1,6 +1,8 @@
-"""Asset ``retrieval_report`` (group ``evaluation``) and the quality gates on it and on the models."""
+"""Assets ``retrieval_report`` and ``embedding_report`` (group ``evaluation``), and the quality
+gates on them and on the models."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -8,6 +10,7 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
+from stl_pipeline.evaluation.embedding import embedding_quality, graph_density, list_quality
 from stl_pipeline.evaluation.report import (
     METRICS,
     cosine_scorer,
@@ -19,20 +22,39 @@ from stl_pipeline.evaluation.report import (
 from stl_pipeline.evaluation.retrieval import POOLS
 from stl_pipeline.generate import STYLES_FILE
 from stl_pipeline.reporting import markdown
-from stl_pipeline.resources import QualityGate, StlFiles
+from stl_pipeline.resources import MlflowTracker, QualityGate, StlFiles
 from stl_pipeline.training.data import split_queries
 from stl_pipeline.training.models import load_model
 from stl_pipeline.vectors import Embeddings
 
-MODELS = {"gat": "gat_model", "sage": "sage_model"}
+# method name in the reports -> the training asset it comes from
+LEARNED = {"triplet_head": "triplet_head", "gat": "gat_model", "sage": "sage_model"}
 BASELINES = ("random", "popularity", "frozen_knn")
+QueryFn = Callable[[str, torch.Tensor], torch.Tensor]
 
 
-def _gnn_scorer(record: dict, graph: HeteroData):
-    model = load_model(record)
-    with torch.no_grad():
-        products = model.products(graph)
-    return cosine_scorer(products, lambda task, x: model.queries(x, task))
+def _vector_methods(
+    graph: HeteroData, visual_dim: int, records: dict[str, dict]
+) -> dict[str, tuple[torch.Tensor, QueryFn]]:
+    """Product vectors and the query projection of each embedding-based method."""
+    methods: dict[str, tuple[torch.Tensor, QueryFn]] = {
+        "frozen_knn": (graph["product"].x[:, :visual_dim], lambda task, x: x)
+    }
+    for method, record in records.items():
+        model = load_model(record)
+        with torch.no_grad():
+            products = model.products(graph)
+        methods[method] = (products, lambda task, x, model=model: model.queries(x, task))
+    return methods
+
+
+def _queries(
+    graph: HeteroData, pairs: pd.DataFrame, stl: Embeddings, ctl: Embeddings, splits: tuple[str, ...]
+) -> tuple[dict, dict]:
+    split_q, split_rows = {}, {}
+    for split in splits:
+        split_q[split], split_rows[split] = split_queries(graph, pairs, {"stl": stl, "ctl": ctl}, split)
+    return split_q, split_rows
 
 
 def _oracle(stl_files: StlFiles, graph: HeteroData, popularity: torch.Tensor):
@@ -45,6 +67,37 @@ def _oracle(stl_files: StlFiles, graph: HeteroData, popularity: torch.Tensor):
     return oracle_scorer(product_style, truth["scenes"], popularity)
 
 
+def _mlflow_name(*parts: str) -> str:
+    """MLflow allows no '@' in metric names: (test, ctl, HR@10) -> test_ctl_hr_at_10."""
+    return "_".join(parts).lower().replace("@", "_at_")
+
+
+def _test_metrics(table: pd.DataFrame, method: str) -> dict[str, float]:
+    own = table[(table["method"] == method) & (table["split"] == "test")]
+    return {
+        _mlflow_name(row["split"], row["task"], row["pool"], metric): float(row[metric])
+        for _, row in own.iterrows()
+        for metric in METRICS
+        if pd.notna(row[metric])
+    }
+
+
+def _log_to_model_runs(
+    tracker: MlflowTracker,
+    records: dict[str, dict],
+    table: pd.DataFrame,
+    name: str,
+    metrics: dict[str, dict[str, float]],
+) -> None:
+    """Each model's own figures, and the whole table, into the MLflow run that trained it."""
+    client = tracker.tracker()
+    for method, record in records.items():
+        run = client.existing(record["mlflow_run_id"])
+        run.log_metrics(metrics.get(method, {}))
+        run.log_text(table.to_csv(index=False), f"reports/{name}.csv")
+        run.log_text(markdown(table.round(4), max_rows=len(table)), f"reports/{name}.md")
+
+
 @dg.asset(group_name="evaluation")
 def retrieval_report(
     context: dg.AssetExecutionContext,
@@ -53,48 +106,89 @@ def retrieval_report(
     stl_products: pd.DataFrame,
     stl_crop_embeddings: Embeddings,
     ctl_scene_embeddings: Embeddings,
+    triplet_head: dict,
     gat_model: dict,
     sage_model: dict,
     stl_files: StlFiles,
+    mlflow: MlflowTracker,
 ) -> dg.Output[pd.DataFrame]:
     """Method x task (STL, CTL) x candidate pool x metric, on validation and held-out test scenes."""
-    queries = {"stl": stl_crop_embeddings, "ctl": ctl_scene_embeddings}
-    split_q, split_rows = {}, {}
-    for split in ("val", "test"):
-        split_q[split], split_rows[split] = split_queries(stl_graph, stl_pairs, queries, split)
+    split_q, split_rows = _queries(
+        stl_graph, stl_pairs, stl_crop_embeddings, ctl_scene_embeddings, ("val", "test")
+    )
     ids = stl_graph["product"].ids
     popularity = torch.tensor(stl_products.set_index("product").loc[ids, "popularity"].to_numpy())
-    visual = stl_graph["product"].x[:, : stl_crop_embeddings.dim]
-    methods = {
-        "random": random_scorer(len(ids)),
-        "popularity": popularity_scorer(popularity),
-        "frozen_knn": cosine_scorer(visual, lambda task, x: x),
-        "gat": _gnn_scorer(gat_model, stl_graph),
-        "sage": _gnn_scorer(sage_model, stl_graph),
-    }
+    records = {"triplet_head": triplet_head, "gat": gat_model, "sage": sage_model}
+    vectors = _vector_methods(stl_graph, stl_crop_embeddings.dim, records)
+    methods = {"random": random_scorer(len(ids)), "popularity": popularity_scorer(popularity)}
+    methods |= {name: cosine_scorer(products, queries) for name, (products, queries) in vectors.items()}
     oracle = _oracle(stl_files, stl_graph, popularity)
     if oracle is not None:
         methods["oracle"] = oracle
     table = report(methods, stl_graph, stl_pairs, split_q, split_rows)
+    metrics = {method: _test_metrics(table, method) for method in records}
+    _log_to_model_runs(mlflow, records, table, "retrieval_report", metrics)
     test = table[(table["split"] == "test") & (table["pool"] == "same_category")]
     shown = test.drop(columns=["split", "pool"]).round(3)
     context.log.info(f"retrieval_report, test scenes, same-category pool:\n{shown.to_string(index=False)}")
+    catalogue = table[(table["split"] == "test") & (table["pool"] == "catalogue")]
     return dg.Output(
         table,
         metadata={
             "test_same_category": dg.MetadataValue.md(markdown(shown, max_rows=40)),
             "test_catalogue": dg.MetadataValue.md(
-                markdown(
-                    table[(table["split"] == "test") & (table["pool"] == "catalogue")]
-                    .drop(columns=["split", "pool"])
-                    .round(3),
-                    max_rows=40,
-                )
+                markdown(catalogue.drop(columns=["split", "pool"]).round(3), max_rows=40)
             ),
             "test_queries": int(test["queries"].iloc[0]) if len(test) else 0,
-            "mlflow_runs": ", ".join(
-                f"{m}: {r['mlflow_run_id']}" for m, r in (("gat", gat_model), ("sage", sage_model))
-            ),
+            "mlflow_runs": ", ".join(f"{m}: {r['mlflow_run_id']}" for m, r in records.items()),
+        },
+    )
+
+
+@dg.asset(group_name="evaluation")
+def embedding_report(
+    context: dg.AssetExecutionContext,
+    stl_graph: HeteroData,
+    stl_pairs: pd.DataFrame,
+    stl_crop_embeddings: Embeddings,
+    ctl_scene_embeddings: Embeddings,
+    triplet_head: dict,
+    gat_model: dict,
+    sage_model: dict,
+    mlflow: MlflowTracker,
+) -> dg.Output[pd.DataFrame]:
+    """Per product embedding: cluster quality, over-smoothing, and coverage and category
+    diversity of the top-10 lists of test queries over the whole catalogue."""
+    split_q, _ = _queries(stl_graph, stl_pairs, stl_crop_embeddings, ctl_scene_embeddings, ("test",))
+    records = {"triplet_head": triplet_head, "gat": gat_model, "sage": sage_model}
+    category = stl_graph["product"].category
+    density = graph_density(stl_graph)
+    rows = []
+    vectors = _vector_methods(stl_graph, stl_crop_embeddings.dim, records)
+    for method, (products, queries_of) in vectors.items():
+        row = {"embedding": method, "dim": int(products.shape[1])}
+        row |= embedding_quality(products, category)
+        row["graph_density"] = density if method in ("gat", "sage") else float("nan")
+        for task, queries in split_q["test"].items():
+            with torch.no_grad():
+                scores = queries_of(task, queries.x) @ products.T
+            row |= {f"{task}_{k}": v for k, v in list_quality(scores, category).items()}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    figures = table.set_index("embedding").drop(columns=["dim"])
+    metrics = {
+        method: {_mlflow_name("embedding", k): float(v) for k, v in row.items() if pd.notna(v)}
+        for method, row in figures.loc[list(records)].iterrows()
+    }
+    _log_to_model_runs(mlflow, records, table, "embedding_report", metrics)
+    shown = table.round(3)
+    context.log.info(f"embedding_report:\n{shown.to_string(index=False)}")
+    return dg.Output(
+        table,
+        metadata={
+            "embeddings": dg.MetadataValue.md(markdown(shown, max_rows=20)),
+            "graph_density": density,
+            "max_mean_pairwise_cosine": float(table["mean_pairwise_cosine"].max()),
         },
     )
 
@@ -106,7 +200,7 @@ def retrieval_report_complete(retrieval_report: pd.DataFrame) -> dg.AssetCheckRe
     expected = {
         (s, m, t, p)
         for s in ("val", "test")
-        for m in (*BASELINES, *MODELS)
+        for m in (*BASELINES, *LEARNED)
         for t in ("stl", "ctl")
         for p in POOLS
     }
@@ -164,4 +258,22 @@ def _finite_check(asset: str) -> dg.AssetChecksDefinition:
     return weights_finite
 
 
-model_checks = [_finite_check(asset) for asset in MODELS.values()]
+model_checks = [_finite_check(asset) for asset in LEARNED.values()]
+
+
+@dg.asset_check(
+    asset=embedding_report,
+    description="No product embedding has collapsed onto one direction (over-smoothing).",
+)
+def embedding_report_not_collapsed(
+    embedding_report: pd.DataFrame, quality_gate: QualityGate
+) -> dg.AssetCheckResult:
+    cosine = embedding_report.set_index("embedding")["mean_pairwise_cosine"]
+    limit = quality_gate.max_mean_pairwise_cosine
+    collapsed = cosine[cosine >= limit]
+    return dg.AssetCheckResult(
+        passed=collapsed.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"limit": limit, **{f"{k}_mean_pairwise_cosine": float(v) for k, v in cosine.items()}},
+        description=None if collapsed.empty else f"collapsed: {', '.join(collapsed.index)}",
+    )
