@@ -8,6 +8,13 @@ from stl_pipeline.graph import assets as graph_assets
 from stl_pipeline.images import assets as image_assets
 from stl_pipeline.ingest import assets as ingest_assets
 from stl_pipeline.io_managers import EmbeddingIOManager, GraphIOManager, ModelIOManager, ParquetIOManager
+from stl_pipeline.orchestration import (
+    retrain_schedule,
+    stl_full_pipeline,
+    stl_ingest,
+    stl_raw_files_sensor,
+    stl_retrain,
+)
 from stl_pipeline.resources import (
     BackboneResource,
     ImageSource,
@@ -21,18 +28,14 @@ from stl_pipeline.training import assets as training_assets
 
 MODULES = [ingest_assets, image_assets, feature_assets, graph_assets, training_assets, evaluation_assets]
 
-stl_full_pipeline = dg.define_asset_job(
-    "stl_full_pipeline",
-    selection=dg.AssetSelection.all(),
-    description="Every asset, from the raw files to the trained models and their reports.",
-)
-
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules(MODULES),
         asset_checks=dg.load_asset_checks_from_modules(MODULES),
-        jobs=[stl_full_pipeline],
+        jobs=[stl_full_pipeline, stl_ingest, stl_retrain],
+        schedules=[retrain_schedule(settings.retrain_cron)],
+        sensors=[stl_raw_files_sensor],
         resources={
             "stl_files": StlFiles(
                 data_dir=str(settings.data_dir),

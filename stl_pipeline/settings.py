@@ -20,6 +20,7 @@ DEMO_DIR = "demo"
 REAL_BACKBONE = ("resnet50", "hub", None)
 DEMO_BACKBONE = ("tf_efficientnet_lite0", "packaged", 128)
 WEIGHTS_KEYWORDS = ("hub", "packaged", "none")
+WEEKLY = "0 3 * * 1"  # Mondays 03:00 UTC: the retraining schedule's default
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Settings:
     image_size: int | None = None
     device: str = "auto"
     mlflow_tracking_uri: str = ""
+    retrain_cron: str = WEEKLY
 
     @property
     def demo_dir(self) -> Path:
@@ -98,4 +100,14 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         device=environ.get("STL_DEVICE") or "auto",
         mlflow_tracking_uri=environ.get("MLFLOW_TRACKING_URI")
         or f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
+        retrain_cron=_cron(environ.get("STL_RETRAIN_CRON") or WEEKLY),
     )
+
+
+def _cron(text: str) -> str:
+    fields = text.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"STL_RETRAIN_CRON={text!r}: use a five-field cron string, e.g. {WEEKLY!r} (Mondays 03:00 UTC)"
+        )
+    return " ".join(fields)

@@ -2,8 +2,10 @@
 
 Temporary files carry their writer's process id, so a cleanup removes only what
 a dead writer left behind, never the in-flight file of a concurrent run.
+Content digests tell a changed file from a touched one.
 """
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -77,3 +79,14 @@ def remove_stale_parts(root: Path) -> int:
                 part.unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+def files_digest(paths: list[Path], chunk: int = 1 << 20) -> str:
+    """sha256 over the contents of ``paths`` in order: what changed, not when it was touched."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+        digest.update(b"\0")  # moving bytes from one file to the next changes the digest
+    return digest.hexdigest()

@@ -17,7 +17,9 @@ from stl_pipeline.ingest.tables import (
 from stl_pipeline.plots import bbox_coverage, category_distribution, cooccurrence_heatmap
 from stl_pipeline.reporting import counts, markdown
 from stl_pipeline.resources import StlFiles
-from stl_pipeline.storage import atomic_write_with
+from stl_pipeline.storage import atomic_write_with, files_digest
+
+RAW_DIGEST = "raw_sha256"  # of both raw files; the raw-files sensor compares against it
 
 
 class IngestConfig(dg.Config):
@@ -40,6 +42,7 @@ def stl_tables(
     """Stream and validate the raw files; quarantine what is malformed."""
     start = time.perf_counter()
     pairs_path, categories_path = stl_files.ensure(context.log)
+    raw_sha256 = files_digest([pairs_path, categories_path])
     result = ingest(pairs_path, categories_path, config.split_seed, config.val_fraction, config.test_fraction)
     quarantine_path = stl_files.path("quarantine", "stl_pairs.parquet")
     atomic_write_with(quarantine_path, lambda tmp: result.quarantine.to_parquet(tmp, index=False))
@@ -58,6 +61,7 @@ def stl_tables(
         output_name="stl_pairs",
         metadata={
             "source": dg.MetadataValue.path(str(pairs_path)),
+            RAW_DIGEST: raw_sha256,
             "lines": result.records[str(pairs_path)],
             "pairs": len(pairs),
             "scenes": pairs["scene"].nunique(),
