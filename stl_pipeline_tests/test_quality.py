@@ -12,6 +12,7 @@ import pytest
 from stl_pipeline.definitions import MODULES, build_definitions
 from stl_pipeline.generate import GeneratorConfig, generate_dataset
 from stl_pipeline.settings import load_settings
+from stl_pipeline_tests.test_assets import generated_environ
 
 FRESH = GeneratorConfig(products=600, scenes=700, seed=11)
 
@@ -21,17 +22,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     root = tmp_path_factory.mktemp("quality")
     raw = root / "raw"
     generate_dataset(FRESH, raw)
-    settings = load_settings(
-        {
-            "STL_DATA_DIR": str(root / "data"),
-            "STL_PAIRS_PATH": str(raw / "fashion.json"),
-            "STL_CATEGORIES_PATH": str(raw / "fashion-cat.json"),
-            "STL_IMAGE_URL_TEMPLATE": (raw / "images").as_uri() + "/{signature}.jpg",
-            "STL_BACKBONE": "tf_efficientnet_lite0",
-            "STL_BACKBONE_WEIGHTS": "packaged",
-            "STL_BACKBONE_IMAGE_SIZE": "128",
-        }
-    )
+    # The demo's backbone at the demo's size: at 64 px the style cues are too faint.
+    settings = load_settings(generated_environ(root, raw) | {"STL_BACKBONE_IMAGE_SIZE": "128"})
     result = dg.materialize(
         [*dg.load_assets_from_modules(MODULES), *dg.load_asset_checks_from_modules(MODULES)],
         resources=build_definitions(settings).resources,
