@@ -47,6 +47,8 @@ def main() -> int:
                 "count",
                 "computed",
                 "images_per_second",
+                "best_epoch",
+                "best_val_mrr",
                 "device",
             )
             if k in meta
