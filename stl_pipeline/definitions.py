@@ -7,7 +7,13 @@ from stl_pipeline.features import assets as feature_assets
 from stl_pipeline.graph import assets as graph_assets
 from stl_pipeline.images import assets as image_assets
 from stl_pipeline.ingest import assets as ingest_assets
-from stl_pipeline.io_managers import EmbeddingIOManager, GraphIOManager, ModelIOManager, ParquetIOManager
+from stl_pipeline.io_managers import (
+    EmbeddingIOManager,
+    GraphIOManager,
+    IndexIOManager,
+    ModelIOManager,
+    ParquetIOManager,
+)
 from stl_pipeline.orchestration import (
     retrain_schedule,
     stl_full_pipeline,
@@ -23,10 +29,19 @@ from stl_pipeline.resources import (
     StlFiles,
     TorchDevice,
 )
+from stl_pipeline.serving import assets as serving_assets
 from stl_pipeline.settings import Settings, load_settings
 from stl_pipeline.training import assets as training_assets
 
-MODULES = [ingest_assets, image_assets, feature_assets, graph_assets, training_assets, evaluation_assets]
+MODULES = [
+    ingest_assets,
+    image_assets,
+    feature_assets,
+    graph_assets,
+    training_assets,
+    evaluation_assets,
+    serving_assets,
+]
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -57,6 +72,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "embedding_io_manager": EmbeddingIOManager(base_dir=str(settings.data_dir / "embeddings")),
             "graph_io_manager": GraphIOManager(base_dir=str(settings.data_dir / "graph")),
             "model_io_manager": ModelIOManager(base_dir=str(settings.data_dir / "models")),
+            "index_io_manager": IndexIOManager(base_dir=str(settings.data_dir / "serving")),
             "quality_gate": QualityGate(),
             "mlflow": MlflowTracker(
                 tracking_uri=settings.mlflow_tracking_uri,

@@ -1,5 +1,5 @@
 """Asset values on disk under the data root, written atomically: tables and embeddings as
-parquet, the graph as safetensors."""
+parquet, the graph and the product index as safetensors, models via weights-only torch."""
 
 from pathlib import Path
 from typing import Any, ClassVar
@@ -10,6 +10,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.graph.store import load_graph, save_graph
+from stl_pipeline.serving.index import ProductIndex, load_index, save_index
 from stl_pipeline.storage import atomic_write_with
 from stl_pipeline.vectors import Embeddings
 
@@ -95,3 +96,16 @@ class ModelIOManager(_FileIOManager):
 
     def read(self, path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class IndexIOManager(_FileIOManager):
+    """A ``ProductIndex`` as safetensors: FAISS bytes, ids and provenance; no pickle."""
+
+    suffix: ClassVar[str] = ".safetensors"
+
+    def write(self, obj: ProductIndex, path: Path) -> dict:
+        save_index(obj, path)
+        return {}
+
+    def read(self, path: Path) -> ProductIndex:
+        return load_index(path)

@@ -11,6 +11,7 @@ from stl_pipeline.graph.build import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.images.download import DOWNLOADED, FAILED
 from stl_pipeline.resources import QualityGate, StlFiles
+from stl_pipeline.serving.index import load_index
 from stl_pipeline.settings import load_settings
 from stl_pipeline.vectors import Embeddings
 from stl_pipeline_tests.http_server import ImageServer
@@ -204,7 +205,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     evaluated = checks(result)
     # Six epochs leave the learned embeddings bunched together: the warning may fire here.
     blocking = {k: v for k, v in evaluated.items() if k != "embedding_report_not_collapsed"}
-    assert len(evaluated) == 28 and all(blocking.values()), evaluated
+    assert len(evaluated) == 29 and all(blocking.values()), evaluated
 
     report = pd.read_parquet(settings.data_dir / "tables" / "retrieval_report.parquet")
     methods = {"random", "popularity", "frozen_knn", "triplet_head", "gat", "sage", "oracle"}
@@ -247,6 +248,15 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     }
     assert metadata(result, "gat_model")["gat_model_training_curves"].startswith("![")
     assert (settings.data_dir / "plots" / "triplet_head_training_curves.png").stat().st_size > 1000
+
+    index = load_index(settings.data_dir / "serving" / "product_index.safetensors")
+    assert index.ids == list(
+        load_graph(settings.data_dir / "graph" / "stl_graph.safetensors")[0]["product"].ids
+    )
+    assert (
+        index.info["model"] == "gat"
+        and index.info["mlflow_run_id"] == metadata(result, "gat_model")["mlflow_run_id"]
+    )
 
     embedding = pd.read_parquet(settings.data_dir / "tables" / "embedding_report.parquet")
     assert list(embedding["embedding"]) == ["frozen_knn", "triplet_head", "gat", "sage"]

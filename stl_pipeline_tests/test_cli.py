@@ -71,7 +71,7 @@ def test_stl_demo_records_its_run_for_the_ui(
     assert main() == 0
     out = capsys.readouterr().out
     assert "of stl_full_pipeline: succeeded" in out
-    assert out.count("  pass  ") == 28 and "FAIL" not in out  # the quality gate holds on the demo
+    assert out.count("  pass  ") == 29 and "FAIL" not in out  # the quality gate holds on the demo
     assert "Retrieval report, held-out test scenes" in out and "| gat " in out
     with dg.DagsterInstance.get() as instance:
         (record,) = instance.get_run_records()

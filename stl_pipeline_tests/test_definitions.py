@@ -17,6 +17,7 @@ ASSETS = {
     "triplet_head": "training",
     "retrieval_report": "evaluation",
     "embedding_report": "evaluation",
+    "product_index": "serving",
 }
 WARNS_ONLY = {"embedding_report_not_collapsed"}  # a collapsed embedding is news, not a stop
 
@@ -54,6 +55,7 @@ def test_every_asset_is_guarded_by_blocking_checks() -> None:
         "triplet_head_weights_finite",
         "retrieval_report_complete",
         "retrieval_report_gat_beats_baselines",
+        "product_index_finds_every_product",
     } <= names
     for asset in ("product_embeddings", "scene_embeddings", "stl_crop_embeddings", "ctl_scene_embeddings"):
         assert {f"{asset}_finite", f"{asset}_unit_norm", f"{asset}_complete"} <= names

@@ -1,0 +1,1 @@
+"""Serving: a searchable index of product vectors, recommendations and their gallery."""

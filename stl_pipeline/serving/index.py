@@ -1,0 +1,69 @@
+"""A FAISS inner-product index over L2-normalized product vectors (scores are cosines).
+
+Exact (``IndexFlatIP``) up to ``exact_limit`` products; beyond, an inverted file
+(``IndexIVFFlat``) probing ``nprobe`` of its cells. Stored as one safetensors
+file: FAISS's own serialization as bytes, ids and provenance in the header, so
+loading runs no pickle.
+"""
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from stl_pipeline.storage import atomic_write_with
+
+
+@dataclass
+class ProductIndex:
+    index: faiss.Index
+    ids: list[str]
+    info: dict[str, str] = field(default_factory=dict)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) cosine scores and product positions, best first; -1 where fewer exist."""
+        unit = np.ascontiguousarray(queries, dtype=np.float32)
+        faiss.normalize_L2(unit)
+        return self.index.search(unit, min(k, self.index.ntotal))
+
+
+def build_index(
+    vectors: np.ndarray, ids: list[str], exact_limit: int = 50_000, nprobe: int = 8, seed: int = 0
+) -> ProductIndex:
+    if len(vectors) != len(ids):
+        raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
+    unit = np.ascontiguousarray(vectors, dtype=np.float32)
+    faiss.normalize_L2(unit)
+    dim = unit.shape[1]
+    if len(unit) <= exact_limit:
+        index, kind = faiss.IndexFlatIP(dim), "flat"
+    else:
+        cells = max(2, int(4 * math.sqrt(len(unit))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, cells, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(unit)
+        index.nprobe = min(nprobe, cells)
+        kind = f"ivf{cells},nprobe={index.nprobe}"
+    index.add(unit)
+    return ProductIndex(index, list(ids), {"kind": kind, "dim": str(dim), "products": str(len(ids))})
+
+
+def save_index(product_index: ProductIndex, path: Path) -> None:
+    data = faiss.serialize_index(product_index.index)
+    metadata = {"ids": json.dumps(product_index.ids), "info": json.dumps(product_index.info)}
+    tensors = {"faiss": torch.from_numpy(np.asarray(data, dtype=np.uint8))}
+    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_index(path: Path) -> ProductIndex:
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    data = load_file(str(path))["faiss"].numpy()
+    index = faiss.deserialize_index(data)
+    return ProductIndex(index, json.loads(metadata["ids"]), json.loads(metadata["info"]))
