@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from stl_pipeline.generate import GeneratorConfig, generate_dataset
+from stl_pipeline_tests.lineage import Trained, train_everything
 
 # A small dataset most tests share: every (style, category) group has a product.
 SMALL = GeneratorConfig(products=120, scenes=60, styles=6, seed=7)
@@ -41,3 +42,9 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("generated") / "small"
     generate_dataset(SMALL, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """The whole lineage with default knobs on a fresh generated dataset (about 5 minutes)."""
+    return train_everything(tmp_path_factory.mktemp("trained"))

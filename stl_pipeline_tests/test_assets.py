@@ -15,6 +15,7 @@ from stl_pipeline.serving.index import load_index
 from stl_pipeline.settings import load_settings
 from stl_pipeline.vectors import Embeddings
 from stl_pipeline_tests.http_server import ImageServer
+from stl_pipeline_tests.lineage import generated_environ
 
 ASSETS = dg.load_assets_from_modules(MODULES)
 CHECKS = dg.load_asset_checks_from_modules(MODULES)
@@ -130,19 +131,6 @@ def test_quarantine_table_is_written_even_when_clean(tmp_path: Path, small_datas
     assert metadata(result, "stl_pairs")["quarantined"] == 0
 
 
-def generated_environ(tmp_path: Path, small_dataset: Path) -> dict[str, str]:
-    """The small generated dataset from files, with the packaged backbone on small inputs."""
-    return {
-        "STL_DATA_DIR": str(tmp_path / "data"),
-        "STL_PAIRS_PATH": str(small_dataset / "fashion.json"),
-        "STL_CATEGORIES_PATH": str(small_dataset / "fashion-cat.json"),
-        "STL_IMAGE_URL_TEMPLATE": (small_dataset / "images").as_uri() + "/{signature}.jpg",
-        "STL_BACKBONE": "tf_efficientnet_lite0",
-        "STL_BACKBONE_WEIGHTS": "packaged",
-        "STL_BACKBONE_IMAGE_SIZE": "64",
-    }
-
-
 def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_dataset: Path) -> None:
     environ = generated_environ(tmp_path, small_dataset)
     groups = ("ingest", "images", "features", "graph")
@@ -205,7 +193,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     evaluated = checks(result)
     # Six epochs leave the learned embeddings bunched together: the warning may fire here.
     blocking = {k: v for k, v in evaluated.items() if k != "embedding_report_not_collapsed"}
-    assert len(evaluated) == 29 and all(blocking.values()), evaluated
+    assert len(evaluated) == 31 and all(blocking.values()), evaluated
 
     report = pd.read_parquet(settings.data_dir / "tables" / "retrieval_report.parquet")
     methods = {"random", "popularity", "frozen_knn", "triplet_head", "gat", "sage", "oracle"}
@@ -275,5 +263,17 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
         "gat": 128,
         "sage": 128,
     }
+    recommended = pd.read_parquet(settings.data_dir / "tables" / "recommendations.parquet")
+    assert set(recommended["kind"]) == {"similar", "complementary", "complete_the_look"}
+    assert (recommended.groupby(["kind", "query"]).size().loc["similar"] <= 10).all()
+    rec_meta = metadata(result, "recommendations")
+    assert rec_meta["model"] == "gat" and 0 < rec_meta["coverage_similar"] <= 1
+    assert 0 <= rec_meta["complementary_test_hit_rate@10"] <= 1
+    gallery = metadata(result, "recommendation_gallery")
+    page = Path(gallery["gallery"]).read_text()
+    shown = pd.read_parquet(settings.data_dir / "tables" / "recommendation_gallery.parquet")
+    assert set(shown["method"]) == {"popularity", "frozen kNN", "triplet head", "GAT", "GraphSAGE"}
+    assert all(pair[:12] in page for pair in shown["pair_id"])
+    assert (settings.data_dir / "plots" / "recommendation_gallery_preview.png").stat().st_size > 1000
     (version,) = client.search_model_versions("name = 'stl-gat'")
     assert version.run_id == metadata(result, "gat_model")["mlflow_run_id"]

@@ -18,6 +18,8 @@ ASSETS = {
     "retrieval_report": "evaluation",
     "embedding_report": "evaluation",
     "product_index": "serving",
+    "recommendations": "serving",
+    "recommendation_gallery": "serving",
 }
 WARNS_ONLY = {"embedding_report_not_collapsed"}  # a collapsed embedding is news, not a stop
 
@@ -56,6 +58,8 @@ def test_every_asset_is_guarded_by_blocking_checks() -> None:
         "retrieval_report_complete",
         "retrieval_report_gat_beats_baselines",
         "product_index_finds_every_product",
+        "recommendations_well_formed",
+        "recommendation_gallery_complete",
     } <= names
     for asset in ("product_embeddings", "scene_embeddings", "stl_crop_embeddings", "ctl_scene_embeddings"):
         assert {f"{asset}_finite", f"{asset}_unit_norm", f"{asset}_complete"} <= names

@@ -1,9 +1,20 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 from stl_pipeline.serving.index import build_index, load_index, save_index
+from stl_pipeline.serving.recommend import (
+    complete_the_look,
+    hit_rate,
+    problems,
+    rows,
+    scene_partners,
+    top_complementary,
+    top_similar,
+)
 
 
 def unit(rows: int, dim: int, seed: int) -> np.ndarray:
@@ -54,3 +65,80 @@ def test_index_round_trips_through_safetensors(tmp_path: Path) -> None:
 def test_ids_and_vectors_must_match() -> None:
     with pytest.raises(ValueError, match="3 vectors but 2 ids"):
         build_index(unit(3, 4, 0), ["a", "b"])
+
+
+def catalogue(sizes: list[int], dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    category = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes)])
+    vectors = torch.from_numpy(unit(len(category), dim, seed))
+    return vectors, category, [f"p{i:04d}" for i in range(len(category))]
+
+
+def test_similar_lists_equal_brute_force_within_the_category() -> None:
+    vectors, category, _ = catalogue([40, 25, 3])
+    _, positions = top_similar(vectors, category, 10)
+    sims = (vectors @ vectors.T).numpy()
+    for q in range(len(vectors)):
+        own = [p for p in np.flatnonzero(category.numpy() == category[q].item()) if p != q]
+        expected = sorted(own, key=lambda p: -sims[q, p])[:10]
+        assert positions[q][positions[q] >= 0].tolist() == expected
+    assert (positions[-1] >= 0).sum() == 2  # a category of 3: two others to recommend
+
+
+def test_recommendation_tables_hold_their_invariants() -> None:
+    vectors, category, ids = catalogue([60, 30, 20, 12, 3])
+    names = [f"c{c}" for c in category.tolist()]
+    category_of = dict(zip(ids, names, strict=True))
+    k, cap = 10, 3
+    similar = rows("similar", ids, *top_similar(vectors, category, k), ids, names)
+    complementary = rows("complementary", ids, *top_complementary(vectors, category, k, cap), ids, names)
+    scenes = torch.from_numpy(unit(8, 16, 9))
+    wanted = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    looks = rows(
+        "complete_the_look",
+        [f"s{i}" for i in range(8)],
+        *complete_the_look(scenes, vectors, category, wanted, k),
+        ids,
+        names,
+    )
+    table = pd.concat([similar, complementary, looks], ignore_index=True)
+    assert set(problems(table, category_of, k).values()) == {0}
+    assert (similar.groupby("query").size() == [k] * 122 + [2] * 3).all()
+    assert (complementary.groupby("query").size() == k).all()
+    assert complementary.groupby(["query", "category"]).size().max() == cap
+    assert (looks["category"] == looks["query"].map(lambda s: f"c{wanted[int(s[1:])].item()}")).all()
+    assert looks.groupby("query").size().tolist() == [k, k, k, k, 3, k, k, k]
+
+
+def test_broken_tables_are_caught() -> None:
+    vectors, category, ids = catalogue([30, 30])
+    names = [f"c{c}" for c in category.tolist()]
+    table = rows("similar", ids, *top_similar(vectors, category, 5), ids, names)
+    table.loc[0, "product"] = table.loc[0, "query"]
+    table.loc[1, "category"] = "c1"
+    table.loc[3, "score"] = 2.0  # above the rank before it
+    table = table.drop(index=[5, 6])
+    found = problems(table, dict(zip(ids, names, strict=True)), 5)
+    assert found["self_recommendations"] == 1
+    assert found["similar_other_category"] == 1
+    assert found["short_similar_lists"] == 1
+    assert found["scores_not_descending"] == 1
+
+
+def test_complementary_hits_count_scene_partners_of_other_categories() -> None:
+    pairs = pd.DataFrame({"scene": ["a", "a", "a", "b"], "product": ["x", "y", "z", "x"]})
+    truth = scene_partners(pairs, {"x": "top", "y": "shoe", "z": "top"})
+    assert sorted(map(tuple, truth.to_numpy())) == [("x", "y"), ("y", "x"), ("y", "z"), ("z", "y")]
+    lists = pd.DataFrame({"query": ["x", "y"], "product": ["y", "q"]})
+    assert hit_rate(lists, truth) == 0.25
+
+
+@pytest.mark.parametrize("exact_limit", [50_000, 1000])
+def test_search_among_a_subset_equals_brute_force_on_it(exact_limit: int) -> None:
+    database, queries = unit(3000, 16, 10), unit(20, 16, 11)
+    among = np.arange(5, 3000, 3)
+    index = build_index(database, [str(i) for i in range(3000)], exact_limit=exact_limit, nprobe=64)
+    _, found = index.search(queries, 5, among=among)
+    _, expected = brute_force(database[among], queries, 5)
+    assert set(found.ravel()) <= set(among)
+    overlap = np.mean([len(set(a) & set(among[b])) / 5 for a, b in zip(found, expected, strict=True)])
+    assert overlap == 1.0 if exact_limit > 3000 else overlap > 0.9

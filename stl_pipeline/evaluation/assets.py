@@ -2,7 +2,6 @@
 gates on them and on the models."""
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -18,34 +17,18 @@ from stl_pipeline.evaluation.report import (
     popularity_scorer,
     random_scorer,
     report,
+    vector_methods,
 )
 from stl_pipeline.evaluation.retrieval import POOLS
 from stl_pipeline.generate import STYLES_FILE
 from stl_pipeline.reporting import markdown
 from stl_pipeline.resources import MlflowTracker, QualityGate, StlFiles
 from stl_pipeline.training.data import split_queries
-from stl_pipeline.training.models import load_model
 from stl_pipeline.vectors import Embeddings
 
 # method name in the reports -> the training asset it comes from
 LEARNED = {"triplet_head": "triplet_head", "gat": "gat_model", "sage": "sage_model"}
 BASELINES = ("random", "popularity", "frozen_knn")
-QueryFn = Callable[[str, torch.Tensor], torch.Tensor]
-
-
-def _vector_methods(
-    graph: HeteroData, visual_dim: int, records: dict[str, dict]
-) -> dict[str, tuple[torch.Tensor, QueryFn]]:
-    """Product vectors and the query projection of each embedding-based method."""
-    methods: dict[str, tuple[torch.Tensor, QueryFn]] = {
-        "frozen_knn": (graph["product"].x[:, :visual_dim], lambda task, x: x)
-    }
-    for method, record in records.items():
-        model = load_model(record)
-        with torch.no_grad():
-            products = model.products(graph)
-        methods[method] = (products, lambda task, x, model=model: model.queries(x, task))
-    return methods
 
 
 def _queries(
@@ -119,7 +102,7 @@ def retrieval_report(
     ids = stl_graph["product"].ids
     popularity = torch.tensor(stl_products.set_index("product").loc[ids, "popularity"].to_numpy())
     records = {"triplet_head": triplet_head, "gat": gat_model, "sage": sage_model}
-    vectors = _vector_methods(stl_graph, stl_crop_embeddings.dim, records)
+    vectors = vector_methods(stl_graph, stl_crop_embeddings.dim, records)
     methods = {"random": random_scorer(len(ids)), "popularity": popularity_scorer(popularity)}
     methods |= {name: cosine_scorer(products, queries) for name, (products, queries) in vectors.items()}
     oracle = _oracle(stl_files, stl_graph, popularity)
@@ -164,7 +147,7 @@ def embedding_report(
     category = stl_graph["product"].category
     density = graph_density(stl_graph)
     rows = []
-    vectors = _vector_methods(stl_graph, stl_crop_embeddings.dim, records)
+    vectors = vector_methods(stl_graph, stl_crop_embeddings.dim, records)
     for method, (products, queries_of) in vectors.items():
         row = {"embedding": method, "dim": int(products.shape[1])}
         row |= embedding_quality(products, category)

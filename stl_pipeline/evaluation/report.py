@@ -14,10 +14,12 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.evaluation.retrieval import KS, POOLS, RetrievalTask, metrics, sample_auc_negatives
 from stl_pipeline.training.loop import Queries
+from stl_pipeline.training.models import load_model
 
 # (task, queries, the pairs they come from) -> (Q, P) scores
 Scorer = Callable[[str, Queries, pd.DataFrame], torch.Tensor]
 METRICS = [*(f"HR@{k}" for k in KS), "MRR", "NDCG@10", "AUC"]
+QueryFn = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 def random_scorer(products: int, seed: int = 0) -> Scorer:
@@ -58,6 +60,21 @@ def oracle_scorer(
         return (product_style[None, :] == style[:, None]).float() + tiebreak[None, :]
 
     return score
+
+
+def vector_methods(
+    graph: HeteroData, visual_dim: int, records: dict[str, dict]
+) -> dict[str, tuple[torch.Tensor, QueryFn]]:
+    """Product vectors and the query projection of frozen kNN and of each trained model."""
+    methods: dict[str, tuple[torch.Tensor, QueryFn]] = {
+        "frozen_knn": (graph["product"].x[:, :visual_dim], lambda task, x: x)
+    }
+    for method, record in records.items():
+        model = load_model(record)
+        with torch.no_grad():
+            products = model.products(graph)
+        methods[method] = (products, lambda task, x, model=model: model.queries(x, task))
+    return methods
 
 
 def retrieval_task(

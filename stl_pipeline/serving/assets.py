@@ -1,15 +1,43 @@
-"""Asset ``product_index`` (group ``serving``) and its checks."""
+"""Assets of the ``serving`` group: ``product_index``, ``recommendations`` and
+``recommendation_gallery``, and their checks."""
 
 import time
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import torch
 from pydantic import Field
 from torch_geometric.data import HeteroData
 
+from stl_pipeline.categories import LEAVES
+from stl_pipeline.features.queries import on_disk
+from stl_pipeline.reporting import markdown
+from stl_pipeline.resources import StlFiles
+from stl_pipeline.serving.gallery import (
+    Thumbnails,
+    build_samples,
+    metrics_table,
+    preview,
+    ranked_lists,
+    render,
+    shown_table,
+    strips_of,
+)
 from stl_pipeline.serving.index import ProductIndex, build_index
+from stl_pipeline.serving.recommend import (
+    COLUMNS,
+    complete_the_look,
+    hit_rate,
+    problems,
+    rows,
+    scene_partners,
+    top_complementary,
+    top_similar,
+)
+from stl_pipeline.storage import atomic_write_bytes
 from stl_pipeline.training.models import load_model
+from stl_pipeline.vectors import Embeddings
 
 SOURCES = ("gat", "sage", "triplet_head")
 
@@ -49,11 +77,245 @@ def product_index(
 )
 def product_index_finds_every_product(product_index: ProductIndex) -> dg.AssetCheckResult:
     total = product_index.index.ntotal
-    vectors = product_index.index.reconstruct_n(0, total)
+    vectors = product_index.vectors()
     scores, found = product_index.search(vectors, 1)
     # A product finds itself first, or an exact duplicate of its vector (score 1 either way).
     missed = int(((found[:, 0] != np.arange(total)) & (scores[:, 0] < 1 - 1e-4)).sum())
     return dg.AssetCheckResult(
         passed=total == len(product_index.ids) and missed == 0,
         metadata={"indexed": total, "ids": len(product_index.ids), "not_found_first": missed},
+    )
+
+
+class RecommendationsConfig(dg.Config):
+    k: int = Field(default=10, description="Products per list.")
+    complementary_per_category: int = Field(
+        default=3, description="At most this many products of one category in a complementary list."
+    )
+
+
+def _lacking(graph: HeteroData, pairs: pd.DataFrame, scenes: list[str]) -> tuple[list[str], torch.Tensor]:
+    """(scene, category) for every held-out scene and each category none of its products has."""
+    category_of = dict(zip(graph["product"].ids, graph["product"].category.tolist(), strict=True))
+    present = (
+        pairs[pairs["scene"].isin(scenes)]
+        .assign(category=lambda t: t["product"].map(category_of))
+        .groupby("scene")["category"]
+        .agg(set)
+    )
+    offered = sorted(set(category_of.values()))
+    wanted = [(scene, c) for scene in scenes for c in offered if c not in present.get(scene, set())]
+    return [scene for scene, _ in wanted], torch.tensor([c for _, c in wanted], dtype=torch.long)
+
+
+@dg.asset(group_name="serving")
+def recommendations(
+    context: dg.AssetExecutionContext,
+    config: RecommendationsConfig,
+    product_index: ProductIndex,
+    stl_graph: HeteroData,
+    stl_pairs: pd.DataFrame,
+    gat_model: dict,
+    sage_model: dict,
+    triplet_head: dict,
+) -> dg.Output[pd.DataFrame]:
+    """Top-K lists of the indexed model: similar and complementary products for every product,
+    and complete-the-look products for every held-out scene and each category it lacks."""
+    start = time.perf_counter()
+    records = dict(zip(SOURCES, (gat_model, sage_model, triplet_head), strict=True))
+    record = records[product_index.info["model"]]
+    if product_index.ids != list(stl_graph["product"].ids):
+        raise ValueError("product_index was built from another stl_graph: rematerialize product_index")
+    ids, category = product_index.ids, stl_graph["product"].category
+    names = [LEAVES[c] for c in category.tolist()]
+    vectors = torch.from_numpy(product_index.vectors())
+    k, per_category = config.k, config.complementary_per_category
+    similar = rows("similar", ids, *top_similar(vectors, category, k), ids, names)
+    complementary = rows(
+        "complementary", ids, *top_complementary(vectors, category, k, per_category), ids, names
+    )
+    scene = stl_graph["scene"]
+    held_out = [s for s, test in zip(scene.ids, scene.test_mask.tolist(), strict=True) if test]
+    scenes, wanted = _lacking(stl_graph, stl_pairs, held_out)
+    position = {s: i for i, s in enumerate(scene.ids)}
+    with torch.no_grad():
+        queries = load_model(record).queries(scene.x[[position[s] for s in scenes]], "ctl")
+    looks = rows(
+        "complete_the_look", scenes, *complete_the_look(queries, vectors, category, wanted, k), ids, names
+    )
+    table = pd.concat([similar, complementary, looks], ignore_index=True)[COLUMNS]
+
+    # Held-out check of the complementary lists: products that share a test scene should
+    # find each other; the frozen backbone's vectors are the baseline.
+    category_of = dict(zip(ids, names, strict=True))
+    truth = scene_partners(stl_pairs[stl_pairs["scene"].isin(held_out)], category_of)
+    truth = truth[truth["query"].isin(category_of) & truth["product"].isin(category_of)]
+    frozen = stl_graph["product"].x[:, : record["query_dim"]]
+    frozen_lists = rows(
+        "complementary", ids, *top_complementary(frozen, category, k, per_category), ids, names
+    )
+    shares = table.groupby("kind")["category"].value_counts(normalize=True).unstack(0).fillna(0).round(3)
+    metadata = {
+        "model": product_index.info["model"],
+        "mlflow_run_id": product_index.info.get("mlflow_run_id", ""),
+        "k": k,
+        "held_out_scenes": len(held_out),
+        **{
+            f"rows_{kind}": int((table["kind"] == kind).sum())
+            for kind in ("similar", "complementary", "complete_the_look")
+        },
+        **{
+            f"coverage_{kind}": round(table.loc[table["kind"] == kind, "product"].nunique() / len(ids), 4)
+            for kind in ("similar", "complementary", "complete_the_look")
+        },
+        "complementary_test_pairs": len(truth),
+        f"complementary_test_hit_rate@{k}": round(hit_rate(complementary, truth), 4),
+        f"complementary_test_hit_rate@{k}_frozen": round(hit_rate(frozen_lists, truth), 4),
+        "category_share": dg.MetadataValue.md(markdown(shares.reset_index(), max_rows=20)),
+        "preview": dg.MetadataValue.md(markdown(table.groupby("kind").head(3).round(4), max_rows=12)),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return dg.Output(table, metadata=metadata)
+
+
+@dg.asset_check(
+    asset=recommendations,
+    blocking=True,
+    additional_ins={"product_index": dg.AssetIn("product_index"), "stl_graph": dg.AssetIn("stl_graph")},
+    description="No product recommends itself, categories are respected, and lists are full.",
+)
+def recommendations_well_formed(
+    recommendations: pd.DataFrame, product_index: ProductIndex, stl_graph: HeteroData
+) -> dg.AssetCheckResult:
+    names = (LEAVES[c] for c in stl_graph["product"].category.tolist())
+    k = int(recommendations["rank"].max()) if len(recommendations) else 0
+    found = problems(recommendations, dict(zip(product_index.ids, names, strict=True)), k)
+    return dg.AssetCheckResult(passed=not any(found.values()), metadata=found)
+
+
+class GalleryConfig(dg.Config):
+    scenes: int = Field(default=6, description="Held-out test scenes shown, one pair each.")
+    k: int = Field(default=10, description="Products shown per method and task.")
+    strips: int = Field(default=4, description="Products shown with their similar and complementary lists.")
+    thumbnail: int = Field(default=72, description="Thumbnail side in pixels.")
+    seed: int = 0
+
+
+GALLERY_METHODS = {
+    "popularity": "popularity",
+    "frozen_knn": "frozen kNN",
+    "triplet_head": "triplet head",
+    "gat": "GAT",
+    "sage": "GraphSAGE",
+}
+
+
+def _sample_pairs(pairs: pd.DataFrame, usable: set[str], count: int, seed: int) -> pd.DataFrame:
+    """One held-out test pair per scene, for ``count`` scenes chosen at random (seeded)."""
+    test = pairs[(pairs["split"].astype(str) == "test") & pairs["pair_id"].isin(usable)]
+    one = test.sort_values("pair_id").drop_duplicates("scene")
+    return one.sample(min(count, len(one)), random_state=seed).sort_values("pair_id")
+
+
+@dg.asset(group_name="serving")
+def recommendation_gallery(
+    context: dg.AssetExecutionContext,
+    config: GalleryConfig,
+    retrieval_report: pd.DataFrame,
+    recommendations: pd.DataFrame,
+    stl_graph: HeteroData,
+    stl_pairs: pd.DataFrame,
+    stl_products: pd.DataFrame,
+    product_images: pd.DataFrame,
+    scene_images: pd.DataFrame,
+    stl_crop_embeddings: Embeddings,
+    ctl_scene_embeddings: Embeddings,
+    triplet_head: dict,
+    gat_model: dict,
+    sage_model: dict,
+    stl_files: StlFiles,
+) -> dg.Output[pd.DataFrame]:
+    """An HTML page of held-out test scenes: query regions, the true product and each method's
+    top-K side by side with hits marked, the test metrics on top, and similar-product strips.
+    Its value is the table of what it shows: per pair, method and task, the true product's rank."""
+    ids, category = stl_graph["product"].ids, stl_graph["product"].category
+    position = {p: i for i, p in enumerate(ids)}
+    queries = {"stl": stl_crop_embeddings, "ctl": ctl_scene_embeddings}
+    usable = set(stl_crop_embeddings.keys) & set(ctl_scene_embeddings.keys)
+    chosen = _sample_pairs(stl_pairs[stl_pairs["product"].isin(position)], usable, config.scenes, config.seed)
+    truth = torch.tensor([position[p] for p in chosen["product"]], dtype=torch.long)
+    popularity = torch.tensor(stl_products.set_index("product").loc[ids, "popularity"].to_numpy())
+    records = {"triplet_head": triplet_head, "gat": gat_model, "sage": sage_model}
+    x = {task: torch.from_numpy(e.take(list(chosen["pair_id"]))) for task, e in queries.items()}
+    lists = ranked_lists(stl_graph, records, popularity, x, truth, GALLERY_METHODS, config.k)
+    samples = build_samples(
+        chosen, on_disk(scene_images), [LEAVES[c] for c in category[truth].tolist()], lists
+    )
+    strips = [
+        strip
+        for product in list(chosen["product"])[: config.strips]
+        for strip in strips_of(recommendations, product, config.k)
+    ]
+    test = retrieval_report[
+        (retrieval_report["split"] == "test") & (retrieval_report["pool"] == "same_category")
+    ]
+    products = on_disk(product_images)
+    thumbnails = Thumbnails(dict(zip(products["signature"], products["path"], strict=True)), config.thumbnail)
+    runs = ", ".join(f"{m} {r['mlflow_run_id'][:8]}" for m, r in records.items())
+    queries_count = int(test["queries"].iloc[0]) if len(test) else 0
+    page = render(
+        "stl-pipeline recommendation gallery",
+        f"{len(samples)} held-out test scenes · {queries_count} test queries in the metrics · "
+        f"model runs: {runs}",
+        metrics_table(test, GALLERY_METHODS),
+        samples,
+        strips,
+        thumbnails,
+        tile=config.thumbnail,
+    )
+    path = stl_files.path("gallery", "recommendation_gallery.html")
+    atomic_write_bytes(path, page.encode())
+    shown = shown_table(samples, config.k)
+    metadata = {
+        "gallery": dg.MetadataValue.path(str(path)),
+        "gallery_bytes": path.stat().st_size,
+        "scenes": len(samples),
+        "hits_per_method": dg.MetadataValue.md(
+            markdown(
+                shown.pivot_table(index="method", columns="task", values="hit", aggfunc="sum").reset_index()
+            )
+        )
+        if len(shown)
+        else "none",
+    }
+    if samples:
+        metadata |= stl_files.save_plot(
+            "recommendation_gallery_preview", preview(samples[0], "GAT", thumbnails)
+        )
+    context.log.info(f"recommendation_gallery: {path}")
+    return dg.Output(shown, metadata=metadata)
+
+
+@dg.asset_check(
+    asset=recommendation_gallery,
+    blocking=True,
+    description="The page exists and shows every method on both tasks for every sampled scene.",
+)
+def recommendation_gallery_complete(
+    recommendation_gallery: pd.DataFrame, stl_files: StlFiles
+) -> dg.AssetCheckResult:
+    path = stl_files.path("gallery", "recommendation_gallery.html")
+    page = path.read_text() if path.is_file() else ""
+    shown = recommendation_gallery
+    per_pair = shown.groupby("pair_id").size() if len(shown) else pd.Series(dtype=int)
+    expected = len(GALLERY_METHODS) * 2
+    missing_on_page = sum(pair[:12] not in page for pair in per_pair.index)
+    return dg.AssetCheckResult(
+        passed=bool(page) and len(per_pair) > 0 and (per_pair == expected).all() and not missing_on_page,
+        metadata={
+            "page_exists": bool(page),
+            "scenes": len(per_pair),
+            "incomplete_scenes": int((per_pair != expected).sum()),
+            "scenes_missing_on_page": missing_on_page,
+        },
     )

@@ -26,11 +26,28 @@ class ProductIndex:
     ids: list[str]
     info: dict[str, str] = field(default_factory=dict)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, k) cosine scores and product positions, best first; -1 where fewer exist."""
+    def search(
+        self, queries: np.ndarray, k: int, among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) cosine scores and product positions, best first; -1 where fewer exist.
+        ``among``: search only these positions (a category, say)."""
         unit = np.ascontiguousarray(queries, dtype=np.float32)
         faiss.normalize_L2(unit)
-        return self.index.search(unit, min(k, self.index.ntotal))
+        if among is None:
+            return self.index.search(unit, min(k, self.index.ntotal))
+        selector = faiss.IDSelectorBatch(np.asarray(among, dtype=np.int64))
+        if isinstance(self.index, faiss.IndexIVF):
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.index.nprobe)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        return self.index.search(unit, max(1, min(k, len(among))), params=params)
+
+    def vectors(self) -> np.ndarray:
+        """(P, d) the indexed unit vectors, in id order."""
+        return self.index.reconstruct_n(0, self.index.ntotal)
+
+    def positions(self) -> dict[str, int]:
+        return {product: i for i, product in enumerate(self.ids)}
 
 
 def build_index(
@@ -51,6 +68,8 @@ def build_index(
         index.nprobe = min(nprobe, cells)
         kind = f"ivf{cells},nprobe={index.nprobe}"
     index.add(unit)
+    if kind != "flat":
+        index.make_direct_map()  # so that vectors() can read them back
     return ProductIndex(index, list(ids), {"kind": kind, "dim": str(dim), "products": str(len(ids))})
 
 
