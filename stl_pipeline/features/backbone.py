@@ -67,7 +67,9 @@ class Backbone:
     def describe(self) -> dict[str, str]:
         return {
             "model": self.spec.model,
+            "source": self.spec.weights,
             "weights": self.weights_id,
+            "image_size": str(self.transform.size),
             "transform": self.transform.describe(),
             "dimension": str(self.dim),
         }

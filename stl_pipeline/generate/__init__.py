@@ -8,6 +8,7 @@ from stl_pipeline.generate.dataset import (
     STYLES_FILE,
     GeneratorConfig,
     generate_dataset,
+    unseen_scenes,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "STYLES_FILE",
     "GeneratorConfig",
     "generate_dataset",
+    "unseen_scenes",
 ]

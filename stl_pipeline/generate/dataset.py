@@ -149,18 +149,16 @@ def _scene_sizes(config: GeneratorConfig, rng: np.random.Generator) -> np.ndarra
     return sizes
 
 
-def compose(config: GeneratorConfig) -> tuple[_Catalogue, list[Scene]]:
-    """Decide every scene's style, products and boxes (cheap; no pixels yet)."""
-    config.validate()
-    catalogue = _Catalogue(config)
-    rng = _rng(config.seed, 2, 0)
+def _compose_scenes(
+    config: GeneratorConfig, catalogue: _Catalogue, rng: np.random.Generator, sizes: np.ndarray, kind: str
+) -> list[Scene]:
     region_weight = {
         region: sum(PUBLISHED_COUNTS[c] for c in cats) for region, (_, _, cats) in REGIONS.items()
     }
     regions = list(REGIONS)
     p_region = np.array([region_weight[r] for r in regions], dtype=float)
     scenes = []
-    for index, size in enumerate(_scene_sizes(config, rng)):
+    for index, size in enumerate(sizes):
         style = int(rng.integers(config.styles))
         chosen = rng.choice(len(regions), size=int(size), replace=False, p=p_region / p_region.sum())
         items = []
@@ -173,8 +171,36 @@ def compose(config: GeneratorConfig) -> tuple[_Catalogue, list[Scene]]:
                 product_style = int((style + rng.integers(1, config.styles)) % config.styles)
             product = catalogue.pick(product_style, category, rng)
             items.append((product, place_bbox(category, rng, config.jitter)))
-        scenes.append(Scene(signature(config.seed, "scene", index), style, tuple(items)))
-    return catalogue, scenes
+        scenes.append(Scene(signature(config.seed, kind, index), style, tuple(items)))
+    return scenes
+
+
+def compose(config: GeneratorConfig) -> tuple[_Catalogue, list[Scene]]:
+    """Decide every scene's style, products and boxes (cheap; no pixels yet)."""
+    config.validate()
+    catalogue = _Catalogue(config)
+    rng = _rng(config.seed, 2, 0)
+    return catalogue, _compose_scenes(config, catalogue, rng, _scene_sizes(config, rng), "scene")
+
+
+def unseen_scenes(config: GeneratorConfig, count: int, out: Path, stream: int = 1) -> list[dict]:
+    """``count`` new scenes of ``config``'s catalogue, absent from its dataset, as JPEGs in
+    ``out``; returns their pairs (scene, product, bbox, style) for cold-start tests and demos."""
+    config.validate()
+    catalogue, _ = compose(config)  # the dataset's own scenes first: popularity stays the same
+    rng = _rng(config.seed, 4, stream)
+    scenes = _compose_scenes(config, catalogue, rng, rng.integers(2, 6, count), f"unseen-{stream}")
+    out.mkdir(parents=True, exist_ok=True)
+    _init_worker(config, catalogue, out)
+    product_ids = [signature(config.seed, "product", i) for i in range(config.products)]
+    pairs = []
+    for index, scene in enumerate(scenes):
+        _render(("scene", 10_000_000 * stream + index, scene.signature, (scene.style, scene.items)))
+        pairs += [
+            {"scene": scene.signature, "product": product_ids[p], "bbox": list(box), "style": scene.style}
+            for p, box in scene.items
+        ]
+    return pairs
 
 
 # Worker state for parallel rendering; set once per process by _init_worker.

@@ -1,0 +1,103 @@
+"""``stl-recommend``: recommendations for a new scene photo or a catalogue product.
+
+    stl-recommend scene IMAGE [--bbox l,t,r,b] [--category NAME] [-k 10] [--json]
+    stl-recommend product ID [-k 10] [--json]
+
+Reads the latest materialized model and index under STL_DATA_DIR, or a
+registered MLflow model version (--model-name stl-gat --model-version 3).
+"""
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import asdict
+
+# torch_geometric's import calls torch.jit.script, which torch 2.14 marks deprecated: not the user's concern.
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+
+from stl_pipeline.serving.cold_start import (  # noqa: E402 (after the filter)
+    ColdStartError,
+    Item,
+    ProductAnswer,
+    SceneAnswer,
+    load,
+    parse_bbox,
+)
+from stl_pipeline.settings import load_settings  # noqa: E402
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stl-recommend", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-name", help="A registered MLflow model (stl-gat, stl-sage, stl-triplet).")
+    parser.add_argument("--model-version", help="Its version; both or neither.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    scene = commands.add_parser("scene", help="Exact-match and complete-the-look products for a scene photo.")
+    scene.add_argument("image", help="A JPEG, PNG or WebP file.")
+    scene.add_argument("--bbox", help="The product's box: left,top,right,bottom in [0, 1], origin top-left.")
+    scene.add_argument(
+        "--category", help="The boxed product's category (a leaf, e.g. Shoes); default: inferred."
+    )
+    product = commands.add_parser(
+        "product", help="Similar and complementary products of a catalogue product."
+    )
+    product.add_argument("id", help="A product id (32 hex digits).")
+    for command in (scene, product):
+        command.add_argument("-k", type=int, default=10, help="Products per list (default 10).")
+        command.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
+    return parser
+
+
+def _table(title: str, items: list[Item]) -> str:
+    lines = [f"{title}:"] + [
+        f"  {rank:>3}  {item.product}  {item.category:<26} {item.score:.4f}"
+        for rank, item in enumerate(items, 1)
+    ]
+    return "\n".join(lines if items else [f"{title}: none"])
+
+
+def _text(answer: SceneAnswer | ProductAnswer) -> str:
+    model = ", ".join(f"{k} {v}" for k, v in answer.model.items())
+    if isinstance(answer, ProductAnswer):
+        return "\n\n".join(
+            [
+                f"Product {answer.product} ({answer.category}); {model}",
+                _table("Similar products", answer.similar),
+                _table("Complementary products", answer.complementary),
+            ]
+        )
+    inferred = " (inferred from the best match)" if answer.category_inferred else ""
+    bbox = ",".join(f"{v:g}" for v in answer.bbox) if answer.bbox else "none (the whole image)"
+    return "\n\n".join(
+        [
+            f"Scene {answer.image}, bbox {bbox}, category {answer.category}{inferred}; {model}",
+            _table("Shop the look (exact match)", answer.exact),
+            _table("Complete the look", answer.complete_the_look),
+            _table("Seen in similar scenes (summed scene similarity)", answer.seen_in_similar_scenes),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error("-k must be at least 1")
+    try:
+        if bool(args.model_name) != bool(args.model_version):
+            raise ColdStartError("give both --model-name and --model-version, or neither")
+        cold = load(load_settings(), args.model_name, args.model_version)
+        if args.command == "scene":
+            bbox = parse_bbox(args.bbox) if args.bbox else None
+            answer = cold.scene(args.image, bbox, args.category, args.k)
+        else:
+            answer = cold.product(args.id, args.k)
+    except (ColdStartError, ValueError) as error:
+        print(f"stl-recommend: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(answer), indent=2) if args.json else _text(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

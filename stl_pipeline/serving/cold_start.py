@@ -1,0 +1,359 @@
+"""Cold start: recommendations for a scene photo, or a product, that no pipeline run has seen.
+
+A new scene goes through exactly what the pipeline's scenes went through: the
+backbone and transform that embedded the catalogue (checked against the
+graph's record of them), the Shop-the-Look crop of its bbox and the
+Complete-the-Look region around it, and the trained model's query heads. It
+is placed in the graph as held-out scenes are, through its nearest train
+scenes by visual similarity, whose products are returned as "seen in similar
+scenes". Products come from the latest materialized ``product_index``, or
+from a registered MLflow model version, whose product vectors are computed
+on the spot from the latest graph.
+"""
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch_geometric.data import HeteroData
+
+from stl_pipeline.categories import LEAVES
+from stl_pipeline.features.backbone import Backbone, BackboneSpec, BackboneUnavailable, load_backbone
+from stl_pipeline.features.embed import Embedder
+from stl_pipeline.features.regions import ctl_box, stl_box
+from stl_pipeline.graph.build import CONTAINS
+from stl_pipeline.graph.store import load_graph
+from stl_pipeline.models.recommender import Recommender
+from stl_pipeline.serving.index import ProductIndex, build_index, load_index
+from stl_pipeline.settings import Settings
+from stl_pipeline.training.loop import BEST, load_checkpoint
+from stl_pipeline.training.models import load_model, model_record
+
+MODEL_ASSETS = {"gat": "gat_model", "sage": "sage_model", "triplet_head": "triplet_head"}
+MAX_PIXELS = 50_000_000
+
+
+class ColdStartError(ValueError):
+    """Input or state that cold start cannot use; the message says what to do instead."""
+
+
+@dataclass
+class Item:
+    product: str
+    category: str
+    score: float
+
+
+@dataclass
+class SceneAnswer:
+    image: str
+    bbox: list[float] | None
+    category: str
+    category_inferred: bool
+    exact: list[Item]
+    complete_the_look: list[Item]
+    similar_scenes: list[Item]  # train scenes: id in ``product``, "scene" in ``category``
+    seen_in_similar_scenes: list[Item]
+    model: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ProductAnswer:
+    product: str
+    category: str
+    similar: list[Item]
+    complementary: list[Item]
+    model: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TrainScenes:
+    """The graph's train scenes: visual vectors and the products each contains."""
+
+    ids: list[str]
+    vectors: torch.Tensor  # (S, D), unit length
+    products: list[np.ndarray]
+    k: int  # neighbours per scene, as the graph's scene kNN edges use
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    """``"l,t,r,b"`` as four numbers (checked for range by ``ColdStart.scene``)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ColdStartError(
+            f"bbox {text!r} is not four numbers: use left,top,right,bottom, e.g. 0.2,0.3,0.6,0.9"
+        )
+    return values  # type: ignore[return-value]
+
+
+def _check_bbox(bbox: tuple[float, ...]) -> None:
+    left, top, right, bottom = bbox
+    if not all(math.isfinite(v) for v in bbox) or not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
+        raise ColdStartError(
+            f"bbox {list(bbox)} is out of range: use left,top,right,bottom normalized to [0, 1] "
+            "(origin top-left) with left < right and top < bottom"
+        )
+
+
+def resolve_category(name: str) -> int:
+    leaf = name.split("|")[-1].strip().lower()
+    for i, known in enumerate(LEAVES):
+        if known.lower() == leaf:
+            return i
+    raise ColdStartError(f"unknown category {name!r}: use one of {', '.join(LEAVES)}")
+
+
+@dataclass
+class ColdStart:
+    backbone: Backbone
+    model: Recommender
+    index: ProductIndex
+    category: np.ndarray  # (P,) category index of every indexed product
+    scenes: TrainScenes
+    source: dict[str, str]
+    per_category: int = 3  # most products of one category in a complete-the-look list
+    max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        self.embedder = Embedder(self.backbone, torch.device("cpu"))
+        self.members = {int(c): np.flatnonzero(self.category == c) for c in np.unique(self.category)}
+        self.position = self.index.positions()
+
+    def _items(self, scores: np.ndarray, positions: np.ndarray) -> list[Item]:
+        return [
+            Item(self.index.ids[p], LEAVES[self.category[p]], round(float(s), 4))
+            for s, p in zip(scores, positions, strict=True)
+            if p >= 0
+        ]
+
+    def _across_categories(self, query: np.ndarray, excluded: int, k: int) -> list[Item]:
+        """Top ``k`` outside category ``excluded``, at most ``per_category`` of any one."""
+        found: list[Item] = []
+        for c, members in self.members.items():
+            if c != excluded:
+                found += self._items(*(a[0] for a in self.index.search(query, self.per_category, members)))
+        return sorted(found, key=lambda item: -item.score)[:k]
+
+    def _open(self, image: str | Path) -> Image.Image:
+        path = Path(image)
+        if not path.is_file():
+            raise ColdStartError(f"{path} does not exist or is not a file")
+        try:
+            with Image.open(path) as opened:
+                if opened.width * opened.height > self.max_pixels:
+                    size = f"{opened.width}x{opened.height}"
+                    raise ColdStartError(f"{path} is {size}, over {self.max_pixels:,} pixels: downscale it")
+                return opened.convert("RGB")
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+            raise ColdStartError(
+                f"{path} is not a readable image ({error}); use a JPEG, PNG or WebP file"
+            ) from error
+
+    def scene(
+        self,
+        image: str | Path,
+        bbox: tuple[float, float, float, float] | None = None,
+        category: str | None = None,
+        k: int = 10,
+    ) -> SceneAnswer:
+        """Exact matches for the bbox (the whole image without one), complete-the-look products
+        for the rest of the scene, and what the most similar train scenes contain."""
+        wanted = resolve_category(category) if category else None
+        if bbox is not None:
+            _check_bbox(tuple(bbox))
+        picture = self._open(image)
+        width, height = picture.size
+        crop = stl_box(bbox, width, height) if bbox else None
+        region = ctl_box(bbox, width, height) if bbox else None  # None: the whole scene
+        transform = self.backbone.transform
+        batch = torch.stack([transform(picture, crop), transform(picture, region), transform(picture)])
+        stl_x, ctl_x, scene_x = torch.from_numpy(self.embedder(batch)).split(1)
+        with torch.no_grad():
+            stl_q = self.model.queries(stl_x, "stl").numpy()
+            ctl_q = self.model.queries(ctl_x, "ctl").numpy()
+        among = self.members.get(wanted) if wanted is not None else None
+        if wanted is not None and among is None:
+            raise ColdStartError(f"the index holds no product of category {LEAVES[wanted]!r}")
+        exact = self._items(*(a[0] for a in self.index.search(stl_q, k, among)))
+        query_category = wanted if wanted is not None else self.position_category(exact[0].product)
+        looks = self._across_categories(ctl_q, query_category, k)
+        neighbours, seen = self._similar_scenes(scene_x[0], query_category, k)
+        return SceneAnswer(
+            image=str(image),
+            bbox=list(bbox) if bbox else None,
+            category=LEAVES[query_category],
+            category_inferred=wanted is None,
+            exact=exact,
+            complete_the_look=looks,
+            similar_scenes=neighbours,
+            seen_in_similar_scenes=seen,
+            model=self.source,
+        )
+
+    def position_category(self, product: str) -> int:
+        return int(self.category[self.position[product]])
+
+    def _similar_scenes(self, vector: torch.Tensor, excluded: int, k: int) -> tuple[list[Item], list[Item]]:
+        """The scene's nearest train scenes, and their products outside ``excluded``, weighted by
+        the similarity of the scenes they appear in."""
+        if not self.scenes.ids:
+            return [], []
+        sims = self.scenes.vectors @ F.normalize(vector, dim=0)
+        top = sims.topk(min(self.scenes.k, len(sims)))
+        weights: dict[int, float] = {}
+        for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            for p in self.scenes.products[i]:
+                if self.category[p] != excluded:
+                    weights[int(p)] = weights.get(int(p), 0.0) + s
+        best = sorted(weights.items(), key=lambda kv: -kv[1])[:k]
+        neighbours = [
+            Item(self.scenes.ids[i], "scene", round(s, 4))
+            for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        ]
+        seen = [Item(self.index.ids[p], LEAVES[self.category[p]], round(w, 4)) for p, w in best]
+        return neighbours, seen
+
+    def product(self, product_id: str, k: int = 10) -> ProductAnswer:
+        """Similar products (same category) and complementary ones (other categories)."""
+        position = self.position.get(product_id)
+        if position is None:
+            shown = product_id if len(product_id) <= 64 else product_id[:64] + "…"
+            raise ColdStartError(
+                f"unknown product id {shown!r}: the index holds {len(self.index.ids)} products "
+                f"(model {self.source.get('model', '?')}); ids are 32 hex digits, as in fashion.json"
+            )
+        own = int(self.category[position])
+        vector = self.index.vectors()[position : position + 1]
+        members = self.members[own][self.members[own] != position]
+        similar = self._items(*(a[0] for a in self.index.search(vector, k, members))) if len(members) else []
+        return ProductAnswer(
+            product=product_id,
+            category=LEAVES[own],
+            similar=similar,
+            complementary=self._across_categories(vector, own, k),
+            model=self.source,
+        )
+
+
+def _backbone_of(graph: HeteroData, checkpoint: str | None) -> Backbone:
+    """The backbone that embedded the graph's products, loaded again and checked to be it."""
+    info = graph.info.get("backbone", {})
+    if "source" not in info:
+        raise ColdStartError("stl_graph records no backbone: rematerialize the features and stl_graph")
+    seed = int(info["weights"].split("seed=")[1]) if info["source"] == "none" else 0
+    spec = BackboneSpec(info["model"], info["source"], checkpoint, int(info["image_size"]), seed)
+    try:
+        backbone = load_backbone(spec)
+    except (BackboneUnavailable, ValueError) as error:
+        raise ColdStartError(f"cannot load the backbone that embedded the catalogue: {error}") from error
+    if backbone.weights_id != info["weights"] or backbone.transform.describe() != info["transform"]:
+        raise ColdStartError(
+            f"the backbone loaded here ({backbone.weights_id}, {backbone.transform.describe()}) is not the "
+            f"one that embedded the catalogue ({info['weights']}, {info['transform']}); set "
+            "STL_BACKBONE_WEIGHTS to the same checkpoint file"
+        )
+    return backbone
+
+
+def _train_scenes(graph: HeteroData) -> TrainScenes:
+    scene = graph["scene"]
+    train = torch.nonzero(scene.train_mask).squeeze(1)
+    edges = (
+        graph[CONTAINS].edge_index if CONTAINS in graph.edge_types else torch.empty((2, 0), dtype=torch.long)
+    )
+    order = torch.argsort(edges[0], stable=True)
+    src, dst = edges[0][order].numpy(), edges[1][order].numpy()
+    starts = np.searchsorted(src, train.numpy())
+    ends = np.searchsorted(src, train.numpy(), side="right")
+    return TrainScenes(
+        ids=[scene.ids[i] for i in train.tolist()],
+        vectors=F.normalize(scene.x[train].float(), dim=1),
+        products=[dst[a:b] for a, b in zip(starts, ends, strict=True)],
+        k=int(graph.info.get("config", {}).get("scene_k", 10)),
+    )
+
+
+def _read(path: Path, what: str, loader):
+    if not path.is_file():
+        raise ColdStartError(
+            f"no {what} at {path}: materialize the pipeline first (`make demo`, or the serving group "
+            "in the UI), or pass a registered model with --model-name and --model-version"
+        )
+    return loader(path)
+
+
+def load(settings: Settings, model_name: str | None = None, model_version: str | None = None) -> ColdStart:
+    """The latest materialized model and index under ``settings.data_dir``, or a registered
+    MLflow model version (with product vectors computed from the latest graph)."""
+    root = settings.data_dir
+    graph_path = root / "graph" / "stl_graph.safetensors"
+    graph, info = _read(graph_path, "materialized stl_graph", load_graph)
+    graph.info = info
+    if model_name:
+        record = _registered(settings, model_name, model_version, graph)
+        with torch.no_grad():
+            vectors = load_model(record).products(graph).numpy()
+        index = build_index(vectors, list(graph["product"].ids))
+        source = {
+            "model": model_name,
+            "version": str(model_version),
+            "mlflow_run_id": record["mlflow_run_id"],
+        }
+    else:
+        index = _read(
+            root / "serving" / "product_index.safetensors", "materialized product_index", load_index
+        )
+        asset = MODEL_ASSETS.get(index.info.get("model", ""), "gat_model")
+        record = _read(root / "models" / f"{asset}.pt", f"materialized {asset}", load_checkpoint)
+        if record.get("mlflow_run_id") != index.info.get("mlflow_run_id"):
+            raise ColdStartError(f"product_index is older than {asset}: rematerialize product_index")
+        source = {"model": index.info.get("model", ""), "mlflow_run_id": record["mlflow_run_id"]}
+    if index.ids != list(graph["product"].ids):
+        raise ColdStartError(
+            "product_index and stl_graph hold different products: rematerialize product_index"
+        )
+    return ColdStart(
+        backbone=_backbone_of(graph, settings.backbone_checkpoint),
+        model=load_model(record),
+        index=index,
+        category=graph["product"].category.numpy(),
+        scenes=_train_scenes(graph),
+        source=source,
+    )
+
+
+def _registered(settings: Settings, name: str, version: str | None, graph: HeteroData) -> dict:
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    if not version:
+        raise ColdStartError(f"--model-name {name} needs --model-version")
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    try:
+        found = client.get_model_version(name, str(version))
+    except MlflowException as error:
+        raise ColdStartError(
+            f"no version {version} of registered model {name!r} at {settings.mlflow_tracking_uri}: "
+            "see `make mlflow` for the registered models (stl-gat, stl-sage, stl-triplet)"
+        ) from error
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(download_artifacts(artifact_uri=found.source, dst_path=folder))
+        best = load_checkpoint(local / BEST)
+    record = model_record(best, graph, int(graph.info["backbone"]["dimension"]), found.run_id)
+    try:
+        load_model(record)
+    except RuntimeError as error:
+        raise ColdStartError(
+            f"{name} version {version} was trained on a graph of another shape than the latest "
+            f"stl_graph: {str(error)[:200]}"
+        ) from error
+    return record
