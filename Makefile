@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python benchmarks/full_scale.py
 	$(BIN)/python benchmarks/embed.py
 	$(BIN)/python benchmarks/knn.py
+	$(BIN)/python benchmarks/recommend.py
 
 # Re-resolve the pins from pyproject.toml in a scratch venv.
 lock:

@@ -130,15 +130,3 @@ def test_complementary_hits_count_scene_partners_of_other_categories() -> None:
     assert sorted(map(tuple, truth.to_numpy())) == [("x", "y"), ("y", "x"), ("y", "z"), ("z", "y")]
     lists = pd.DataFrame({"query": ["x", "y"], "product": ["y", "q"]})
     assert hit_rate(lists, truth) == 0.25
-
-
-@pytest.mark.parametrize("exact_limit", [50_000, 1000])
-def test_search_among_a_subset_equals_brute_force_on_it(exact_limit: int) -> None:
-    database, queries = unit(3000, 16, 10), unit(20, 16, 11)
-    among = np.arange(5, 3000, 3)
-    index = build_index(database, [str(i) for i in range(3000)], exact_limit=exact_limit, nprobe=64)
-    _, found = index.search(queries, 5, among=among)
-    _, expected = brute_force(database[among], queries, 5)
-    assert set(found.ravel()) <= set(among)
-    overlap = np.mean([len(set(a) & set(among[b])) / 5 for a, b in zip(found, expected, strict=True)])
-    assert overlap == 1.0 if exact_limit > 3000 else overlap > 0.9

@@ -126,6 +126,21 @@ class ColdStart:
         self.embedder = Embedder(self.backbone, torch.device("cpu"))
         self.members = {int(c): np.flatnonzero(self.category == c) for c in np.unique(self.category)}
         self.position = self.index.positions()
+        # One index per category, so a search within a category reads only its products.
+        vectors = self.index.vectors()
+        self.by_category = {
+            c: build_index(vectors[members], [self.index.ids[i] for i in members])
+            for c, members in self.members.items()
+        }
+
+    def _search(self, query: np.ndarray, k: int, category: int | None = None) -> list[Item]:
+        """The best ``k`` products for ``query``: in the whole index, or in one category."""
+        if category is None:
+            scores, positions = self.index.search(query, k)
+            return self._items(scores[0], positions[0])
+        scores, local = self.by_category[category].search(query, k)
+        members = self.members[category]
+        return self._items(scores[0], np.where(local[0] >= 0, members[local[0].clip(min=0)], -1))
 
     def _items(self, scores: np.ndarray, positions: np.ndarray) -> list[Item]:
         return [
@@ -137,9 +152,9 @@ class ColdStart:
     def _across_categories(self, query: np.ndarray, excluded: int, k: int) -> list[Item]:
         """Top ``k`` outside category ``excluded``, at most ``per_category`` of any one."""
         found: list[Item] = []
-        for c, members in self.members.items():
+        for c in self.members:
             if c != excluded:
-                found += self._items(*(a[0] for a in self.index.search(query, self.per_category, members)))
+                found += self._search(query, self.per_category, c)
         return sorted(found, key=lambda item: -item.score)[:k]
 
     def _open(self, image: str | Path) -> Image.Image:
@@ -179,10 +194,9 @@ class ColdStart:
         with torch.no_grad():
             stl_q = self.model.queries(stl_x, "stl").numpy()
             ctl_q = self.model.queries(ctl_x, "ctl").numpy()
-        among = self.members.get(wanted) if wanted is not None else None
-        if wanted is not None and among is None:
+        if wanted is not None and wanted not in self.members:
             raise ColdStartError(f"the index holds no product of category {LEAVES[wanted]!r}")
-        exact = self._items(*(a[0] for a in self.index.search(stl_q, k, among)))
+        exact = self._search(stl_q, k, wanted)
         query_category = wanted if wanted is not None else self.position_category(exact[0].product)
         looks = self._across_categories(ctl_q, query_category, k)
         neighbours, seen = self._similar_scenes(scene_x[0], query_category, k)
@@ -231,9 +245,8 @@ class ColdStart:
                 f"(model {self.source.get('model', '?')}); ids are 32 hex digits, as in fashion.json"
             )
         own = int(self.category[position])
-        vector = self.index.vectors()[position : position + 1]
-        members = self.members[own][self.members[own] != position]
-        similar = self._items(*(a[0] for a in self.index.search(vector, k, members))) if len(members) else []
+        vector = self.index.index.reconstruct(position)[None, :]
+        similar = [item for item in self._search(vector, k + 1, own) if item.product != product_id][:k]
         return ProductAnswer(
             product=product_id,
             category=LEAVES[own],

@@ -26,21 +26,11 @@ class ProductIndex:
     ids: list[str]
     info: dict[str, str] = field(default_factory=dict)
 
-    def search(
-        self, queries: np.ndarray, k: int, among: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, k) cosine scores and product positions, best first; -1 where fewer exist.
-        ``among``: search only these positions (a category, say)."""
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) cosine scores and product positions, best first; -1 where fewer exist."""
         unit = np.ascontiguousarray(queries, dtype=np.float32)
         faiss.normalize_L2(unit)
-        if among is None:
-            return self.index.search(unit, min(k, self.index.ntotal))
-        selector = faiss.IDSelectorBatch(np.asarray(among, dtype=np.int64))
-        if isinstance(self.index, faiss.IndexIVF):
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.index.nprobe)
-        else:
-            params = faiss.SearchParameters(sel=selector)
-        return self.index.search(unit, max(1, min(k, len(among))), params=params)
+        return self.index.search(unit, min(k, self.index.ntotal))
 
     def vectors(self) -> np.ndarray:
         """(P, d) the indexed unit vectors, in id order."""
