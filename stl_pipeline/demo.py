@@ -7,12 +7,40 @@ materializations and check results afterwards.
 import time
 
 import dagster as dg
+import pandas as pd
 
 STL_FULL_PIPELINE = "stl_full_pipeline"
 
 
 def _failed(severity: dg.AssetCheckSeverity) -> str:
     return "WARN" if severity == dg.AssetCheckSeverity.WARN else "FAIL"
+
+
+def _samples(table: pd.DataFrame, shown: int = 3) -> list[str]:
+    """The first product's similar and complementary lists, and the first held-out scene's
+    complete-the-look list for the first category it lacks."""
+    product = table.loc[table["kind"] == "similar", "query"].iloc[0]
+    look = table[table["kind"] == "complete_the_look"].iloc[0]
+    lists = [
+        ("similar", product, None, f"Similar to product {product[:8]}"),
+        ("complementary", product, None, f"Complementary to product {product[:8]}"),
+        (
+            "complete_the_look",
+            look["query"],
+            look["category"],
+            f"Complete test scene {look['query'][:8]} with {look['category']}",
+        ),
+    ]
+    lines = []
+    for kind, query, category, title in lists:
+        rows = table[(table["kind"] == kind) & (table["query"] == query)]
+        if category is not None:
+            rows = rows[rows["category"] == category]
+        items = ", ".join(
+            f"{r.product[:8]} ({r.category}, {r.score:.2f})" for r in rows.head(shown).itertuples()
+        )
+        lines.append(f"  {title}: {items}")
+    return lines
 
 
 def main() -> int:
@@ -72,6 +100,18 @@ def main() -> int:
         verdict = "pass" if evaluation.passed else _failed(evaluation.severity)
         print(f"  {verdict}  {evaluation.asset_key.to_user_string()}:{evaluation.check_name}")
     print(f"\n{seconds:.1f}s. Open the UI with `make ui` (DAGSTER_HOME={instance.root_directory}).")
+    gallery = [
+        e.step_materialization_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.path[-1] == "recommendation_gallery"
+    ]
+    if gallery:
+        print(f"\nGallery: {gallery[0]['gallery'].value}")
+        table = result.asset_value("recommendations")
+        print("\nSample recommendations (product id, category, cosine):")
+        print("\n".join(_samples(table)))
+        product = table["query"].iloc[0]
+        print(f"\nMore: stl-recommend product {product}, or stl-recommend scene IMAGE --bbox l,t,r,b")
     return 0 if result.success else 1
 
 

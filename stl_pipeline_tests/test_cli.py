@@ -71,8 +71,13 @@ def test_stl_demo_records_its_run_for_the_ui(
     assert main() == 0
     out = capsys.readouterr().out
     assert "of stl_full_pipeline: succeeded" in out
-    assert out.count("  pass  ") == 29 and "FAIL" not in out  # the quality gate holds on the demo
+    assert out.count("  pass  ") == 31 and "FAIL" not in out  # the quality gate holds on the demo
     assert "Retrieval report, held-out test scenes" in out and "| gat " in out
+    # It ends with the gallery and one sample list of each kind.
+    tail = out[out.index("\nGallery: ") :]
+    assert Path(tail.split()[1]).is_file()
+    for kind in ("Similar to product", "Complementary to product", "Complete test scene"):
+        assert kind in tail
     with dg.DagsterInstance.get() as instance:
         (record,) = instance.get_run_records()
         assert record.dagster_run.job_name == "stl_full_pipeline"
