@@ -32,6 +32,7 @@ class Trained:
     config: GeneratorConfig
     environ: dict[str, str]
     settings: Settings
+    metadata: dict[str, dict]  # asset -> its materialization's metadata values
 
 
 def train_everything(root: Path, config: GeneratorConfig = FRESH) -> Trained:
@@ -46,4 +47,10 @@ def train_everything(root: Path, config: GeneratorConfig = FRESH) -> Trained:
         raise_on_error=False,
     )
     assert result.success
-    return Trained(config, environ, settings)
+    metadata = {
+        event.asset_key.to_user_string(): {
+            k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()
+        }
+        for event in result.get_asset_materialization_events()
+    }
+    return Trained(config, environ, settings, metadata)

@@ -93,6 +93,10 @@ def test_a_registered_model_version_answers_too(
     # The registered version is the materialized GAT: the same lists.
     assert [i["product"] for i in answer["similar"]] == [i.product for i in latest.similar]
     assert answer["model"]["version"] == "1"
+    # The command's complementary list is the recommendations asset's.
+    table = pd.read_parquet(trained.settings.data_dir / "tables" / "recommendations.parquet")
+    own = table[(table["kind"] == "complementary") & (table["query"] == product)]
+    assert list(own["product"]) == [i.product for i in latest.complementary]
 
 
 @pytest.mark.parametrize(

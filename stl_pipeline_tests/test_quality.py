@@ -36,3 +36,14 @@ def test_trained_models_beat_the_frozen_backbone_on_shop_the_look(report: pd.Dat
     for model in ("gat", "sage", "triplet_head"):
         assert scores[model] > scores["frozen_knn"] > scores["popularity"], scores.to_dict()
     assert scores["oracle"] > scores["random"]
+
+
+def test_complementary_lists_find_held_out_scene_partners(trained: Trained) -> None:
+    """Products that share a test scene (never trained on) find each other more often through
+    their scene context than through their own vectors or the frozen backbone's."""
+    meta = trained.metadata["recommendations"]
+    print({k: v for k, v in meta.items() if k.startswith("complementary_test")})
+    assert meta["complementary_test_pairs"] >= 300
+    found = meta["complementary_test_hit_rate@10"]
+    assert found > meta["complementary_test_hit_rate@10_product_vectors"]
+    assert found > meta["complementary_test_hit_rate@10_frozen"]

@@ -11,6 +11,7 @@ from stl_pipeline.serving.recommend import (
     hit_rate,
     problems,
     rows,
+    scene_context,
     scene_partners,
     top_complementary,
     top_similar,
@@ -130,3 +131,12 @@ def test_complementary_hits_count_scene_partners_of_other_categories() -> None:
     assert sorted(map(tuple, truth.to_numpy())) == [("x", "y"), ("y", "x"), ("y", "z"), ("z", "y")]
     lists = pd.DataFrame({"query": ["x", "y"], "product": ["y", "q"]})
     assert hit_rate(lists, truth) == 0.25
+
+
+def test_scene_context_is_the_mean_query_of_a_products_scenes() -> None:
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    own = torch.tensor([[0.0, -1.0], [-1.0, 0.0], [3.0, 4.0]])
+    # product 0 in scenes 0 and 1, product 1 in scene 2, product 2 in none
+    context = scene_context(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 2]), queries, own)
+    half = 2**-0.5
+    assert torch.allclose(context, torch.tensor([[half, half], [half, half], [0.6, 0.8]]))

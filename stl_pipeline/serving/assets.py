@@ -12,6 +12,7 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.categories import LEAVES
 from stl_pipeline.features.queries import on_disk
+from stl_pipeline.graph.build import CONTAINS
 from stl_pipeline.reporting import markdown
 from stl_pipeline.resources import StlFiles
 from stl_pipeline.serving.gallery import (
@@ -31,6 +32,7 @@ from stl_pipeline.serving.recommend import (
     hit_rate,
     problems,
     rows,
+    scene_context,
     scene_partners,
     top_complementary,
     top_similar,
@@ -130,30 +132,38 @@ def recommendations(
     names = [LEAVES[c] for c in category.tolist()]
     vectors = torch.from_numpy(product_index.vectors())
     k, per_category = config.k, config.complementary_per_category
-    similar = rows("similar", ids, *top_similar(vectors, category, k), ids, names)
-    complementary = rows(
-        "complementary", ids, *top_complementary(vectors, category, k, per_category), ids, names
-    )
     scene = stl_graph["scene"]
+    with torch.no_grad():
+        scene_queries = load_model(record).queries(scene.x, "ctl")
+    edges = stl_graph[CONTAINS].edge_index  # train scenes only
+
+    def complementary_of(products: torch.Tensor, queries: torch.Tensor) -> pd.DataFrame:
+        return rows(
+            "complementary", ids, *top_complementary(products, category, k, per_category, queries), ids, names
+        )
+
+    similar = rows("similar", ids, *top_similar(vectors, category, k), ids, names)
+    complementary = complementary_of(vectors, scene_context(edges[1], edges[0], scene_queries, vectors))
     held_out = [s for s, test in zip(scene.ids, scene.test_mask.tolist(), strict=True) if test]
     scenes, wanted = _lacking(stl_graph, stl_pairs, held_out)
     position = {s: i for i, s in enumerate(scene.ids)}
-    with torch.no_grad():
-        queries = load_model(record).queries(scene.x[[position[s] for s in scenes]], "ctl")
+    queries = scene_queries[[position[s] for s in scenes]]
     looks = rows(
         "complete_the_look", scenes, *complete_the_look(queries, vectors, category, wanted, k), ids, names
     )
     table = pd.concat([similar, complementary, looks], ignore_index=True)[COLUMNS]
 
     # Held-out check of the complementary lists: products that share a test scene should
-    # find each other; the frozen backbone's vectors are the baseline.
+    # find each other. Baselines: the same model's product vectors as queries, and the frozen
+    # backbone's vectors.
     category_of = dict(zip(ids, names, strict=True))
     truth = scene_partners(stl_pairs[stl_pairs["scene"].isin(held_out)], category_of)
     truth = truth[truth["query"].isin(category_of) & truth["product"].isin(category_of)]
     frozen = stl_graph["product"].x[:, : record["query_dim"]]
-    frozen_lists = rows(
-        "complementary", ids, *top_complementary(frozen, category, k, per_category), ids, names
-    )
+    baselines = {
+        "product_vectors": complementary_of(vectors, vectors),
+        "frozen": complementary_of(frozen, frozen),
+    }
     shares = table.groupby("kind")["category"].value_counts(normalize=True).unstack(0).fillna(0).round(3)
     metadata = {
         "model": product_index.info["model"],
@@ -170,7 +180,10 @@ def recommendations(
         },
         "complementary_test_pairs": len(truth),
         f"complementary_test_hit_rate@{k}": round(hit_rate(complementary, truth), 4),
-        f"complementary_test_hit_rate@{k}_frozen": round(hit_rate(frozen_lists, truth), 4),
+        **{
+            f"complementary_test_hit_rate@{k}_{name}": round(hit_rate(lists, truth), 4)
+            for name, lists in baselines.items()
+        },
         "category_share": dg.MetadataValue.md(markdown(shares.reset_index(), max_rows=20)),
         "preview": dg.MetadataValue.md(markdown(table.groupby("kind").head(3).round(4), max_rows=12)),
         "seconds": round(time.perf_counter() - start, 2),

@@ -30,6 +30,7 @@ from stl_pipeline.graph.build import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.models.recommender import Recommender
 from stl_pipeline.serving.index import ProductIndex, build_index, load_index
+from stl_pipeline.serving.recommend import scene_context
 from stl_pipeline.settings import Settings
 from stl_pipeline.training.loop import BEST, load_checkpoint
 from stl_pipeline.training.models import load_model, model_record
@@ -128,6 +129,16 @@ class ColdStart:
         self.position = self.index.positions()
         # One index per category, so a search within a category reads only its products.
         vectors = self.index.vectors()
+        # Complementary queries: each product's train scenes through the model's CTL head.
+        with torch.no_grad():
+            scene_queries = self.model.queries(self.scenes.vectors, "ctl")
+        scenes = torch.cat(
+            [torch.full((len(p),), i) for i, p in enumerate(self.scenes.products)] or [torch.empty(0)]
+        )
+        products = torch.from_numpy(np.concatenate(self.scenes.products or [np.empty(0)]).astype(np.int64))
+        self.context = scene_context(
+            products, scenes.long(), scene_queries, torch.from_numpy(vectors)
+        ).numpy()
         self.by_category = {
             c: build_index(vectors[members], [self.index.ids[i] for i in members])
             for c, members in self.members.items()
@@ -251,7 +262,7 @@ class ColdStart:
             product=product_id,
             category=LEAVES[own],
             similar=similar,
-            complementary=self._across_categories(vector, own, k),
+            complementary=self._across_categories(self.context[position : position + 1], own, k),
             model=self.source,
         )
 

