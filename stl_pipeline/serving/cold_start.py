@@ -208,7 +208,7 @@ class ColdStart:
         if wanted is not None and wanted not in self.members:
             raise ColdStartError(f"the index holds no product of category {LEAVES[wanted]!r}")
         exact = self._search(stl_q, k, wanted)
-        query_category = wanted if wanted is not None else self.position_category(exact[0].product)
+        query_category = wanted if wanted is not None else self._category_of(exact[0].product)
         looks = self._across_categories(ctl_q, query_category, k)
         neighbours, seen = self._similar_scenes(scene_x[0], query_category, k)
         return SceneAnswer(
@@ -223,7 +223,7 @@ class ColdStart:
             model=self.source,
         )
 
-    def position_category(self, product: str) -> int:
+    def _category_of(self, product: str) -> int:
         return int(self.category[self.position[product]])
 
     def _similar_scenes(self, vector: torch.Tensor, excluded: int, k: int) -> tuple[list[Item], list[Item]]:
