@@ -112,7 +112,6 @@ def _lacking(graph: HeteroData, pairs: pd.DataFrame, scenes: list[str]) -> tuple
 
 @dg.asset(group_name="serving")
 def recommendations(
-    context: dg.AssetExecutionContext,
     config: RecommendationsConfig,
     product_index: ProductIndex,
     stl_graph: HeteroData,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.categories import LEAVES
@@ -178,7 +178,7 @@ class ColdStart:
                     size = f"{opened.width}x{opened.height}"
                     raise ColdStartError(f"{path} is {size}, over {self.max_pixels:,} pixels: downscale it")
                 return opened.convert("RGB")
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        except (OSError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
             raise ColdStartError(
                 f"{path} is not a readable image ({error}); use a JPEG, PNG or WebP file"
             ) from error
