@@ -136,6 +136,24 @@ def test_edge_families_are_configuration(tables) -> None:
         GraphConfig(edges=("cliques",))
 
 
+def test_graph_without_contains_edges_keeps_its_labels_and_passes_no_train_pair(tables) -> None:
+    pairs, products = tables
+    scenes = list(dict.fromkeys(pairs["scene"]))
+    data, _ = build_graph(
+        products,
+        pairs,
+        Embeddings(list(products["product"]), unit(len(products), 8, 0)),
+        Embeddings(scenes, unit(len(scenes), 8, 1)),
+        GraphConfig(edges=("scene_similar", "product_similar")),
+    )
+    assert data[CONTAINS].edge_index.shape == (2, 0) and REV_CONTAINS not in data.edge_types
+    held = data[CONTAINS].val_edge_index.shape[1] + data[CONTAINS].test_edge_index.shape[1]
+    assert held == (pairs["split"] != "train").sum()
+    _, edges = summary(data)
+    assert edges.set_index("edge_type").loc["scene__contains__product", "edges"] == 0
+    assert not out_of_range(data) and not leakage(data)
+
+
 def test_products_without_an_image_drop_out_with_their_pairs(tables) -> None:
     pairs, products = tables
     scenes = list(dict.fromkeys(pairs["scene"]))

@@ -79,7 +79,8 @@ def build_graph(
     config: GraphConfig = GraphConfig(),
 ) -> tuple[HeteroData, BuildReport]:
     """The HeteroData of DESIGN.md section 4, and what was left out for lack of an image."""
-    product_ids = [p for p in products["product"] if p in set(product_embeddings.keys)]
+    with_image = set(product_embeddings.keys)
+    product_ids = [p for p in products["product"] if p in with_image]
     product_pos = {p: i for i, p in enumerate(product_ids)}
     pairs = pairs[pairs["product"].isin(product_pos)]
     scene_keys = set(scene_embeddings.keys)
@@ -120,6 +121,11 @@ def build_graph(
         data[CONTAINS].edge_attr = bbox[torch.from_numpy(train)]
         data[REV_CONTAINS].edge_index = _edge_index(dst[train], src[train])
         data[REV_CONTAINS].edge_attr = bbox[torch.from_numpy(train)]
+    else:
+        # The held-out labels below live on this store, and every edge store has an index:
+        # without the family, no train pair passes messages.
+        data[CONTAINS].edge_index = torch.empty((2, 0), dtype=torch.long)
+        data[CONTAINS].edge_attr = torch.empty((0, len(BBOX)))
     for name in ("val", "test"):
         held = split == name
         data[CONTAINS][f"{name}_edge_index"] = _edge_index(src[held], dst[held])
