@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
-from stl_pipeline.device import autocast, describe, effective_precision, resolve_device
+from stl_pipeline.device import describe, effective_precision, resolve_device
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.training.data import split_queries
 from stl_pipeline.training.loop import TrainConfig, train
@@ -55,9 +55,7 @@ def seconds_per_epoch(kind: str, device: torch.device, precision: str, data, epo
     model = build_model(*schema(graph), query_dim, config).to(device)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        result = train(
-            model, graph, train_q, val_q, config, Path(folder), autocast=lambda: autocast(device, precision)
-        )
+        result = train(model, graph, train_q, val_q, config, Path(folder), precision=precision)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start

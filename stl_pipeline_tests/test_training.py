@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from stl_pipeline.device import autocast
 from stl_pipeline.training.loop import (
     BEST,
     LAST,
@@ -65,28 +64,9 @@ def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(tmp_path: Path) 
 
 
 def test_a_killed_run_resumes_to_the_same_final_state(tmp_path: Path) -> None:
-    model, graph, train_q, val_q = setup()
-    train(model, graph, train_q, val_q, CONFIG, tmp_path / "straight")
-    straight = load_checkpoint(tmp_path / "straight" / LAST)
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_epoch_7(epoch: int, _: dict) -> None:
-        if epoch == 7:
-            raise Killed
-
-    model, graph, train_q, val_q = setup()
-    with pytest.raises(Killed):
-        train(model, graph, train_q, val_q, CONFIG, tmp_path / "killed", on_epoch=kill_after_epoch_7)
-    assert 5 <= load_checkpoint(tmp_path / "killed" / LAST)["epoch"] < 7  # periodic (5) or a new best
-    model, graph, train_q, val_q = setup()  # a new process: fresh model, fresh generators
-    result = train(model, graph, train_q, val_q, CONFIG, tmp_path / "killed")
-    resumed = load_checkpoint(tmp_path / "killed" / LAST)
-    assert result.epochs_run == 12 and len(result.history) == 12
-    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
-    for name, tensor in straight["model"].items():
-        assert torch.equal(tensor, resumed["model"][name]), name
+    straight, resumed = _kill_and_resume(tmp_path, lambda *parts: parts)
+    assert straight["cuda_rng"] is None and straight["scaler"] == {}
+    _assert_same_run(straight, resumed)
 
 
 def test_early_stopping_and_a_finished_run_is_not_repeated(tmp_path: Path) -> None:
@@ -125,6 +105,60 @@ def test_an_epoch_visits_every_query_once_in_steps_of_the_batch_size() -> None:
         assert sorted(seen.tolist()) == list(range(n))
         assert max(len(step[task]) for step in steps) <= 3
     assert len(batches(queries, 0, torch.Generator())) == 1  # 0: full batch
+    capped = batches(queries, 3, torch.Generator().manual_seed(0), max_steps=2)
+    assert len(capped) == 2 and sorted(torch.cat([s["stl"] for s in capped]).tolist()) == list(range(10))
+
+
+def _kill_and_resume(tmp_path: Path, move, precision: str = "fp32") -> tuple[dict, dict]:
+    """The last checkpoints of a straight run and of one killed after epoch 7 and resumed
+    in a fresh model (``move`` puts a model and its inputs on the device under test)."""
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_7(epoch: int, _: dict) -> None:
+        if epoch == 7:
+            raise Killed
+
+    train(*move(*setup()), CONFIG, tmp_path / "straight", precision=precision)
+    with pytest.raises(Killed):
+        train(*move(*setup()), CONFIG, tmp_path / "killed", on_epoch=kill_after_epoch_7, precision=precision)
+    assert 5 <= load_checkpoint(tmp_path / "killed" / LAST)["epoch"] < 7  # periodic (5) or a new best
+    result = train(*move(*setup()), CONFIG, tmp_path / "killed", precision=precision)
+    assert result.epochs_run == 12 and len(result.history) == 12
+    return load_checkpoint(tmp_path / "straight" / LAST), load_checkpoint(tmp_path / "killed" / LAST)
+
+
+def _assert_same_run(straight: dict, resumed: dict, tolerance: float = 0.0) -> None:
+    losses = [h["loss"] for h in straight["history"]]
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx(losses, rel=tolerance, abs=tolerance)
+    for name, tensor in straight["model"].items():
+        assert torch.allclose(tensor, resumed["model"][name], rtol=0, atol=tolerance), name
+    assert resumed["scaler"] == straight["scaler"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_killed_cuda_run_resumes_to_the_same_final_state(tmp_path: Path, precision: str) -> None:
+    """Dropout draws from the CUDA generator and fp16 steps depend on the loss scale: both
+    are in the checkpoint. CUDA's atomic scatter sums differ in the last bits from run to
+    run, hence the tolerance; other dropout masks after the resume would differ far more."""
+    straight, resumed = _kill_and_resume(tmp_path, _on(torch.device("cuda")), precision)
+    assert straight["cuda_rng"] is not None
+    if precision == "fp16":
+        assert straight["scaler"]["scale"] > 0
+    _assert_same_run(straight, resumed, tolerance=1e-4)
+
+
+def _on(device: torch.device):
+    def move(model, graph, train_q, val_q):
+        for split in (train_q, val_q):
+            for q in split.values():
+                q.x, q.product = q.x.to(device), q.product.to(device)
+        return model.to(device), graph.to(device), train_q, val_q
+
+    return move
 
 
 @pytest.mark.gpu
@@ -137,7 +171,7 @@ def test_cuda_training_with_autocast_learns_and_loads_on_cpu(tmp_path: Path, pre
     for split in (train_q, val_q):
         for q in split.values():
             q.x, q.product = q.x.to(cuda), q.product.to(cuda)
-    result = train(model, graph, train_q, val_q, CONFIG, tmp_path, autocast=lambda: autocast(cuda, precision))
+    result = train(model, graph, train_q, val_q, CONFIG, tmp_path, precision=precision)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0] and all(map(math.isfinite, losses))
     assert next(model.parameters()).device.type == "cuda"

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.device import autocast, describe
+from stl_pipeline.device import describe
 from stl_pipeline.plots import training_curves
 from stl_pipeline.resources import MlflowTracker, StlFiles, TorchDevice
 from stl_pipeline.storage import atomic_write_bytes
@@ -28,6 +28,11 @@ class _TrainingKnobs(dg.Config):
     weight_decay: float = 1e-4
     epochs: int = 150
     batch_size: int = Field(default=512, description="Queries per task and step; 0: full batch.")
+    max_steps: int = Field(
+        default=8,
+        description="Optimizer steps per epoch at most (each encodes the whole graph); past that, "
+        "batches grow. 0: no limit.",
+    )
     in_batch_negatives: bool = True
     category_negatives: int = Field(default=8, description="Same-category hard negatives per query.")
     patience: int = Field(default=30, description="Epochs without a better validation MRR before stopping.")
@@ -103,7 +108,7 @@ def _train_asset(
                 train_config,
                 checkpoints,
                 on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
-                autocast=lambda: autocast(device, precision),
+                precision=precision,
             )
             best = load_checkpoint(checkpoints / BEST)
             record = model_record(best, stl_graph, stl_crop_embeddings.dim, run.run_id)

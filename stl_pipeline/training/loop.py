@@ -1,20 +1,21 @@
 """Full-batch training of a recommender with checkpoints, resume and early stopping.
 
-A checkpoint holds the model, the optimizer, both random generators and the
-history, so a run killed after epoch n and resumed ends in exactly the state
-an uninterrupted run reaches. Checkpoints are written atomically and read with
-``weights_only=True``.
+A checkpoint holds the model, the optimizer, the fp16 gradient scaler, every
+random generator (the CPU one negatives are drawn from, torch's, and the CUDA
+device's that dropout uses there) and the history, so a run killed after
+epoch n and resumed ends in exactly the state an uninterrupted run reaches.
+Checkpoints are written atomically and read with ``weights_only=True``.
 """
 
 import math
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch_geometric.data import HeteroData
 
+from stl_pipeline.device import Precision, autocast, effective_precision
 from stl_pipeline.models.losses import LOSSES, sample_negatives
 from stl_pipeline.models.recommender import TASKS, Recommender
 from stl_pipeline.storage import atomic_write_with
@@ -38,6 +39,10 @@ class TrainConfig:
     in_batch_negatives: bool = True
     category_negatives: int = 8
     batch_size: int = 512  # queries per task and optimizer step; 0: all at once (full batch)
+    # Every step encodes the whole graph, so steps, not queries, are what an epoch costs. Past
+    # batch_size * max_steps queries the batches grow instead: at the release's size an epoch
+    # is 8 encodings, not 113.
+    max_steps: int = 8
     patience: int = 30  # epochs without a better validation MRR before stopping
     checkpoint_every: int = 10
     seed: int = 0
@@ -81,27 +86,32 @@ def validation_mrr(model: Recommender, graph: HeteroData, val: dict[str, Queries
 
 
 def batches(
-    queries: dict[str, Queries], batch_size: int, generator: torch.Generator
+    queries: dict[str, Queries], batch_size: int, generator: torch.Generator, max_steps: int = 0
 ) -> list[dict[str, torch.Tensor]]:
     """One epoch's steps: per task, a shuffled slice of its queries (tasks of different
-    sizes are spread over the same number of steps)."""
+    sizes are spread over the same number of steps, at most ``max_steps`` if positive)."""
     sizes = {task: len(q.product) for task, q in queries.items()}
     largest = max(sizes.values(), default=0)
     steps = 1 if batch_size <= 0 or largest <= batch_size else math.ceil(largest / batch_size)
+    if max_steps > 0:
+        steps = min(steps, max_steps)
     orders = {task: torch.randperm(n, generator=generator) for task, n in sizes.items()}
     return [
         {task: order.tensor_split(steps)[step] for task, order in orders.items()} for step in range(steps)
     ]
 
 
-def _state(model, optimizer, sampler, config, epoch, history, best, finished: bool) -> dict:
+def _state(model, optimizer, scaler, sampler, config, epoch, history, best, finished: bool) -> dict:
+    device = next(model.parameters()).device
     return {
         "epoch": epoch,
         "finished": finished,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
         "sampler": sampler.get_state(),
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "history": history,
         "best_epoch": best[0],
         "best_val_mrr": best[1],
@@ -125,9 +135,11 @@ def train(
     config: TrainConfig,
     checkpoint_dir: Path,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    precision: Precision = "fp32",
 ) -> TrainResult:
-    """Train, resuming from ``checkpoint_dir/last.pt`` when it was written with the same config."""
+    """Train on the model's device, resuming from ``checkpoint_dir/last.pt`` when it was
+    written with the same config. ``precision`` bf16 or fp16 autocasts on CUDA; fp16
+    scales the loss, so small gradients do not underflow to zero."""
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}: use one of {sorted(LOSSES)}")
     unknown = set(train_queries) - set(TASKS)
@@ -137,6 +149,11 @@ def train(
     torch.manual_seed(config.seed)
     sampler = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    device = next(model.parameters()).device
+    precision = effective_precision(device, precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if device.type == "cuda":
+        torch.cuda.manual_seed(config.seed)
     start, history, best = 0, [], (-1, -math.inf)
     last = checkpoint_dir / LAST
     if last.exists():
@@ -144,8 +161,12 @@ def train(
         if state["config"] == asdict(config):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            if state["scaler"]:  # empty when it was written without fp16
+                scaler.load_state_dict(state["scaler"])
             sampler.set_state(state["sampler"])
             torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and state["cuda_rng"] is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
             start, history = state["epoch"] + 1, list(state["history"])
             best = (state["best_epoch"], state["best_val_mrr"])
             if state["finished"]:
@@ -155,10 +176,10 @@ def train(
     model.train()
     epoch = start - 1
     for epoch in range(start, config.epochs):
-        steps = batches(train_queries, config.batch_size, sampler)
+        steps = batches(train_queries, config.batch_size, sampler, config.max_steps)
         losses = []
         for batch in steps:
-            with autocast():
+            with autocast(device, precision):
                 # The graph is encoded again for every step: its weights have just changed.
                 products = model.products(graph).float()
                 loss = torch.zeros((), device=products.device)
@@ -182,8 +203,9 @@ def train(
                     f"the inputs for non-finite embeddings. The last good checkpoint is {last}"
                 )
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             losses.append(loss.item())
         metrics = {
             "epoch": float(epoch),
@@ -198,7 +220,7 @@ def train(
             best = (epoch, metrics["val_mrr"])
         finished = epoch + 1 == config.epochs or epoch - best[0] >= config.patience
         if improved or finished or (epoch + 1) % config.checkpoint_every == 0:
-            state = _state(model, optimizer, sampler, config, epoch, history, best, finished)
+            state = _state(model, optimizer, scaler, sampler, config, epoch, history, best, finished)
             if improved:
                 save_checkpoint(checkpoint_dir / BEST, state)
             save_checkpoint(last, state)
