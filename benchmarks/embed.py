@@ -20,8 +20,10 @@ import torch
 from tabulate import tabulate
 
 from stl_pipeline.device import autocast, describe, effective_precision, resolve_device
-from stl_pipeline.features.backbone import BackboneSpec, load_backbone
-from stl_pipeline.features.embed import Embedder, ImageItem, batches, embed_items
+from stl_pipeline.features.backbone import load_backbone
+from stl_pipeline.features.embed import Embedder, batches, embed_items
+from stl_pipeline.features.queries import ImageItem
+from stl_pipeline.features.spec import BackboneSpec
 from stl_pipeline.generate import GeneratorConfig, generate_dataset
 
 

@@ -20,9 +20,10 @@ import torch
 from tabulate import tabulate
 
 from stl_pipeline.categories import LEAVES, PUBLISHED_COUNTS
-from stl_pipeline.features.backbone import BackboneSpec, load_backbone
+from stl_pipeline.features.backbone import load_backbone
+from stl_pipeline.features.spec import BackboneSpec
 from stl_pipeline.generate import FULL_SCALE, GeneratorConfig, unseen_scenes
-from stl_pipeline.graph.build import PRODUCT, SCENE
+from stl_pipeline.graph.schema import PRODUCT, SCENE
 from stl_pipeline.models.recommender import GraphRecommender
 from stl_pipeline.serving.cold_start import ColdStart, TrainScenes
 from stl_pipeline.serving.index import build_index

@@ -2,19 +2,26 @@
 
 ``auto`` picks CUDA when present; reduced precision is autocast on CUDA only,
 since CPU autocast is slower than fp32 on most CPUs and changes results.
+torch is imported where it is used: the resources that name a precision load
+with the code location, which should not pay for torch.
 """
 
-import contextlib
-from typing import Literal
+from __future__ import annotations
 
-import torch
+import contextlib
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
 
 Precision = Literal["fp32", "bf16", "fp16"]
-DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+REDUCED: tuple[str, ...] = ("bf16", "fp16")
 
 
 def resolve_device(spec: str) -> torch.device:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a device that exists here."""
+    import torch
+
     spec = spec.strip().lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -34,18 +41,24 @@ def resolve_device(spec: str) -> torch.device:
 
 def effective_precision(device: torch.device, precision: Precision) -> Precision:
     """The precision actually used: autocast applies on CUDA only."""
-    if precision not in ("fp32", *DTYPES):
+    if precision not in ("fp32", *REDUCED):
         raise ValueError(f"unknown precision {precision!r}: use fp32, bf16 or fp16")
     return precision if device.type == "cuda" else "fp32"
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    import torch
+
     if effective_precision(device, precision) == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=DTYPES[precision])
+    return torch.autocast(
+        device_type="cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    )
 
 
 def describe(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"

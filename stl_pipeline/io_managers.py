@@ -6,11 +6,8 @@ from typing import Any, ClassVar
 
 import dagster as dg
 import pandas as pd
-import torch
-from torch_geometric.data import HeteroData
 
-from stl_pipeline.graph.store import load_graph, save_graph
-from stl_pipeline.serving.index import ProductIndex, load_index, save_index
+from stl_pipeline.artifacts import HeteroData, ProductIndex
 from stl_pipeline.storage import atomic_write_with
 from stl_pipeline.vectors import Embeddings
 
@@ -76,10 +73,14 @@ class GraphIOManager(_FileIOManager):
     suffix: ClassVar[str] = ".safetensors"
 
     def write(self, obj: HeteroData, path: Path) -> dict:
+        from stl_pipeline.graph.store import save_graph
+
         save_graph(obj, path, info=dict(getattr(obj, "info", None) or {}))
         return {}
 
     def read(self, path: Path) -> HeteroData:
+        from stl_pipeline.graph.store import load_graph
+
         data, info = load_graph(path)
         data.info = info
         return data
@@ -91,10 +92,14 @@ class ModelIOManager(_FileIOManager):
     suffix: ClassVar[str] = ".pt"
 
     def write(self, obj: dict, path: Path) -> dict:
+        import torch
+
         atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
         return {}
 
     def read(self, path: Path) -> dict:
+        import torch
+
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -104,8 +109,12 @@ class IndexIOManager(_FileIOManager):
     suffix: ClassVar[str] = ".safetensors"
 
     def write(self, obj: ProductIndex, path: Path) -> dict:
+        from stl_pipeline.serving.index import save_index
+
         save_index(obj, path)
         return {}
 
     def read(self, path: Path) -> ProductIndex:
+        from stl_pipeline.serving.index import load_index
+
         return load_index(path)

@@ -1,18 +1,30 @@
 """Figures that show what the data looks like, as PNG bytes (matplotlib, no display).
 
 Figures are built with ``matplotlib.figure.Figure`` directly: no pyplot state,
-so concurrent assets cannot draw into each other's figures.
+so concurrent assets cannot draw into each other's figures. matplotlib is
+imported when a figure is drawn, not when the asset modules load.
 """
 
+from __future__ import annotations
+
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from stl_pipeline.categories import LEAVES
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 GRID = 64  # cells per side of the bbox position map
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
 
 
 def _png(figure: Figure) -> bytes:
@@ -26,7 +38,7 @@ def category_distribution(products: pd.DataFrame, pairs: pd.DataFrame) -> bytes:
     order = list(LEAVES)
     product_counts = products["category"].astype(str).value_counts().reindex(order, fill_value=0)
     pair_counts = pairs["category"].astype(str).value_counts().reindex(order, fill_value=0)
-    figure = Figure(figsize=(8, 4))
+    figure = _figure(8, 4)
     axes = figure.subplots()
     y = np.arange(len(order))
     axes.barh(y - 0.2, product_counts.to_numpy(), height=0.4, label="products")
@@ -48,7 +60,7 @@ def bbox_coverage(pairs: pd.DataFrame) -> bytes:
     covered_x = (left[:, None] <= centres) & (centres <= right[:, None])
     covered_y = (top[:, None] <= centres) & (centres <= bottom[:, None])
     coverage = covered_y.T.astype(np.float32) @ covered_x.astype(np.float32) / max(1, len(pairs))
-    figure = Figure(figsize=(9, 4))
+    figure = _figure(9, 4)
     histogram, heatmap = figure.subplots(1, 2)
     histogram.hist(area, bins=40, range=(0, 1))
     histogram.set_xlabel("bbox area (share of the scene)")
@@ -72,7 +84,7 @@ def category_cooccurrence(pairs: pd.DataFrame) -> np.ndarray:
 
 def cooccurrence_heatmap(pairs: pd.DataFrame) -> bytes:
     matrix = category_cooccurrence(pairs)
-    figure = Figure(figsize=(7, 6))
+    figure = _figure(7, 6)
     axes = figure.subplots()
     image = axes.imshow(matrix, cmap="viridis")
     axes.set_xticks(range(len(LEAVES)), LEAVES, rotation=60, ha="right")
@@ -93,7 +105,7 @@ def embedding_map(vectors: np.ndarray, categories: list[str], title: str, points
     centred = vectors - vectors.mean(axis=0)
     _, _, components = np.linalg.svd(centred, full_matrices=False)
     points = centred @ components[:2].T
-    figure = Figure(figsize=(7, 6))
+    figure = _figure(7, 6)
     axes = figure.subplots()
     for index, category in enumerate(LEAVES):
         chosen = labels == category
@@ -109,7 +121,7 @@ def embedding_map(vectors: np.ndarray, categories: list[str], title: str, points
 def training_curves(history: list[dict[str, float]], best_epoch: int, title: str) -> bytes:
     """Training loss and validation MRR per epoch, with the kept (best) epoch marked."""
     frame = pd.DataFrame(history)
-    figure = Figure(figsize=(9, 3.5))
+    figure = _figure(9, 3.5)
     loss_axes, val_axes = figure.subplots(1, 2)
     loss_axes.plot(frame["epoch"], frame["loss"])
     loss_axes.set_xlabel("epoch")

@@ -1,19 +1,32 @@
-"""Resources: the raw STL files, the image source, and where outputs are stored."""
+"""Resources: the raw STL files, the image source, the device, the backbone and the tracker.
+
+They load with the code location, so the libraries behind them (torch, timm,
+MLflow) are imported only when a step asks a resource for its object.
+"""
+
+from __future__ import annotations
 
 import base64
 import contextlib
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import torch
 from pydantic import Field
 
 from stl_pipeline.device import Precision, effective_precision, resolve_device
-from stl_pipeline.features.backbone import Backbone, BackboneSpec, WeightsSource, load_backbone
-from stl_pipeline.generate import GeneratorConfig, generate_dataset
-from stl_pipeline.images.download import Downloader, DownloadPolicy
+from stl_pipeline.features.spec import BackboneSpec, WeightsSource
 from stl_pipeline.storage import atomic_write_bytes
-from stl_pipeline.tracking import Tracker
+
+if TYPE_CHECKING:
+    import torch
+
+    from stl_pipeline.features.backbone import Backbone
+    from stl_pipeline.images.download import Downloader
+    from stl_pipeline.tracking import Tracker
+
+MAX_LOADER_WORKERS = 16
 
 
 class StlFiles(dg.ConfigurableResource):
@@ -27,10 +40,12 @@ class StlFiles(dg.ConfigurableResource):
     demo_scenes: int = 250
     demo_seed: int = 0
 
-    def ensure(self, log: "dg.DagsterLogManager | None" = None) -> tuple[Path, Path]:
+    def ensure(self, log: dg.DagsterLogManager | None = None) -> tuple[Path, Path]:
         """Return the pairs and categories paths, generating the demo if it is missing."""
         pairs, categories = Path(self.pairs_path), Path(self.categories_path)
         if self.demo and not pairs.exists():
+            from stl_pipeline.generate import GeneratorConfig, generate_dataset
+
             config = GeneratorConfig(
                 products=self.demo_products, scenes=self.demo_scenes, seed=self.demo_seed
             )
@@ -82,6 +97,8 @@ class ImageSource(dg.ConfigurableResource):
     )
 
     def downloader(self, store: Path) -> Downloader:
+        from stl_pipeline.images.download import Downloader, DownloadPolicy
+
         policy = DownloadPolicy(
             url_template=self.url_template,
             allowed_hosts=frozenset(h.lower() for h in self.allowed_hosts),
@@ -107,10 +124,19 @@ class TorchDevice(dg.ConfigurableResource):
         default="fp32", description="fp32, or bf16 / fp16 autocast; reduced precision applies on CUDA only."
     )
     batch_size: int = 64
-    num_workers: int = Field(default=2, description="Data-loader processes that decode and resize images.")
+    num_workers: int | None = Field(
+        default=None,
+        description="Data-loader processes that decode and resize images; empty: one per CPU core "
+        f"this process may use, at most {MAX_LOADER_WORKERS}.",
+    )
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
+
+    def loader_workers(self) -> int:
+        if self.num_workers is not None:
+            return self.num_workers
+        return min(MAX_LOADER_WORKERS, len(os.sched_getaffinity(0)))
 
     def precision_on(self, device: torch.device) -> Precision:
         return effective_precision(device, self.precision)
@@ -131,6 +157,8 @@ class BackboneResource(dg.ConfigurableResource):
     )
 
     def load(self) -> Backbone:
+        from stl_pipeline.features.backbone import load_backbone
+
         return load_backbone(BackboneSpec(self.model, self.weights, self.checkpoint, self.image_size))
 
 
@@ -144,6 +172,8 @@ class MlflowTracker(dg.ConfigurableResource):
     )
 
     def tracker(self) -> Tracker:
+        from stl_pipeline.tracking import Tracker
+
         return Tracker(self.tracking_uri, self.experiment, self.artifact_root)
 
 

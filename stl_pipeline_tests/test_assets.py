@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from stl_pipeline.definitions import MODULES, build_definitions
-from stl_pipeline.graph.build import CONTAINS
+from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.images.download import DOWNLOADED, FAILED
 from stl_pipeline.resources import QualityGate, StlFiles

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import dagster as dg
 
 from stl_pipeline.definitions import defs
@@ -77,3 +80,14 @@ def test_resources_show_the_environment_contract() -> None:
     assert resources["stl_files"].demo
     assert "{signature}" in resources["image_source"].url_template
     assert isinstance(resources["io_manager"], dg.ConfigurableIOManager)
+
+
+HEAVY = ("torch", "torch_geometric", "timm", "mlflow", "sklearn", "scipy", "matplotlib", "faiss")
+
+
+def test_the_code_location_loads_without_the_heavy_libraries() -> None:
+    """The webserver, the daemon and every step process load the definitions; only the steps
+    that compute should pay for torch and its company."""
+    probe = f"import sys, stl_pipeline.definitions; print([m for m in {HEAVY!r} if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout

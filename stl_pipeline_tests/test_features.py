@@ -6,9 +6,11 @@ import torch
 from PIL import Image
 
 from stl_pipeline.device import effective_precision, resolve_device
-from stl_pipeline.features.backbone import BackboneSpec, load_backbone
-from stl_pipeline.features.embed import EmbeddingCache, ImageItem, embed_items
+from stl_pipeline.features.backbone import load_backbone
+from stl_pipeline.features.embed import EmbeddingCache, embed_items
+from stl_pipeline.features.queries import ImageItem
 from stl_pipeline.features.regions import MIN_REGION_SIDE, ctl_box, stl_box
+from stl_pipeline.features.spec import BackboneSpec
 from stl_pipeline.features.transform import Letterbox
 
 W, H = 200, 100

@@ -5,19 +5,17 @@ import pandas as pd
 import pytest
 import torch
 
-from stl_pipeline.graph.build import (
+from stl_pipeline.graph.build import GraphConfig, build_graph, summary
+from stl_pipeline.graph.checks import isolated, leakage, out_of_range
+from stl_pipeline.graph.knn import KnnConfig, recall, search, self_neighbours
+from stl_pipeline.graph.schema import (
     BELONGS_TO,
     CO_OCCURS,
     CONTAINS,
     PRODUCT_SIMILAR,
     REV_CONTAINS,
     SCENE_SIMILAR,
-    GraphConfig,
-    build_graph,
-    summary,
 )
-from stl_pipeline.graph.checks import isolated, leakage, out_of_range
-from stl_pipeline.graph.knn import KnnConfig, recall, search, self_neighbours
 from stl_pipeline.graph.store import load_graph, save_graph
 from stl_pipeline.ingest.tables import ingest
 from stl_pipeline.vectors import Embeddings

@@ -6,24 +6,11 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-import torch
-from torch_geometric.data import HeteroData
 
-from stl_pipeline.evaluation.embedding import embedding_quality, graph_density, list_quality
-from stl_pipeline.evaluation.report import (
-    METRICS,
-    cosine_scorer,
-    oracle_scorer,
-    popularity_scorer,
-    random_scorer,
-    report,
-    vector_methods,
-)
-from stl_pipeline.evaluation.retrieval import POOLS
+from stl_pipeline.artifacts import HeteroData
 from stl_pipeline.generate import STYLES_FILE
 from stl_pipeline.reporting import markdown
 from stl_pipeline.resources import MlflowTracker, QualityGate, StlFiles
-from stl_pipeline.training.data import split_queries
 from stl_pipeline.vectors import Embeddings
 
 # method name in the reports -> the training asset it comes from
@@ -34,14 +21,20 @@ BASELINES = ("random", "popularity", "frozen_knn")
 def _queries(
     graph: HeteroData, pairs: pd.DataFrame, stl: Embeddings, ctl: Embeddings, splits: tuple[str, ...]
 ) -> tuple[dict, dict]:
+    from stl_pipeline.training.data import split_queries
+
     split_q, split_rows = {}, {}
     for split in splits:
         split_q[split], split_rows[split] = split_queries(graph, pairs, {"stl": stl, "ctl": ctl}, split)
     return split_q, split_rows
 
 
-def _oracle(stl_files: StlFiles, graph: HeteroData, popularity: torch.Tensor):
+def _oracle(stl_files: StlFiles, graph: HeteroData, popularity):
     """The generator's ground truth, when the raw files came from it."""
+    import torch
+
+    from stl_pipeline.evaluation.report import oracle_scorer
+
     path = Path(stl_files.pairs_path).parent / STYLES_FILE
     if not path.is_file():
         return None
@@ -56,6 +49,8 @@ def _mlflow_name(*parts: str) -> str:
 
 
 def _test_metrics(table: pd.DataFrame, method: str) -> dict[str, float]:
+    from stl_pipeline.evaluation.report import METRICS
+
     own = table[(table["method"] == method) & (table["split"] == "test")]
     return {
         _mlflow_name(row["split"], row["task"], row["pool"], metric): float(row[metric])
@@ -96,6 +91,16 @@ def retrieval_report(
     mlflow: MlflowTracker,
 ) -> dg.Output[pd.DataFrame]:
     """Method x task (STL, CTL) x candidate pool x metric, on validation and held-out test scenes."""
+    import torch
+
+    from stl_pipeline.evaluation.report import (
+        cosine_scorer,
+        popularity_scorer,
+        random_scorer,
+        report,
+        vector_methods,
+    )
+
     split_q, split_rows = _queries(
         stl_graph, stl_pairs, stl_crop_embeddings, ctl_scene_embeddings, ("val", "test")
     )
@@ -142,6 +147,11 @@ def embedding_report(
 ) -> dg.Output[pd.DataFrame]:
     """Per product embedding: cluster quality, over-smoothing, and coverage and category
     diversity of the top-10 lists of test queries over the whole catalogue."""
+    import torch
+
+    from stl_pipeline.evaluation.embedding import embedding_quality, graph_density, list_quality
+    from stl_pipeline.evaluation.report import vector_methods
+
     split_q, _ = _queries(stl_graph, stl_pairs, stl_crop_embeddings, ctl_scene_embeddings, ("test",))
     records = {"triplet_head": triplet_head, "gat": gat_model, "sage": sage_model}
     category = stl_graph["product"].category
@@ -180,6 +190,9 @@ def embedding_report(
     asset=retrieval_report, blocking=True, description="Every split, method, task and pool has a row."
 )
 def retrieval_report_complete(retrieval_report: pd.DataFrame) -> dg.AssetCheckResult:
+    from stl_pipeline.evaluation.report import METRICS
+    from stl_pipeline.evaluation.retrieval import POOLS
+
     expected = {
         (s, m, t, p)
         for s in ("val", "test")
@@ -231,6 +244,8 @@ def _finite_check(asset: str) -> dg.AssetChecksDefinition:
         asset=asset, name=f"{asset}_weights_finite", blocking=True, description="Every weight is finite."
     )
     def weights_finite(record: dict) -> dg.AssetCheckResult:
+        import torch
+
         bad = [
             name for name, tensor in record["state_dict"].items() if not torch.isfinite(tensor.float()).all()
         ]

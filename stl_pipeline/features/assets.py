@@ -4,8 +4,6 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from stl_pipeline.device import describe
-from stl_pipeline.features.embed import EmbeddingCache, ImageItem, embed_items
 from stl_pipeline.features.queries import image_items, query_items
 from stl_pipeline.plots import embedding_map
 from stl_pipeline.resources import BackboneResource, StlFiles, TorchDevice
@@ -17,11 +15,15 @@ NORM_TOLERANCE = 1e-3
 
 def _embed(
     context: dg.AssetExecutionContext,
-    items: list[ImageItem],
+    items: list,
     torch_device: TorchDevice,
     backbone: BackboneResource,
     stl_files: StlFiles,
 ) -> tuple[Embeddings, dict]:
+    """``items`` are ``ImageItem``s."""
+    from stl_pipeline.device import describe
+    from stl_pipeline.features.embed import EmbeddingCache, embed_items
+
     name = context.asset_key.to_user_string()
     device = torch_device.torch_device()
     precision = torch_device.precision_on(device)
@@ -35,7 +37,7 @@ def _embed(
         device,
         precision,
         batch_size=torch_device.batch_size,
-        workers=torch_device.num_workers,
+        workers=torch_device.loader_workers(),
         cache=EmbeddingCache(stl_files.path("cache", "embeddings"), model),
         progress=lambda done, total: context.log.debug(f"{name}: {done}/{total}"),
     )
@@ -49,6 +51,7 @@ def _embed(
         "cached": stats.cached,
         "device": describe(device),
         "precision": precision,
+        "loader_workers": torch_device.loader_workers(),
         "seconds": round(stats.seconds, 2),
         "images_per_second": round(stats.images_per_second, 1),
     }

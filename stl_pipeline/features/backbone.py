@@ -12,17 +12,14 @@ import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlsplit
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from stl_pipeline.features.spec import WEIGHTS_SOURCES, BackboneSpec
 from stl_pipeline.features.transform import Letterbox
-
-WeightsSource = Literal["hub", "checkpoint", "packaged", "none"]
-WEIGHTS_SOURCES: tuple[str, ...] = ("hub", "checkpoint", "packaged", "none")
 
 
 @dataclass(frozen=True)
@@ -45,15 +42,6 @@ PACKAGED: dict[str, PackagedWeights] = {
 
 class BackboneUnavailable(RuntimeError):
     """The requested weights cannot be had; the message names what to use instead."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    model: str = "resnet50"
-    weights: WeightsSource = "hub"
-    checkpoint: str | None = None
-    image_size: int | None = None  # None: the model's pretrained input size
-    seed: int = 0  # initializes ``none`` weights reproducibly
 
 
 @dataclass

@@ -23,25 +23,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from stl_pipeline.device import Precision, autocast
 from stl_pipeline.features.backbone import Backbone
-from stl_pipeline.features.transform import Box, Letterbox
+from stl_pipeline.features.queries import ImageItem
+from stl_pipeline.features.transform import Letterbox
 from stl_pipeline.storage import atomic_write_bytes
 from stl_pipeline.vectors import KEY, Embeddings
 
 COMPACT_AFTER = 16  # cache parts before they are merged into one
-
-
-@dataclass(frozen=True)
-class ImageItem:
-    """One thing to embed: an image on disk, optionally cropped to a pixel box."""
-
-    key: str  # signature, or pair id for scene queries
-    path: str
-    sha256: str
-    box: Box | None = None
-
-    @property
-    def cache_key(self) -> str:
-        return f"{self.sha256}/{'full' if self.box is None else ','.join(map(str, self.box))}"
 
 
 class ImageDataset(Dataset):

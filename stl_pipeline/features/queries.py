@@ -1,12 +1,27 @@
 """What each embedding asset embeds: images on disk, and the two query crops of each pair."""
 
+from dataclasses import dataclass
+
 import pandas as pd
 
-from stl_pipeline.features.embed import ImageItem
-from stl_pipeline.features.regions import ctl_box, stl_box
+from stl_pipeline.features.regions import Box, ctl_box, stl_box
 from stl_pipeline.images.download import CACHED, DOWNLOADED
 
 BBOX = ["left", "top", "right", "bottom"]
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One thing to embed: an image on disk, optionally cropped to a pixel box."""
+
+    key: str  # signature, or pair id for scene queries
+    path: str
+    sha256: str
+    box: Box | None = None
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.sha256}/{'full' if self.box is None else ','.join(map(str, self.box))}"
 
 
 def on_disk(manifest: pd.DataFrame) -> pd.DataFrame:

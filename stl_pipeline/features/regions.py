@@ -7,7 +7,7 @@ region around it, so no pixel of the product is visible.
 
 import math
 
-from stl_pipeline.features.transform import Box
+Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels
 
 MIN_REGION_SIDE = 8  # pixels; a thinner strip carries no usable context
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels
+from stl_pipeline.features.regions import Box
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,

@@ -5,11 +5,9 @@ import time
 import dagster as dg
 import pandas as pd
 from pydantic import Field
-from torch_geometric.data import HeteroData
 
-from stl_pipeline.graph.build import EDGE_FAMILIES, GraphConfig, build_graph, summary
-from stl_pipeline.graph.checks import isolated, leakage, out_of_range
-from stl_pipeline.graph.knn import KnnConfig
+from stl_pipeline.artifacts import HeteroData
+from stl_pipeline.graph.schema import CONTAINS, EDGE_FAMILIES
 from stl_pipeline.reporting import markdown
 from stl_pipeline.vectors import Embeddings
 
@@ -34,6 +32,9 @@ def stl_graph(
     scene_embeddings: Embeddings,
 ) -> dg.Output[HeteroData]:
     """Products, scenes and categories with train-only label edges and visual kNN edges (PyG HeteroData)."""
+    from stl_pipeline.graph.build import GraphConfig, build_graph, summary
+    from stl_pipeline.graph.knn import KnnConfig
+
     start = time.perf_counter()
     graph_config = GraphConfig(
         edges=tuple(config.edges),
@@ -53,8 +54,8 @@ def stl_graph(
     metadata: dict = {f"nodes_{row.node_type}": int(row.count) for row in nodes.itertuples()}
     metadata |= {f"edges_{row.edge_type}": int(row.edges) for row in edges.itertuples()}
     metadata |= {
-        "held_out_val_pairs": int(data["scene", "contains", "product"].val_edge_index.shape[1]),
-        "held_out_test_pairs": int(data["scene", "contains", "product"].test_edge_index.shape[1]),
+        "held_out_val_pairs": int(data[CONTAINS].val_edge_index.shape[1]),
+        "held_out_test_pairs": int(data[CONTAINS].test_edge_index.shape[1]),
         "pairs_without_image": report.pairs_without_image,
         "products_without_image": report.products_without_image,
         "knn": ", ".join(f"{k}: {v}" for k, v in report.knn_methods.items()) or "none",
@@ -67,6 +68,8 @@ def stl_graph(
 
 @dg.asset_check(asset=stl_graph, blocking=True, description="Every edge index lies within its node counts.")
 def stl_graph_edge_indices_valid(stl_graph: HeteroData) -> dg.AssetCheckResult:
+    from stl_pipeline.graph.checks import out_of_range
+
     problems = out_of_range(stl_graph)
     return dg.AssetCheckResult(
         passed=not problems,
@@ -80,6 +83,8 @@ def stl_graph_edge_indices_valid(stl_graph: HeteroData) -> dg.AssetCheckResult:
     description="No validation or test pair among message-passing edges (contains, reverse, co-occurrence).",
 )
 def stl_graph_no_leakage(stl_graph: HeteroData) -> dg.AssetCheckResult:
+    from stl_pipeline.graph.checks import leakage
+
     leaks = leakage(stl_graph)
     return dg.AssetCheckResult(
         passed=not leaks,
@@ -90,5 +95,7 @@ def stl_graph_no_leakage(stl_graph: HeteroData) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=stl_graph, blocking=True, description="Every scene has at least one edge.")
 def stl_graph_scenes_connected(stl_graph: HeteroData) -> dg.AssetCheckResult:
+    from stl_pipeline.graph.checks import isolated
+
     count = isolated(stl_graph, "scene")
     return dg.AssetCheckResult(passed=count == 0, metadata={"scenes_without_edges": count})

@@ -15,26 +15,23 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.categories import LEAVES
 from stl_pipeline.graph.knn import KnnConfig, search, self_neighbours
+from stl_pipeline.graph.schema import (
+    BBOX,
+    BELONGS_TO,
+    CATEGORY,
+    CO_OCCURS,
+    CONTAINS,
+    EDGE_FAMILIES,
+    PRODUCT,
+    PRODUCT_SIMILAR,
+    REV_BELONGS_TO,
+    REV_CONTAINS,
+    SCENE,
+    SCENE_SIMILAR,
+    SPLITS,
+    edge_type_name,
+)
 from stl_pipeline.vectors import Embeddings
-
-PRODUCT, SCENE, CATEGORY = "product", "scene", "category"
-CONTAINS = (SCENE, "contains", PRODUCT)
-REV_CONTAINS = (PRODUCT, "rev_contains", SCENE)
-PRODUCT_SIMILAR = (PRODUCT, "similar", PRODUCT)
-SCENE_SIMILAR = (SCENE, "similar", SCENE)
-CO_OCCURS = (PRODUCT, "co_occurs", PRODUCT)
-BELONGS_TO = (PRODUCT, "belongs_to", CATEGORY)
-REV_BELONGS_TO = (CATEGORY, "rev_belongs_to", PRODUCT)
-
-EDGE_FAMILIES: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "contains": (CONTAINS, REV_CONTAINS),
-    "product_similar": (PRODUCT_SIMILAR,),
-    "scene_similar": (SCENE_SIMILAR,),
-    "co_occurs": (CO_OCCURS,),
-    "category": (BELONGS_TO, REV_BELONGS_TO),
-}
-SPLITS = ("train", "val", "test")
-BBOX = ["left", "top", "right", "bottom"]
 
 
 @dataclass(frozen=True)
@@ -168,10 +165,6 @@ def build_graph(
         knn_methods=knn_methods,
     )
     return data, report
-
-
-def edge_type_name(edge_type: tuple[str, str, str]) -> str:
-    return "__".join(edge_type)
 
 
 def summary(data: HeteroData) -> tuple[pd.DataFrame, pd.DataFrame]:

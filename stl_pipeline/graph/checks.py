@@ -3,7 +3,7 @@
 import torch
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.graph.build import CO_OCCURS, CONTAINS, REV_CONTAINS, SCENE, edge_type_name
+from stl_pipeline.graph.schema import CO_OCCURS, CONTAINS, REV_CONTAINS, SCENE, edge_type_name
 
 HELD_OUT = ("val_edge_index", "test_edge_index")
 

@@ -6,39 +6,15 @@ import time
 import dagster as dg
 import numpy as np
 import pandas as pd
-import torch
 from pydantic import Field
-from torch_geometric.data import HeteroData
 
+from stl_pipeline.artifacts import HeteroData, ProductIndex
 from stl_pipeline.categories import LEAVES
 from stl_pipeline.features.queries import on_disk
-from stl_pipeline.graph.build import CONTAINS
+from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.reporting import markdown
 from stl_pipeline.resources import StlFiles
-from stl_pipeline.serving.gallery import (
-    Thumbnails,
-    build_samples,
-    metrics_table,
-    preview,
-    ranked_lists,
-    render,
-    shown_table,
-    strips_of,
-)
-from stl_pipeline.serving.index import ProductIndex, build_index
-from stl_pipeline.serving.recommend import (
-    COLUMNS,
-    complete_the_look,
-    hit_rate,
-    problems,
-    rows,
-    scene_context,
-    scene_partners,
-    top_complementary,
-    top_similar,
-)
 from stl_pipeline.storage import atomic_write_bytes
-from stl_pipeline.training.models import load_model
 from stl_pipeline.vectors import Embeddings
 
 SOURCES = ("gat", "sage", "triplet_head")
@@ -55,6 +31,11 @@ def product_index(
     config: ProductIndexConfig, stl_graph: HeteroData, gat_model: dict, sage_model: dict, triplet_head: dict
 ) -> dg.Output[ProductIndex]:
     """A FAISS index of the chosen model's product vectors, with the id map and provenance."""
+    import torch
+
+    from stl_pipeline.serving.index import build_index
+    from stl_pipeline.training.models import load_model
+
     records = dict(zip(SOURCES, (gat_model, sage_model, triplet_head), strict=True))
     if config.model not in records:
         raise ValueError(f"unknown model {config.model!r} for product_index: use one of {SOURCES}")
@@ -96,7 +77,7 @@ class RecommendationsConfig(dg.Config):
     )
 
 
-def _lacking(graph: HeteroData, pairs: pd.DataFrame, scenes: list[str]) -> tuple[list[str], torch.Tensor]:
+def _lacking(graph: HeteroData, pairs: pd.DataFrame, scenes: list[str]) -> tuple[list[str], list[int]]:
     """(scene, category) for every held-out scene and each category none of its products has."""
     category_of = dict(zip(graph["product"].ids, graph["product"].category.tolist(), strict=True))
     present = (
@@ -107,7 +88,7 @@ def _lacking(graph: HeteroData, pairs: pd.DataFrame, scenes: list[str]) -> tuple
     )
     offered = sorted(set(category_of.values()))
     wanted = [(scene, c) for scene in scenes for c in offered if c not in present.get(scene, set())]
-    return [scene for scene, _ in wanted], torch.tensor([c for _, c in wanted], dtype=torch.long)
+    return [scene for scene, _ in wanted], [c for _, c in wanted]
 
 
 @dg.asset(group_name="serving")
@@ -122,6 +103,20 @@ def recommendations(
 ) -> dg.Output[pd.DataFrame]:
     """Top-K lists of the indexed model: similar and complementary products for every product,
     and complete-the-look products for every held-out scene and each category it lacks."""
+    import torch
+
+    from stl_pipeline.serving.recommend import (
+        COLUMNS,
+        complete_the_look,
+        hit_rate,
+        rows,
+        scene_context,
+        scene_partners,
+        top_complementary,
+        top_similar,
+    )
+    from stl_pipeline.training.models import load_model
+
     start = time.perf_counter()
     records = dict(zip(SOURCES, (gat_model, sage_model, triplet_head), strict=True))
     record = records[product_index.info["model"]]
@@ -144,7 +139,8 @@ def recommendations(
     similar = rows("similar", ids, *top_similar(vectors, category, k), ids, names)
     complementary = complementary_of(vectors, scene_context(edges[1], edges[0], scene_queries, vectors))
     held_out = [s for s, test in zip(scene.ids, scene.test_mask.tolist(), strict=True) if test]
-    scenes, wanted = _lacking(stl_graph, stl_pairs, held_out)
+    scenes, lacking = _lacking(stl_graph, stl_pairs, held_out)
+    wanted = torch.tensor(lacking, dtype=torch.long)
     position = {s: i for i, s in enumerate(scene.ids)}
     queries = scene_queries[[position[s] for s in scenes]]
     looks = rows(
@@ -199,6 +195,8 @@ def recommendations(
 def recommendations_well_formed(
     recommendations: pd.DataFrame, product_index: ProductIndex, stl_graph: HeteroData
 ) -> dg.AssetCheckResult:
+    from stl_pipeline.serving.recommend import problems
+
     names = (LEAVES[c] for c in stl_graph["product"].category.tolist())
     k = int(recommendations["rank"].max()) if len(recommendations) else 0
     found = problems(recommendations, dict(zip(product_index.ids, names, strict=True)), k)
@@ -250,6 +248,19 @@ def recommendation_gallery(
     """An HTML page of held-out test scenes: query regions, the true product and each method's
     top-K side by side with hits marked, the test metrics on top, and similar-product strips.
     Its value is the table of what it shows: per pair, method and task, the true product's rank."""
+    import torch
+
+    from stl_pipeline.serving.gallery import (
+        Thumbnails,
+        build_samples,
+        metrics_table,
+        preview,
+        ranked_lists,
+        render,
+        shown_table,
+        strips_of,
+    )
+
     ids, category = stl_graph["product"].ids, stl_graph["product"].category
     position = {p: i for i, p in enumerate(ids)}
     queries = {"stl": stl_crop_embeddings, "ctl": ctl_scene_embeddings}

@@ -23,10 +23,11 @@ from PIL import Image
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.categories import LEAVES
-from stl_pipeline.features.backbone import Backbone, BackboneSpec, BackboneUnavailable, load_backbone
+from stl_pipeline.features.backbone import Backbone, BackboneUnavailable, load_backbone
 from stl_pipeline.features.embed import Embedder
 from stl_pipeline.features.regions import ctl_box, stl_box
-from stl_pipeline.graph.build import CONTAINS
+from stl_pipeline.features.spec import BackboneSpec
+from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.models.recommender import Recommender
 from stl_pipeline.serving.index import ProductIndex, build_index, load_index

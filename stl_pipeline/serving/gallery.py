@@ -18,8 +18,7 @@ from PIL import Image, ImageDraw, ImageOps
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.evaluation.report import popularity_scorer, vector_methods
-from stl_pipeline.features.regions import ctl_box, stl_box
-from stl_pipeline.features.transform import Box
+from stl_pipeline.features.regions import Box, ctl_box, stl_box
 from stl_pipeline.training.loop import Queries
 
 STL_COLOUR, CTL_COLOUR, HIT_COLOUR = (255, 122, 0), (30, 120, 255), (0, 170, 80)

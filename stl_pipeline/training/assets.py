@@ -6,17 +6,12 @@ from dataclasses import asdict
 
 import dagster as dg
 import pandas as pd
-import torch
 from pydantic import Field
-from torch_geometric.data import HeteroData
 
-from stl_pipeline.device import describe
+from stl_pipeline.artifacts import HeteroData
 from stl_pipeline.plots import training_curves
 from stl_pipeline.resources import MlflowTracker, StlFiles, TorchDevice
 from stl_pipeline.storage import atomic_write_bytes
-from stl_pipeline.training.data import split_queries
-from stl_pipeline.training.loop import BEST, TrainConfig, load_checkpoint, train
-from stl_pipeline.training.models import build_model, model_record, schema
 from stl_pipeline.vectors import Embeddings
 
 GROUP, POOL, IO = "training", "gpu", "model_io_manager"
@@ -73,6 +68,13 @@ def _train_asset(
         mlflow: MlflowTracker,
         stl_files: StlFiles,
     ) -> dg.Output[dict]:
+        import torch
+
+        from stl_pipeline.device import describe
+        from stl_pipeline.training.data import split_queries
+        from stl_pipeline.training.loop import BEST, TrainConfig, load_checkpoint, train
+        from stl_pipeline.training.models import build_model, model_record, schema
+
         train_config = TrainConfig(kind=kind, **config.model_dump())
         params = asdict(train_config)
         queries = {"stl": stl_crop_embeddings, "ctl": ctl_scene_embeddings}
