@@ -44,8 +44,14 @@ MODULES = [
 ]
 
 
+# Each step of a run in its own process, forked from a server that has already loaded this
+# code location: a step starts in milliseconds instead of paying the imports again.
+STEP_EXECUTOR = dg.multiprocess_executor.configured({"start_method": {"forkserver": {}}})
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
+        executor=STEP_EXECUTOR,
         assets=dg.load_assets_from_modules(MODULES),
         asset_checks=dg.load_asset_checks_from_modules(MODULES),
         jobs=[stl_full_pipeline, stl_ingest, stl_retrain],
