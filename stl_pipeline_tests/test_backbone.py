@@ -119,7 +119,7 @@ SENSIBLE = {
 
 def log_likelihood_of_labels(model: torch.nn.Module, transform) -> tuple[float, list[list[str]]]:
     info = ImageNetInfo()
-    batch = torch.stack([transform(Image.open(path)) for path in LABELLED])
+    batch = torch.from_numpy(np.stack([transform(Image.open(path)) for path in LABELLED]))
     offset, scale = transform.normalizer(torch.device("cpu"))
     with torch.inference_mode():
         probabilities = model((batch.float() - offset) / scale).softmax(-1)

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,11 +9,11 @@ from PIL import Image
 
 from stl_pipeline.device import effective_precision, resolve_device
 from stl_pipeline.features.backbone import load_backbone
-from stl_pipeline.features.embed import EmbeddingCache, embed_items
+from stl_pipeline.features.embed import COMPACT_AFTER, EmbeddingCache, batches, embed_items
 from stl_pipeline.features.queries import ImageItem
 from stl_pipeline.features.regions import MIN_REGION_SIDE, ctl_box, stl_box
 from stl_pipeline.features.spec import BackboneSpec
-from stl_pipeline.features.transform import Letterbox
+from stl_pipeline.features.transform import Letterbox, decode_batch
 
 W, H = 200, 100
 
@@ -45,7 +47,7 @@ def test_letterbox_keeps_the_whole_crop_and_pads_with_the_mean() -> None:
     transform = Letterbox(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear")
     image = Image.new("RGB", (W, H), (255, 0, 0))
     out = transform(image)
-    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+    assert out.shape == (3, 32, 32) and out.dtype == np.uint8
     assert out[:, 16, :].tolist()[0] == [255] * 32  # the middle row is all image
     assert out[:, 0, 0].tolist() == [128, 128, 128]  # the top band is padding
     cropped = transform(image, (0, 0, 10, 100))  # a tall narrow strip
@@ -102,10 +104,43 @@ def test_worker_processes_give_the_same_vectors(tmp_path: Path, tiny_backbone) -
     assert np.allclose(serial.vectors, parallel.vectors, atol=1e-6)
 
 
-def test_a_missing_image_is_named(tmp_path: Path, tiny_backbone) -> None:
-    item = ImageItem("lost", str(tmp_path / "gone.jpg"), "0" * 64)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_missing_image_is_named(tmp_path: Path, tiny_backbone, workers: int) -> None:
+    items = [*write_images(tmp_path / "img", 5), ImageItem("lost", str(tmp_path / "gone.jpg"), "f" * 64)]
     with pytest.raises(RuntimeError, match=r"image of lost at .*gone\.jpg"):
-        embed_items([item], tiny_backbone, torch.device("cpu"), workers=0)
+        embed_items(items, tiny_backbone, torch.device("cpu"), batch_size=2, workers=workers)
+
+
+def test_decoding_processes_keep_the_order_and_load_no_torch(tmp_path: Path) -> None:
+    items = write_images(tmp_path / "img", 7)
+    transform = Letterbox(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    serial = torch.cat(list(batches(items, transform, 3, workers=0)))
+    parallel = torch.cat(list(batches(items, transform, 3, workers=2)))
+    assert torch.equal(serial, parallel) and serial.shape == (7, 3, 16, 16)
+    probe = [(f"k{i}", __file__, None) for i in range(1)]
+    with pytest.raises(RuntimeError, match="cannot read the image of k0"):
+        decode_batch(probe, transform)  # not an image
+    loaded = subprocess.run(
+        [sys.executable, "-c", f"import sys, {decode_batch.__module__}; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "False"  # what the decoding processes import
+
+
+def test_the_cache_merges_its_parts_and_keeps_every_vector(tmp_path: Path, tiny_backbone) -> None:
+    cache = EmbeddingCache(tmp_path / "cache", tiny_backbone)
+    keys = [f"{i:064x}/full" for i in range(COMPACT_AFTER + 3)]
+    vectors = np.random.default_rng(0).random((len(keys), 4), dtype=np.float32)
+    for key, vector in zip(keys, vectors, strict=True):
+        cache.add([key], vector[None])
+    cache.add([keys[0]], vectors[:1])  # a key written twice is kept once
+    cache.compact()
+    assert len(list(cache.dir.glob("part-*.parquet"))) == 1
+    out = np.zeros_like(vectors)
+    found = cache.fill({key: [row] for row, key in enumerate(keys)} | {"absent/full": []}, out)
+    assert found == set(keys) and np.array_equal(out, vectors)
 
 
 def test_device_resolution_and_precision() -> None:

@@ -6,9 +6,12 @@ and a changed backbone never reuses stale vectors.
 """
 
 import json
+import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,36 +21,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from stl_pipeline.device import Precision, autocast
 from stl_pipeline.features.backbone import Backbone
 from stl_pipeline.features.queries import ImageItem
-from stl_pipeline.features.transform import Letterbox
-from stl_pipeline.storage import atomic_write_bytes
+from stl_pipeline.features.transform import Letterbox, decode_batch
+from stl_pipeline.storage import atomic_write_bytes, atomic_write_with
 from stl_pipeline.vectors import KEY, Embeddings
 
 COMPACT_AFTER = 16  # cache parts before they are merged into one
-
-
-class ImageDataset(Dataset):
-    def __init__(self, items: list[ImageItem], transform: Letterbox) -> None:
-        self.items, self.transform = items, transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        item = self.items[index]
-        try:
-            with Image.open(item.path) as image:
-                return self.transform(image, item.box)
-        except (OSError, ValueError) as error:
-            raise RuntimeError(
-                f"cannot read the image of {item.key} at {item.path}: {error}; "
-                "rematerialize the image assets to download it again"
-            ) from error
+READ_BATCH = 8192  # cached vectors read at a time
 
 
 class Embedder:
@@ -69,16 +52,36 @@ class Embedder:
 
 
 def batches(
-    items: list[ImageItem], transform: Letterbox, batch_size: int, workers: int, pin_memory: bool = False
-) -> Iterable[torch.Tensor]:
-    """Decoded, cropped, letterboxed uint8 batches, made in ``workers`` processes."""
-    return DataLoader(
-        ImageDataset(items, transform),
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-    )
+    items: list[ImageItem], transform: Letterbox, batch_size: int, workers: int
+) -> Iterator[torch.Tensor]:
+    """Decoded, cropped, letterboxed uint8 batches in ``items``' order, made in ``workers``
+    processes (0: in this one).
+
+    The processes come from a fork server that imports only the transform (numpy and
+    Pillow), not from this process: forked copies of a process that holds torch and a
+    model would each count its gigabytes again. At most two batches per process are in
+    flight, so a slow device never lets decoded images pile up.
+    """
+    jobs = [
+        [(i.key, i.path, i.box) for i in items[s : s + batch_size]] for s in range(0, len(items), batch_size)
+    ]
+    if workers <= 0:
+        for chunk in jobs:
+            yield torch.from_numpy(decode_batch(chunk, transform))
+        return
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([decode_batch.__module__])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        pending: deque = deque()
+        for chunk in jobs:
+            pending.append(pool.submit(decode_batch, chunk, transform))
+            if len(pending) >= 2 * workers:
+                yield torch.from_numpy(pending.popleft().result())
+        while pending:
+            yield torch.from_numpy(pending.popleft().result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class EmbeddingCache:
@@ -94,22 +97,30 @@ class EmbeddingCache:
     def _parts(self) -> list[Path]:
         return sorted(self.dir.glob("part-*.parquet"))
 
-    def load(self, wanted: set[str] | None = None) -> Embeddings | None:
-        """The cached vectors (only those of ``wanted`` keys, if given: the namespace holds
-        every asset's vectors, and a full-scale run should not hold them all in memory)."""
-        tables = []
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        """Every part, a bounded batch at a time: the namespace holds every asset's vectors,
+        and a run at the release's size should never hold them all."""
         for part in self._parts():
             try:
-                table = pq.read_table(part)
+                source = pq.ParquetFile(part)
             except FileNotFoundError:  # merged away by a concurrent run
                 continue
-            if wanted is not None:
-                table = table.filter(pc.is_in(table[KEY], value_set=pa.array(sorted(wanted), pa.string())))
-            tables.append(Embeddings.from_table(table))
-        if not tables:
-            return None
-        keys = [key for table in tables for key in table.keys]
-        return Embeddings(keys, np.concatenate([t.vectors for t in tables]))
+            yield from source.iter_batches(batch_size=READ_BATCH)
+
+    def fill(self, rows_of: dict[str, list[int]], out: np.ndarray) -> set[str]:
+        """Write the cached vector of each key in ``rows_of`` into those rows of ``out``;
+        return the keys found."""
+        found: set[str] = set()
+        wanted = pa.array(list(rows_of), pa.string())
+        for batch in self._batches():
+            hits = batch.filter(pc.is_in(batch.column(KEY), value_set=wanted))
+            if not hits.num_rows:
+                continue
+            cached = Embeddings.from_table(pa.Table.from_batches([hits]))
+            for key, vector in zip(cached.keys, cached.vectors, strict=True):
+                out[rows_of[key]] = vector
+                found.add(key)
+        return found
 
     def add(self, keys: list[str], vectors: np.ndarray) -> None:
         """Persist one batch at once, so an interrupted run resumes where it stopped."""
@@ -117,17 +128,29 @@ class EmbeddingCache:
             Embeddings(keys, vectors).save(self.dir / f"part-{time.time_ns()}-{os.getpid()}.parquet")
 
     def compact(self) -> None:
+        """Merge the parts into one once there are many, streaming, each key once."""
         parts = self._parts()
         if len(parts) <= COMPACT_AFTER:
             return
-        merged = self.load()
-        if merged is not None:
-            unique = dict(zip(merged.keys, merged.vectors, strict=True))
-            Embeddings(list(unique), np.stack(list(unique.values()))).save(
-                self.dir / f"part-{time.time_ns()}-{os.getpid()}-merged.parquet"
-            )
-            for part in parts:
-                part.unlink(missing_ok=True)
+        seen: set[str] = set()
+
+        def merge(tmp: Path) -> None:
+            with pq.ParquetWriter(tmp, pq.read_schema(parts[0])) as writer:
+                for part in parts:
+                    try:
+                        source = pq.ParquetFile(part)
+                    except FileNotFoundError:
+                        continue
+                    for batch in source.iter_batches(batch_size=READ_BATCH):
+                        keys = batch.column(KEY).to_pylist()
+                        new = [i for i, key in enumerate(keys) if key not in seen]
+                        seen.update(keys[i] for i in new)
+                        if new:
+                            writer.write_batch(batch.take(pa.array(new)))
+
+        atomic_write_with(self.dir / f"part-{time.time_ns()}-{os.getpid()}-merged.parquet", merge)
+        for part in parts:
+            part.unlink(missing_ok=True)
 
 
 @dataclass
@@ -151,34 +174,34 @@ def embed_items(
     cache: EmbeddingCache | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Embeddings, EmbedStats]:
-    """Embeddings of ``items`` in their order, computing only what the cache lacks."""
-    known = cache.load({item.cache_key for item in items}) if cache else None
-    found = known.positions() if known else {}
-    todo = [item for item in items if item.cache_key not in found]
-    unique_todo = list({item.cache_key: item for item in todo}.values())
+    """Embeddings of ``items`` in their order, computing only what the cache lacks.
+
+    Cached and new vectors go straight into the result's rows: one copy of the
+    vectors is held, whatever the size of the run."""
+    rows_of: dict[str, list[int]] = {}
+    for row, item in enumerate(items):
+        rows_of.setdefault(item.cache_key, []).append(row)
+    vectors = np.empty((len(items), backbone.dim), dtype=np.float32)
+    found = cache.fill(rows_of, vectors) if cache else set()
+    todo = [items[rows[0]] for key, rows in rows_of.items() if key not in found]
     start = time.perf_counter()
-    fresh: dict[str, np.ndarray] = {}
-    if unique_todo:
+    if todo:
         embedder = Embedder(backbone, device, precision)
         done = 0
-        loader = batches(unique_todo, backbone.transform, batch_size, workers, device.type == "cuda")
-        for batch in loader:
-            vectors = embedder(batch)
-            chunk = unique_todo[done : done + len(vectors)]
-            fresh.update((item.cache_key, v) for item, v in zip(chunk, vectors, strict=True))
+        for batch in batches(todo, backbone.transform, batch_size, workers):
+            computed = embedder(batch)
+            chunk = todo[done : done + len(computed)]
+            for item, vector in zip(chunk, computed, strict=True):
+                vectors[rows_of[item.cache_key]] = vector
             if cache:
-                cache.add([item.cache_key for item in chunk], vectors)
-            done += len(vectors)
+                cache.add([item.cache_key for item in chunk], computed)
+            done += len(computed)
             if progress:
-                progress(done, len(unique_todo))
+                progress(done, len(todo))
         if cache:
             cache.compact()
     seconds = time.perf_counter() - start
-    dim = backbone.dim
-    vectors = np.empty((len(items), dim), dtype=np.float32)
-    for row, item in enumerate(items):
-        vector = fresh.get(item.cache_key)
-        vectors[row] = vector if vector is not None else known.vectors[found[item.cache_key]]
+    cached = sum(len(rows_of[key]) for key in found)
     info = {**backbone.describe(), "device": str(device), "precision": precision}
-    stats = EmbedStats(computed=len(unique_todo), cached=len(items) - len(todo), seconds=seconds)
+    stats = EmbedStats(computed=len(todo), cached=cached, seconds=seconds)
     return Embeddings([item.key for item in items], vectors, info), stats

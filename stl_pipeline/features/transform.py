@@ -2,15 +2,24 @@
 
 Letterboxing keeps the whole crop: a center crop would cut off the edges of
 tall scenes and of the narrow regions that Complete-the-Look queries use.
+This module imports no torch: decoding processes run it with numpy and Pillow
+alone, at a tenth of the memory a torch process takes.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from stl_pipeline.features.regions import Box
+
+if TYPE_CHECKING:
+    import torch
+
+Job = tuple[str, str, Box | None]  # key, image path, crop box
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -31,8 +40,8 @@ class Letterbox:
         std = ",".join(f"{v:.3f}" for v in self.std)
         return f"letterbox {self.size}px {self.interpolation} mean=({mean}) std=({std})"
 
-    def __call__(self, image: Image.Image, box: Box | None = None) -> torch.Tensor:
-        """A uint8 CHW tensor; uint8 keeps worker-to-device traffic four times smaller."""
+    def __call__(self, image: Image.Image, box: Box | None = None) -> np.ndarray:
+        """A uint8 CHW array; uint8 keeps worker-to-device traffic four times smaller."""
         image = image.convert("RGB")
         if box is not None:
             image = image.crop(box)
@@ -45,10 +54,27 @@ class Letterbox:
         fill = tuple(round(255 * m) for m in self.mean)
         canvas = Image.new("RGB", (self.size, self.size), fill)
         canvas.paste(resized, ((self.size - resized.width) // 2, (self.size - resized.height) // 2))
-        return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1)
+        return np.ascontiguousarray(np.asarray(canvas).transpose(2, 0, 1))
 
     def normalizer(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel offset and scale for uint8 input: ``(x - offset) / scale``."""
+        import torch
+
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1) * 255
         return mean, std
+
+
+def decode_batch(jobs: list[Job], transform: Letterbox) -> np.ndarray:
+    """(B, 3, S, S) uint8: each image opened, cropped and letterboxed; a bad file is named."""
+    out = np.empty((len(jobs), 3, transform.size, transform.size), dtype=np.uint8)
+    for row, (key, path, box) in enumerate(jobs):
+        try:
+            with Image.open(path) as image:
+                out[row] = transform(image, box)
+        except (OSError, ValueError) as error:
+            raise RuntimeError(
+                f"cannot read the image of {key} at {path}: {error}; "
+                "rematerialize the image assets to download it again"
+            ) from error
+    return out

@@ -201,7 +201,9 @@ class ColdStart:
         crop = stl_box(bbox, width, height) if bbox else None
         region = ctl_box(bbox, width, height) if bbox else None  # None: the whole scene
         transform = self.backbone.transform
-        batch = torch.stack([transform(picture, crop), transform(picture, region), transform(picture)])
+        batch = torch.from_numpy(
+            np.stack([transform(picture, crop), transform(picture, region), transform(picture)])
+        )
         stl_x, ctl_x, scene_x = torch.from_numpy(self.embedder(batch)).split(1)
         with torch.no_grad():
             stl_q = self.model.queries(stl_x, "stl").numpy()
