@@ -27,8 +27,8 @@ def test_dagster_command_line_materializes_the_lineage(
     assert validate.returncode == 0, validate.stderr
 
     materialize = subprocess.run(
-        # Up to the graph (the demo test runs training), in one process: a step subprocess per
-        # asset and check would spend minutes importing torch.
+        # Up to the graph (the demo test runs training), in one process: even forked from a
+        # loaded code location, a process per asset and check costs about a second each.
         [
             BIN / "dagster",
             "asset",

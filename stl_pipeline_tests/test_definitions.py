@@ -2,8 +2,9 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 
-from stl_pipeline.definitions import defs
+from stl_pipeline.definitions import _forkserver_steps, defs
 
 ASSETS = {
     "stl_pairs": "ingest",
@@ -91,3 +92,14 @@ def test_the_code_location_loads_without_the_heavy_libraries() -> None:
     probe = f"import sys, stl_pipeline.definitions; print([m for m in {HEAVY!r} if m in sys.modules])"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", loaded.stdout
+
+
+def test_steps_fork_from_a_loaded_code_location_and_runs_may_still_choose() -> None:
+    assert _forkserver_steps({"multiprocess": {}}) == {"multiprocess": {"start_method": {"forkserver": {}}}}
+    spawn = {"multiprocess": {"start_method": {"spawn": {}}, "max_concurrent": 2}}
+    assert _forkserver_steps(spawn) == spawn
+    job = defs.resolve_job_def("stl_full_pipeline")
+    for choice in ({"in_process": {}}, {"multiprocess": {"max_concurrent": 2}}):
+        assert dg.validate_run_config(job, {"execution": {"config": choice}})
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        dg.validate_run_config(job, {"execution": {"config": {"threads": {}}}})
