@@ -119,7 +119,7 @@ def test_out_of_range_and_isolated_scenes_are_found(graph) -> None:
     )  # held-out scenes lose their only edges
 
 
-def test_edge_families_are_configuration(tables) -> None:
+def with_edges(tables, *edges: str):
     pairs, products = tables
     scenes = list(dict.fromkeys(pairs["scene"]))
     data, _ = build_graph(
@@ -127,23 +127,21 @@ def test_edge_families_are_configuration(tables) -> None:
         pairs,
         Embeddings(list(products["product"]), unit(len(products), 8, 0)),
         Embeddings(scenes, unit(len(scenes), 8, 1)),
-        GraphConfig(edges=("contains", "scene_similar")),
+        GraphConfig(edges=edges),
     )
+    return data
+
+
+def test_edge_families_are_configuration(tables) -> None:
+    data = with_edges(tables, "contains", "scene_similar")
     assert set(data.edge_types) == {CONTAINS, REV_CONTAINS, SCENE_SIMILAR}
     with pytest.raises(ValueError, match="unknown edge families"):
         GraphConfig(edges=("cliques",))
 
 
 def test_graph_without_contains_edges_keeps_its_labels_and_passes_no_train_pair(tables) -> None:
-    pairs, products = tables
-    scenes = list(dict.fromkeys(pairs["scene"]))
-    data, _ = build_graph(
-        products,
-        pairs,
-        Embeddings(list(products["product"]), unit(len(products), 8, 0)),
-        Embeddings(scenes, unit(len(scenes), 8, 1)),
-        GraphConfig(edges=("scene_similar", "product_similar")),
-    )
+    pairs, _ = tables
+    data = with_edges(tables, "scene_similar", "product_similar")
     assert data[CONTAINS].edge_index.shape == (2, 0) and REV_CONTAINS not in data.edge_types
     held = data[CONTAINS].val_edge_index.shape[1] + data[CONTAINS].test_edge_index.shape[1]
     assert held == (pairs["split"] != "train").sum()
