@@ -4,7 +4,15 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.models.encoders import HeteroEncoder
 from stl_pipeline.models.heads import Projection, TripletHead
-from stl_pipeline.models.losses import LOSSES, bpr, candidate_scores, info_nce, sample_negatives, triplet
+from stl_pipeline.models.losses import (
+    LOSSES,
+    bpr,
+    candidate_scores,
+    info_nce,
+    sample_negatives,
+    sampling_log_q,
+    triplet,
+)
 from stl_pipeline.training.loop import TrainConfig
 from stl_pipeline.training.models import build_model, schema
 
@@ -71,6 +79,27 @@ def test_losses_match_hand_computed_values() -> None:
         / 2
     )
     assert torch.isclose(bpr(queries, products, positives, negatives), bpr_expected)
+    # The correction takes log q off each candidate's logit, the positive's included.
+    log_q = torch.tensor([0.5, 2.0, -1.0])
+    corrected = -torch.log(
+        torch.exp(torch.tensor(1.0 - 0.5))
+        / (torch.exp(torch.tensor(1.0 - 0.5)) + torch.exp(torch.tensor(-2.0)) + torch.exp(torch.tensor(1.6)))
+    )
+    assert torch.isclose(
+        info_nce(queries, products, positives, negatives, temperature=1.0, log_q=log_q), corrected
+    )
+
+
+def test_sampling_log_q_counts_how_often_each_product_is_offered() -> None:
+    category = torch.tensor([0, 0, 0, 0, 1, 1])
+    positives = torch.tensor([0, 0, 1, 4])  # product 0 is half of the queries
+    log_q = sampling_log_q(positives, category, batch=2, in_batch=True, same_category=2)
+    in_batch = torch.tensor([1 - 0.5**2, 1 - 0.75**2, 0, 0, 1 - 0.75**2, 0], dtype=torch.float64)
+    uniform = torch.tensor([2 / 4] * 4 + [2 / 2] * 2, dtype=torch.float64)
+    assert torch.allclose(log_q, (in_batch + uniform).log().float())
+    assert log_q[0] > log_q[1] > log_q[2]  # popular products are offered most
+    only_uniform = sampling_log_q(positives, category, batch=2, in_batch=False, same_category=2)
+    assert torch.allclose(only_uniform, uniform.log().float())
 
 
 def test_negatives_come_from_the_batch_and_the_positive_category() -> None:

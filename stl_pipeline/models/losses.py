@@ -37,14 +37,21 @@ def info_nce(
     positives: torch.Tensor,
     negatives: torch.Tensor,
     temperature: float = 0.07,
+    log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of the positive against ``negatives`` (B, N) product indices.
 
     A negative that equals the query's positive is masked, so in-batch
-    negatives may include other queries of the same product.
+    negatives may include other queries of the same product. ``log_q`` (P,), the
+    log of how often the sampling offers each product as a candidate, is taken
+    off every candidate's logit (Yi et al., RecSys 2019): without it, products
+    that are offered often, the popular ones as in-batch negatives, are learned
+    to rank low for every query but their own.
     """
     positive, negative, valid = candidate_scores(queries, products, positives, negatives)
     logits = torch.cat([positive[:, None], negative.masked_fill(~valid, float("-inf"))], dim=1) / temperature
+    if log_q is not None:
+        logits = logits - log_q[torch.cat([positives[:, None], negatives], dim=1)]
     return F.cross_entropy(logits, torch.zeros(len(queries), dtype=torch.long, device=queries.device))
 
 
@@ -71,6 +78,22 @@ def bpr(
 
 
 LOSSES = {"infonce": info_nce, "triplet": triplet, "bpr": bpr}
+
+
+def sampling_log_q(
+    positives: torch.Tensor, product_category: torch.Tensor, batch: int, in_batch: bool, same_category: int
+) -> torch.Tensor:
+    """(P,) log of the expected number of times each product is among a query's candidates
+    under ``sample_negatives``: in a batch of ``batch`` queries drawn from ``positives`` (the
+    task's training queries), and ``same_category`` uniform draws from its category."""
+    count = torch.zeros(len(product_category), dtype=torch.float64)
+    if in_batch:
+        share = torch.bincount(positives.cpu(), minlength=len(count)).double() / max(1, len(positives))
+        count += 1 - (1 - share) ** batch
+    if same_category:
+        sizes = torch.bincount(product_category.cpu()).double()
+        count += same_category / sizes[product_category.cpu()]
+    return count.clamp(min=1e-12).log().float()
 
 
 def sample_negatives(

@@ -24,12 +24,16 @@ class _TrainingKnobs(dg.Config):
     epochs: int = 150
     batch_size: int = Field(default=512, description="Queries per task and step; 0: full batch.")
     max_steps: int = Field(
-        default=8,
+        default=4,
         description="Optimizer steps per epoch at most (each encodes the whole graph); past that, "
         "batches grow. 0: no limit.",
     )
-    in_batch_negatives: bool = True
-    category_negatives: int = Field(default=8, description="Same-category hard negatives per query.")
+    in_batch_negatives: bool = Field(default=True, description="The batch's other positives as negatives.")
+    category_negatives: int = Field(default=8, description="Same-category negatives per query, uniform.")
+    logq_correction: bool = Field(
+        default=False,
+        description="Correct InfoNCE logits for how often the sampling offers each product (infonce only).",
+    )
     patience: int = Field(default=30, description="Epochs without a better validation MRR before stopping.")
     checkpoint_every: int = 10
     seed: int = 0
