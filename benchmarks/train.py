@@ -1,19 +1,24 @@
-"""Training throughput of the three recommenders, per device and precision, in one run.
+"""Training speed and validation quality of the recommenders, per device, precision and knobs.
 
 Runs the training assets' code path (``training.loop.train``: mini-batches,
-negatives, validation every epoch, checkpoints) on a materialized data
-directory, for a fixed number of epochs without early stopping, and prints
-seconds per epoch with the ratio to the first row of the same kind (the peer:
-fp32 on the first device named).
+negatives, validation every epoch, checkpoints) with each asset's default knobs
+on a materialized data directory, for a fixed number of epochs without early
+stopping, and prints seconds per epoch (with the ratio to the first row of the
+same kind: fp32 on the first device named) and the validation MRR of each task
+at the best epoch, against train popularity's in the same run.
+``--variants`` takes JSON objects of knobs to override, one row each.
 
     .venv/bin/python benchmarks/train.py [--data-dir .stl_data] [--devices cpu,cuda]
         [--precisions fp32,bf16] [--kinds gat,sage,triplet] [--epochs 20]
+        [--variants '{}' '{"logq_correction": true, "category_negatives": 64}']
 
 ``make demo`` fills ``.stl_data``; any ``STL_DATA_DIR`` that has run the
-lineage through ``stl_graph`` and the two query embeddings works.
+lineage through ``stl_graph`` and the two query embeddings works
+(``benchmarks/end_to_end.py --work DIR`` keeps one at any scale).
 """
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +28,13 @@ import torch
 from tabulate import tabulate
 
 from stl_pipeline.device import describe, effective_precision, resolve_device
+from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
+from stl_pipeline.training.assets import GatConfig, GnnConfig, TripletConfig
 from stl_pipeline.training.data import split_queries
 from stl_pipeline.training.loop import TrainConfig, train
 from stl_pipeline.training.models import build_model, schema
+from stl_pipeline.training.ranking import mrr, true_ranks
 from stl_pipeline.vectors import Embeddings
 
 
@@ -42,11 +50,14 @@ def load(data_dir: Path):
     return graph, train_q, val_q, queries["stl"].dim
 
 
-def seconds_per_epoch(kind: str, device: torch.device, precision: str, data, epochs: int) -> float:
+KNOBS = {"gat": GatConfig, "sage": GnnConfig, "triplet": TripletConfig}
+
+
+def run(kind: str, device: torch.device, precision: str, data, epochs: int, overrides: dict):
+    """Seconds per epoch, and the training result."""
     graph, train_q, val_q, query_dim = data
-    config = TrainConfig(kind=kind, epochs=epochs, patience=epochs, checkpoint_every=epochs)
-    if kind == "triplet":
-        config = TrainConfig(kind=kind, hidden=512, lr=1e-3, loss="triplet", epochs=epochs, patience=epochs)
+    knobs = KNOBS[kind]().model_dump() | {"epochs": epochs, "patience": epochs, "checkpoint_every": epochs}
+    config = TrainConfig(kind=kind, **(knobs | overrides))
     graph = graph.to(device)
     for split in (train_q, val_q):
         for q in split.values():
@@ -59,7 +70,23 @@ def seconds_per_epoch(kind: str, device: torch.device, precision: str, data, epo
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-    return seconds / result.epochs_run
+    return seconds / result.epochs_run, result
+
+
+def popularity_mrr(data) -> dict[str, float]:
+    """Validation MRR of ranking by train popularity (contains in-degree), same-category pool."""
+    graph, _, val_q, _ = data
+    degree = torch.bincount(graph[CONTAINS].edge_index[1], minlength=graph["product"].num_nodes).float()
+    noise = torch.rand(len(degree), generator=torch.Generator().manual_seed(0)) * 1e-3
+    category = graph["product"].category
+    return {
+        task: mrr(true_ranks((degree + noise).expand(len(q.product), -1), q.product, same(category, q)))
+        for task, q in val_q.items()
+    }
+
+
+def same(category: torch.Tensor, queries) -> torch.Tensor:
+    return category[None, :] == category[queries.product][:, None]
 
 
 def main() -> None:
@@ -71,6 +98,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32")
     parser.add_argument("--kinds", default="gat,sage,triplet")
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--variants", nargs="+", default=["{}"], help="JSON objects of knobs to override")
     args = parser.parse_args()
     data = load(args.data_dir)
     graph, train_q, _, _ = data
@@ -79,21 +107,38 @@ def main() -> None:
         f"{sum(graph[e].edge_index.shape[1] for e in graph.edge_types)} edges, "
         f"{sum(len(q.product) for q in train_q.values())} training queries; {args.epochs} epochs each"
     )
-    rows = []
+    popular = popularity_mrr(data)
+    rows = [["popularity (train)", "", "", "", "", "", "", f"{popular['stl']:.3f}", f"{popular['ctl']:.3f}"]]
     for kind in args.kinds.split(","):
         peer = None
-        for name in args.devices.split(","):
-            device = resolve_device(name)
-            for asked in args.precisions.split(","):
-                precision = effective_precision(device, asked)
-                if precision != asked:
-                    continue  # autocast is CUDA-only: on CPU bf16 would just rerun fp32
-                per_epoch = seconds_per_epoch(kind, device, precision, load(args.data_dir), args.epochs)
-                peer = peer or per_epoch
-                rows.append(
-                    [kind, describe(device), precision, f"{per_epoch:.4f}", f"{peer / per_epoch:.2f}"]
-                )
-    print(tabulate(rows, headers=["model", "device", "precision", "s/epoch", "speed-up vs first row"]))
+        for variant in args.variants:
+            overrides = json.loads(variant)
+            for name in args.devices.split(","):
+                device = resolve_device(name)
+                for asked in args.precisions.split(","):
+                    precision = effective_precision(device, asked)
+                    if precision != asked:
+                        continue  # autocast is CUDA-only: on CPU bf16 would just rerun fp32
+                    per_epoch, result = run(
+                        kind, device, precision, load(args.data_dir), args.epochs, overrides
+                    )
+                    peer = peer or per_epoch
+                    best = result.history[result.best_epoch]
+                    rows.append(
+                        [
+                            kind,
+                            variant,
+                            describe(device),
+                            precision,
+                            f"{per_epoch:.4f}",
+                            f"{peer / per_epoch:.2f}",
+                            result.best_epoch,
+                            f"{best['val_mrr_stl']:.3f}",
+                            f"{best['val_mrr_ctl']:.3f}",
+                        ]
+                    )
+    headers = ["model", "knobs", "device", "precision", "s/epoch", "speed-up vs first row", "best epoch"]
+    print(tabulate(rows, headers=[*headers, "val MRR STL", "val MRR CTL"]))
 
 
 if __name__ == "__main__":
