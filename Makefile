@@ -52,6 +52,8 @@ $(DAGSTER_HOME)/dagster.yaml: | instance/dagster.yaml
 	cp -n instance/dagster.yaml $@
 
 bench: install
+	$(BIN)/python benchmarks/end_to_end.py --scale 0.1
+	$(BIN)/python benchmarks/code_location.py
 	$(BIN)/python benchmarks/download.py
 	$(BIN)/python benchmarks/full_scale.py
 	$(BIN)/python benchmarks/embed.py

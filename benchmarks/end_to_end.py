@@ -115,10 +115,28 @@ def run_config(args: argparse.Namespace) -> dict:
     device_config: dict = {"precision": args.precision}
     if args.workers is not None:
         device_config["num_workers"] = args.workers
-    return {
-        "execution": {"config": {args.executor: {}}},
-        "resources": {"torch_device": {"config": device_config}},
-    }
+    return {"resources": {"torch_device": {"config": device_config}}}
+
+
+# The in-process executor through Dagster's Python API, as ``make demo`` runs the job.
+IN_PROCESS = """
+import sys, yaml, dagster as dg
+from stl_pipeline.definitions import defs
+config = yaml.safe_load(open(sys.argv[1]))
+job = defs.resolve_job_def(sys.argv[2])
+with dg.DagsterInstance.get() as instance:
+    result = job.execute_in_process(config, instance=instance, raise_on_error=False)
+sys.exit(0 if result.success else 1)
+"""
+
+
+def command(executor: str, config_path: Path) -> list[str]:
+    """``multiprocess``: the dagster CLI with the code location's executor (each step in its
+    own process, as runs launched from the UI); ``in_process``: every step in one process."""
+    if executor == "in_process":
+        return [sys.executable, "-c", IN_PROCESS, str(config_path), JOB]
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    return [dagster, "job", "execute", "-m", "stl_pipeline.definitions", "-j", JOB, "-c", str(config_path)]
 
 
 def step_windows(
@@ -188,14 +206,12 @@ def main() -> int:
         shutil.copy(Path(__file__).parents[1] / "instance" / "dagster.yaml", env["DAGSTER_HOME"])
         config_path = work / "run_config.yaml"
         config_path.write_text(yaml.safe_dump(run_config(args)))
-        command = [
-            str(Path(sys.executable).with_name("dagster")),
-            *("job", "execute", "-m", "stl_pipeline.definitions", "-j", JOB, "-c", str(config_path)),
-        ]
         samples, stop = Samples(), threading.Event()
         start = time.time()
         with open(work / "run.log", "wb") as log:
-            child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            child = subprocess.Popen(
+                command(args.executor, config_path), env=env, stdout=log, stderr=subprocess.STDOUT
+            )
             sampler = threading.Thread(
                 target=sample,
                 args=(psutil.Process(child.pid), samples, args.device.startswith(("cuda", "auto")), stop),
