@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from stl_pipeline.features.queries import image_items, query_items
+from stl_pipeline.features.queries import ImageItem, image_items, query_items
 from stl_pipeline.plots import embedding_map
 from stl_pipeline.resources import BackboneResource, StlFiles, TorchDevice
 from stl_pipeline.vectors import Embeddings
@@ -15,12 +15,11 @@ NORM_TOLERANCE = 1e-3
 
 def _embed(
     context: dg.AssetExecutionContext,
-    items: list,
+    items: list[ImageItem],
     torch_device: TorchDevice,
     backbone: BackboneResource,
     stl_files: StlFiles,
 ) -> tuple[Embeddings, dict]:
-    """``items`` are ``ImageItem``s."""
     from stl_pipeline.device import describe
     from stl_pipeline.features.embed import EmbeddingCache, embed_items
 
