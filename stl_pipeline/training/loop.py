@@ -40,14 +40,14 @@ class TrainConfig:
     category_negatives: int = 8  # uniform within the positive's category, as the evaluation's pool
     # The batch's other positives are drawn by popularity, so a popular product is a negative for
     # nearly every query and the model learns to rank popular products down. Correcting for it
-    # (with 64 category negatives) lifted GAT's validation CTL MRR from 0.034 to 0.068 at 3,811
-    # products, but cost 0.05 of test CTL HR@10 at 600: off until it is chosen per catalogue.
+    # (with 64 category negatives) lifted GAT's validation CTL MRR from 0.043 to 0.064 at 3,811
+    # products, but cost it 0.06 of test CTL HR@10 at 600: off until it is chosen per catalogue.
     logq_correction: bool = False
     batch_size: int = 512  # queries per task and optimizer step; 0: all at once (full batch)
     # Every step encodes the whole graph, so steps, not queries, are what an epoch costs. Past
     # batch_size * max_steps queries the batches grow instead: at the release's size an epoch
-    # is 4 encodings, not 113. Four steps of 1,445 queries learned as much per epoch as eight
-    # of 722 at 3,811 products, in 60% of the time.
+    # is 4 encodings, not 113. At 3,811 products four steps of 1,445 queries learned as much in
+    # 60 epochs as eight of 722, in 57% of the time (benchmarks/train.py, README).
     max_steps: int = 4
     patience: int = 30  # epochs without a better validation MRR before stopping
     checkpoint_every: int = 10
