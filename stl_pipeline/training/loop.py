@@ -186,8 +186,6 @@ def train(
     device = next(model.parameters()).device
     precision = effective_precision(device, precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    if device.type == "cuda":
-        torch.cuda.manual_seed(config.seed)
     start, history, best = 0, [], (-1, -math.inf)
     last = checkpoint_dir / LAST
     if last.exists():
