@@ -257,7 +257,7 @@ def report(
         if step in checked:
             continue
         outputs = made.get(step, [])
-        label = outputs[0] if outputs == [step] or len(outputs) == 1 else f"{step} ({', '.join(outputs)})"
+        label = f"{step} ({', '.join(outputs)})" if len(outputs) > 1 else outputs[0] if outputs else step
         checks = [s for s, asset in checked.items() if step_of.get(asset) == step and s in windows]
         check_seconds = sum(windows[s][1] - windows[s][0] for s in checks)
         last = max([end, *(windows[s][1] for s in checks)])
