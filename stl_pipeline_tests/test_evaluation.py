@@ -9,7 +9,7 @@ from stl_pipeline.evaluation.embedding import (
     list_quality,
     mean_pairwise_cosine,
 )
-from stl_pipeline.evaluation.retrieval import RetrievalTask, metrics, sample_auc_negatives
+from stl_pipeline.evaluation.retrieval import RetrievalTask, auc, metrics, sample_auc_negatives
 from stl_pipeline_tests.test_models import tiny_graph
 
 # Four products in two categories; three queries whose true products are 0, 2 and 3.
@@ -35,6 +35,23 @@ def test_metrics_against_hand_computed_values() -> None:
     assert same["NDCG@10"] == pytest.approx((1 / np.log2(3) + 1 + 1 / np.log2(3)) / 3)
     # AUC per query against its negatives, as scikit-learn computes it: 0, 1, 0.
     assert same["AUC"] == pytest.approx(np.mean([roc_auc_score([1, 0, 0], [0.2, 0.9, 0.9]), 1.0, 0.0]))
+
+
+def test_auc_is_scikit_learns_per_query_with_ties_and_missing_negatives() -> None:
+    generator = torch.Generator().manual_seed(0)
+    negative = torch.randint(0, 5, (200, 12), generator=generator).float()  # many ties
+    positive = torch.randint(0, 5, (200,), generator=generator).float()
+    valid = torch.rand(200, 12, generator=generator) > 0.3
+    valid[:7] = False  # queries without negatives do not count
+    expected = np.mean(
+        [
+            roc_auc_score(np.r_[1, np.zeros(ok.sum())], np.r_[pos, neg[ok]])
+            for pos, neg, ok in zip(positive.numpy(), negative.numpy(), valid.numpy(), strict=True)
+            if ok.any()
+        ]
+    )
+    assert auc(positive, negative, valid) == pytest.approx(expected)
+    assert np.isnan(auc(positive, negative, torch.zeros_like(valid)))
 
 
 def test_unknown_pool_is_refused() -> None:

@@ -1,15 +1,14 @@
 """Retrieval metrics of scored candidates: HR@K, MRR, NDCG@10 and same-category AUC.
 
 HR@K and NDCG@10 come from PyG's link-prediction metrics over the top-K lists;
-MRR is over the full ranking (PyG's is cut at K), and AUC is scikit-learn's,
-per query, against negatives of the same category from other scenes.
+MRR is over the full ranking (PyG's is cut at K), and AUC is per query, against
+negatives of the same category from other scenes.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch_geometric.metrics import LinkPredHitRatio, LinkPredNDCG
 
 from stl_pipeline.training.ranking import mrr, true_ranks
@@ -51,16 +50,20 @@ def metrics(scores: torch.Tensor, task: RetrievalTask, pool: str) -> dict[str, f
     ndcg.update(top[:, :10], label_index)
     result["NDCG@10"] = float(ndcg.compute())
     result["MRR"] = mrr(true_ranks(scores, task.truth, allowed))
-    positive = scores[rows, task.truth].numpy()
-    negative = scores.gather(1, task.auc_negatives.clamp(min=0)).numpy()
-    valid = (task.auc_negatives >= 0).numpy()
-    aucs = [
-        roc_auc_score(np.r_[1, np.zeros(ok.sum())], np.r_[pos, neg[ok]])
-        for pos, neg, ok in zip(positive, negative, valid, strict=True)
-        if ok.any()
-    ]
-    result["AUC"] = float(np.mean(aucs)) if aucs else float("nan")
+    result["AUC"] = auc(
+        scores[rows, task.truth], scores.gather(1, task.auc_negatives.clamp(min=0)), task.auc_negatives >= 0
+    )
     return result
+
+
+def auc(positive: torch.Tensor, negative: torch.Tensor, valid: torch.Tensor) -> float:
+    """Mean over queries of the ROC AUC of one positive (Q,) against its valid negatives (Q, M):
+    the share of negatives it outscores, ties counting half. Queries without a valid negative
+    are left out; NaN if none has one."""
+    wins = (positive[:, None] > negative).float() + 0.5 * (positive[:, None] == negative).float()
+    count = valid.sum(dim=1)
+    per_query = (wins * valid).sum(dim=1) / count.clamp(min=1)
+    return float(per_query[count > 0].mean()) if bool((count > 0).any()) else float("nan")
 
 
 def sample_auc_negatives(
