@@ -7,14 +7,17 @@ import torch
 from stl_pipeline.training.loop import (
     BEST,
     LAST,
+    PRIOR_WEIGHTS,
     NonFiniteLoss,
     Queries,
     TrainConfig,
     batches,
+    fit_popularity_prior,
     load_checkpoint,
     train,
+    validation_mrr,
 )
-from stl_pipeline.training.models import build_model, schema
+from stl_pipeline.training.models import build_model, load_model, schema
 from stl_pipeline.training.ranking import hit_rate, mrr, true_ranks
 from stl_pipeline_tests.test_models import tiny_graph
 
@@ -61,6 +64,42 @@ def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(tmp_path: Path) 
     best = load_checkpoint(tmp_path / BEST)
     assert best["epoch"] == result.best_epoch and best["best_val_mrr"] == result.best_val_mrr
     assert load_checkpoint(tmp_path / LAST)["finished"]
+    # The best epoch's model carries its fitted popularity prior, which validation never rates lower.
+    assert best["model"]["prior.weight"][0].item() in PRIOR_WEIGHTS
+    assert best["prior_val_mrr"]["val_mrr"] >= best["best_val_mrr"]
+
+
+def test_the_popularity_prior_is_fitted_on_validation_and_stays_zero_where_it_hurts() -> None:
+    graph = tiny_graph()
+    # Products 0 and 1 are in every train scene, the other ten in none.
+    scenes = torch.arange(5).repeat(2)
+    graph["scene", "contains", "product"].edge_index = torch.stack([scenes, torch.arange(10) // 5])
+    torch.manual_seed(0)
+    model = build_model(*schema(graph), 6, CONFIG)
+    popular = {"stl": queries(3, torch.tensor([0, 1] * 4), graph)}
+    before = validation_mrr(model, graph, popular)["val_mrr_stl"]
+    fitted = fit_popularity_prior(model, graph, popular)
+    assert model.prior.weight[0] > 0 and fitted["val_mrr_stl"] > before
+    assert fitted == validation_mrr(model, graph, popular)  # the model keeps the weights it reports
+    rare = {"stl": queries(4, torch.arange(2, 12), graph)}
+    fit_popularity_prior(model, graph, rare)
+    assert model.prior.weight[0] == 0  # raising products 0 and 1 only puts others before the truth
+
+
+def test_records_load_with_their_prior_and_older_ones_without_it(tmp_path: Path) -> None:
+    model, graph, train_q, val_q = setup()
+    train(model, graph, train_q, val_q, CONFIG, tmp_path)
+    best = load_checkpoint(tmp_path / BEST)
+    node_dims, edge_types = schema(graph)
+    record = {"config": best["config"], "state_dict": best["model"], "node_dims": node_dims}
+    record |= {"edge_types": [list(e) for e in edge_types], "query_dim": 6}
+    loaded = load_model(record)
+    assert torch.equal(loaded.prior.weight, best["model"]["prior.weight"])
+    # A model trained before the prior existed: no such key in its config or its weights.
+    older = record | {"config": {k: v for k, v in best["config"].items() if k != "popularity_prior"}}
+    older["state_dict"] = {k: v for k, v in best["model"].items() if not k.startswith("prior.")}
+    assert load_model(older).prior is None
+    assert not load_model(older).popularity_bias(graph, "ctl").any()
 
 
 def test_a_killed_run_resumes_to_the_same_final_state(tmp_path: Path) -> None:

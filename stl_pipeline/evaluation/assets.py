@@ -94,11 +94,11 @@ def retrieval_report(
     import torch
 
     from stl_pipeline.evaluation.report import (
-        cosine_scorer,
         popularity_scorer,
         random_scorer,
         report,
         vector_methods,
+        vector_scorer,
     )
 
     split_q, split_rows = _queries(
@@ -109,7 +109,7 @@ def retrieval_report(
     records = {"triplet_head": triplet_head, "gat": gat_model, "sage": sage_model}
     vectors = vector_methods(stl_graph, stl_crop_embeddings.dim, records)
     methods = {"random": random_scorer(len(ids)), "popularity": popularity_scorer(popularity)}
-    methods |= {name: cosine_scorer(products, queries) for name, (products, queries) in vectors.items()}
+    methods |= {name: vector_scorer(method) for name, method in vectors.items()}
     oracle = _oracle(stl_files, stl_graph, popularity)
     if oracle is not None:
         methods["oracle"] = oracle
@@ -147,7 +147,6 @@ def embedding_report(
 ) -> dg.Output[pd.DataFrame]:
     """Per product embedding: cluster quality, over-smoothing, and coverage and category
     diversity of the top-10 lists of test queries over the whole catalogue."""
-    import torch
 
     from stl_pipeline.evaluation.embedding import embedding_quality, graph_density, list_quality
     from stl_pipeline.evaluation.report import vector_methods
@@ -158,13 +157,12 @@ def embedding_report(
     density = graph_density(stl_graph)
     rows = []
     vectors = vector_methods(stl_graph, stl_crop_embeddings.dim, records)
-    for method, (products, queries_of) in vectors.items():
-        row = {"embedding": method, "dim": int(products.shape[1])}
-        row |= embedding_quality(products, category)
-        row["graph_density"] = density if method in ("gat", "sage") else float("nan")
+    for name, method in vectors.items():
+        row = {"embedding": name, "dim": int(method.products.shape[1])}
+        row |= embedding_quality(method.products, category)
+        row["graph_density"] = density if name in ("gat", "sage") else float("nan")
         for task, queries in split_q["test"].items():
-            with torch.no_grad():
-                scores = queries_of(task, queries.x) @ products.T
+            scores = method.scores(task, queries.x)
             row |= {f"{task}_{k}": v for k, v in list_quality(scores, category).items()}
         rows.append(row)
     table = pd.DataFrame(rows)

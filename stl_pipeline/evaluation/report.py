@@ -2,17 +2,20 @@
 
 Methods score (queries x products); the ranking protocol is the same for all:
 random, popularity within category, the frozen backbone's cosine kNN, the
-trained GNNs, and, when the generator's ground truth is at hand, an oracle
-that ranks by the true latent style (the ceiling).
+trained models (cosine plus their fitted popularity prior), and, when the
+generator's ground truth is at hand, an oracle that ranks by the true latent
+style (the ceiling).
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.evaluation.retrieval import KS, POOLS, RetrievalTask, metrics, sample_auc_negatives
+from stl_pipeline.models.recommender import TASKS
 from stl_pipeline.training.loop import Queries
 from stl_pipeline.training.models import load_model
 
@@ -41,10 +44,24 @@ def popularity_scorer(popularity: torch.Tensor, seed: int = 0) -> Scorer:
     return score
 
 
-def cosine_scorer(products: torch.Tensor, queries_of: Callable[[str, torch.Tensor], torch.Tensor]) -> Scorer:
-    def score(task: str, queries: Queries, rows: pd.DataFrame) -> torch.Tensor:
+@dataclass
+class VectorMethod:
+    """Product vectors, the query projection, and per task the popularity bias each product's
+    score gets (zeros for the frozen backbone and for models without a prior)."""
+
+    products: torch.Tensor  # (P, d)
+    queries: QueryFn
+    bias: dict[str, torch.Tensor]  # task -> (P,)
+
+    def scores(self, task: str, x: torch.Tensor) -> torch.Tensor:
+        """(Q, P) what the method ranks the catalogue by for queries ``x`` of ``task``."""
         with torch.no_grad():
-            return queries_of(task, queries.x) @ products.T
+            return self.queries(task, x) @ self.products.T + self.bias[task]
+
+
+def vector_scorer(method: VectorMethod) -> Scorer:
+    def score(task: str, queries: Queries, rows: pd.DataFrame) -> torch.Tensor:
+        return method.scores(task, queries.x)
 
     return score
 
@@ -62,18 +79,17 @@ def oracle_scorer(
     return score
 
 
-def vector_methods(
-    graph: HeteroData, visual_dim: int, records: dict[str, dict]
-) -> dict[str, tuple[torch.Tensor, QueryFn]]:
-    """Product vectors and the query projection of frozen kNN and of each trained model."""
-    methods: dict[str, tuple[torch.Tensor, QueryFn]] = {
-        "frozen_knn": (graph["product"].x[:, :visual_dim], lambda task, x: x)
-    }
+def vector_methods(graph: HeteroData, visual_dim: int, records: dict[str, dict]) -> dict[str, VectorMethod]:
+    """Frozen kNN and each trained model, as vectors and popularity biases."""
+    frozen = graph["product"].x[:, :visual_dim]
+    none = {task: torch.zeros(len(frozen)) for task in TASKS}
+    methods = {"frozen_knn": VectorMethod(frozen, lambda task, x: x, none)}
     for method, record in records.items():
         model = load_model(record)
         with torch.no_grad():
             products = model.products(graph)
-        methods[method] = (products, lambda task, x, model=model: model.queries(x, task))
+            bias = {task: model.popularity_bias(graph, task) for task in TASKS}
+        methods[method] = VectorMethod(products, lambda task, x, model=model: model.queries(x, task), bias)
     return methods
 
 

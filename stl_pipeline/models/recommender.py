@@ -1,25 +1,72 @@
-"""Recommenders that put scene queries and products in one space; scores are cosines.
+"""Recommenders that put scene queries and products in one space.
+
+A score is the cosine of a query and a product, plus, when the model has one,
+a per-task weight on the product's log train popularity (``popularity_bias``):
+the cosine says what fits the scene, the prior how often a product is chosen at
+all. At the release's size Complete the Look needs both: popularity alone beats
+a cosine trained against popularity-drawn negatives.
 
 ``GraphRecommender`` encodes products with a GNN over the training graph and
 projects an STL query (the bbox crop) and a CTL query (the region around it)
 from their frozen backbone embeddings with a head per task.
 ``TripletRecommender`` is the seed projects' baseline: one triplet head over
 frozen features for queries and products alike, with no message passing.
-Both expose ``products(graph)`` and ``queries(x, task)``, so training and
-evaluation treat them the same.
+Both expose ``products(graph)``, ``queries(x, task)`` and
+``popularity_bias(graph, task)``, so training and evaluation treat them the same.
 """
 
 import torch
 from torch import nn
 from torch_geometric.data import HeteroData
 
+from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.models.encoders import EdgeType, HeteroEncoder, Kind
 from stl_pipeline.models.heads import Projection, TripletHead
 
 TASKS = ("stl", "ctl")
 
 
-class GraphRecommender(nn.Module):
+def log_popularity(data: HeteroData) -> torch.Tensor:
+    """(P,) log(1 + train scenes of each product): its in-degree on ``contains`` (train edges
+    only); zeros for a graph without them."""
+    products = data["product"].num_nodes
+    if CONTAINS not in data.edge_types:
+        return torch.zeros(products, device=data["product"].x.device)
+    index = data[CONTAINS].edge_index[1]
+    return torch.bincount(index, minlength=products).float().log1p()
+
+
+class PopularityPrior(nn.Module):
+    """Per task, a weight on log popularity added to every candidate's cosine.
+
+    The weights are a buffer, not parameters: they are fitted on validation queries after
+    training (``training.loop.fit_popularity_prior``), since a loss over sampled negatives
+    cannot learn them: in-batch negatives are drawn by popularity, so it teaches the model
+    to rank popular products down.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(len(TASKS)))
+
+    def forward(self, log_popularity: torch.Tensor, task: str) -> torch.Tensor:
+        return self.weight[TASKS.index(task)] * log_popularity
+
+
+class _Scored(nn.Module):
+    """The popularity term shared by both recommenders; zeros when the model has no prior."""
+
+    prior: PopularityPrior | None
+
+    def popularity_bias(self, data: HeteroData, task: str) -> torch.Tensor:
+        """(P,) what the model adds to each product's cosine for a query of ``task``."""
+        if task not in TASKS:
+            raise KeyError(f"unknown task {task!r}: use {TASKS}")
+        log_pop = log_popularity(data)
+        return self.prior(log_pop, task) if self.prior is not None else torch.zeros_like(log_pop)
+
+
+class GraphRecommender(_Scored):
     def __init__(
         self,
         node_dims: dict[str, int],
@@ -31,8 +78,10 @@ class GraphRecommender(nn.Module):
         heads: int = 4,
         dropout: float = 0.3,
         out_dim: int = 128,
+        popularity_prior: bool = False,
     ) -> None:
         super().__init__()
+        self.prior = PopularityPrior() if popularity_prior else None
         self.encoder = HeteroEncoder(node_dims, edge_types, kind, hidden, layers, heads, dropout)
         self.product_out = Projection(hidden, out_dim)
         self.query_heads = nn.ModuleDict(
@@ -48,15 +97,23 @@ class GraphRecommender(nn.Module):
         return self.query_heads[task](x)
 
 
-class TripletRecommender(nn.Module):
+class TripletRecommender(_Scored):
     """A shared ``TripletHead`` over the backbone vectors of products and queries.
 
     The first ``visual_dim`` columns of the graph's product features are the
     product's backbone embedding (graph/build.py); the rest is ignored here.
     """
 
-    def __init__(self, visual_dim: int, out_dim: int = 128, hidden: int = 512, dropout: float = 0.3) -> None:
+    def __init__(
+        self,
+        visual_dim: int,
+        out_dim: int = 128,
+        hidden: int = 512,
+        dropout: float = 0.3,
+        popularity_prior: bool = False,
+    ) -> None:
         super().__init__()
+        self.prior = PopularityPrior() if popularity_prior else None
         self.visual_dim = visual_dim
         self.head = TripletHead(visual_dim, out_dim, hidden, dropout)
 

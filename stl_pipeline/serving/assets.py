@@ -127,8 +127,10 @@ def recommendations(
     vectors = torch.from_numpy(product_index.vectors())
     k, per_category = config.k, config.complementary_per_category
     scene = stl_graph["scene"]
+    model = load_model(record)
     with torch.no_grad():
-        scene_queries = load_model(record).queries(scene.x, "ctl")
+        scene_queries = model.queries(scene.x, "ctl")
+        ctl_bias = model.popularity_bias(stl_graph, "ctl")
     edges = stl_graph[CONTAINS].edge_index  # train scenes only
 
     def complementary_of(products: torch.Tensor, queries: torch.Tensor) -> pd.DataFrame:
@@ -144,7 +146,11 @@ def recommendations(
     position = {s: i for i, s in enumerate(scene.ids)}
     queries = scene_queries[[position[s] for s in scenes]]
     looks = rows(
-        "complete_the_look", scenes, *complete_the_look(queries, vectors, category, wanted, k), ids, names
+        "complete_the_look",
+        scenes,
+        *complete_the_look(queries, vectors, category, wanted, k, ctl_bias),
+        ids,
+        names,
     )
     table = pd.concat([similar, complementary, looks], ignore_index=True)[COLUMNS]
 

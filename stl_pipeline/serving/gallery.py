@@ -93,8 +93,7 @@ def ranked_lists(
     for task, x in queries.items():
         # The report's popularity scorer: ties broken at random, never by index in the truth's favour.
         scores = {"popularity": popularity_scorer(popularity)(task, Queries(x, truth), pd.DataFrame())}
-        with torch.no_grad():
-            scores |= {m: query_of(task, x) @ products.T for m, (products, query_of) in vectors.items()}
+        scores |= {name: method.scores(task, x) for name, method in vectors.items()}
         lists[task] = {
             label: rank_same_category(scores[m], truth, category, ids, k) for m, label in methods.items()
         }

@@ -108,10 +108,18 @@ def top_complementary(
 
 
 def complete_the_look(
-    queries: torch.Tensor, products: torch.Tensor, category: torch.Tensor, wanted: torch.Tensor, k: int
+    queries: torch.Tensor,
+    products: torch.Tensor,
+    category: torch.Tensor,
+    wanted: torch.Tensor,
+    k: int,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Q, k) scores and positions of the best products of category ``wanted[q]`` for query q."""
+    """(Q, k) scores and positions of the best products of category ``wanted[q]`` for query q:
+    cosine, plus the model's popularity ``bias`` (P,) when given, as the retrieval report scores."""
     sims = F.normalize(queries.float(), dim=1) @ F.normalize(products.float(), dim=1).T
+    if bias is not None:
+        sims = sims + bias[None, :]
     allowed = category[None, :] == wanted[:, None]
     return _topk(sims.masked_fill(~allowed, float("-inf")), k)
 

@@ -34,6 +34,11 @@ class _TrainingKnobs(dg.Config):
         default=False,
         description="Correct InfoNCE logits for how often the sampling offers each product (infonce only).",
     )
+    popularity_prior: bool = Field(
+        default=True,
+        description="After training, fit per task a weight on log train popularity added to every "
+        "score, on validation MRR (0 among the candidates).",
+    )
     patience: int = Field(default=30, description="Epochs without a better validation MRR before stopping.")
     checkpoint_every: int = 10
     seed: int = 0
@@ -55,6 +60,17 @@ class TripletConfig(_TrainingKnobs):
     hidden: int = Field(default=512, description="Width of the head's hidden layer.")
     lr: float = 1e-3
     loss: str = Field(default="triplet", description="triplet, infonce or bpr.")
+
+
+def _prior(best: dict) -> dict[str, float]:
+    """The fitted popularity weight of each task and the validation MRRs with it."""
+    from stl_pipeline.models.recommender import TASKS
+
+    weights = best["model"].get("prior.weight")
+    if weights is None:
+        return {}
+    fitted = {f"popularity_weight_{task}": float(w) for task, w in zip(TASKS, weights.tolist(), strict=True)}
+    return fitted | {f"prior_{key}": value for key, value in best.get("prior_val_mrr", {}).items()}
 
 
 def _train_asset(
@@ -122,7 +138,8 @@ def _train_asset(
             atomic_write_bytes(config_path, json.dumps(params, indent=2).encode())
             run.log_artifact(checkpoints / BEST, "checkpoint")
             run.log_artifact(config_path, "checkpoint")
-            run.log_metrics({"best_epoch": result.best_epoch, "best_val_mrr": result.best_val_mrr})
+            prior = _prior(best)
+            run.log_metrics({"best_epoch": result.best_epoch, "best_val_mrr": result.best_val_mrr, **prior})
             curves = training_curves(result.history, result.best_epoch, name)
             run.log_image(curves, "training_curves.png")
             version = run.register(
@@ -140,6 +157,7 @@ def _train_asset(
                 "mlflow_model": f"{registered} version {version}",
                 "best_epoch": result.best_epoch,
                 "best_val_mrr": round(result.best_val_mrr, 4),
+                **{key: round(value, 4) for key, value in prior.items()},
                 "epochs_run": result.epochs_run,
                 "stopped_early": result.stopped_early,
                 "final_loss": round(float(history["loss"].iloc[-1]), 4) if len(history) else float("nan"),

@@ -13,7 +13,9 @@ def build_model(
     node_dims: dict[str, int], edge_types: list[EdgeType], query_dim: int, config: TrainConfig
 ) -> Recommender:
     if config.kind == "triplet":
-        return TripletRecommender(query_dim, config.out_dim, config.hidden, config.dropout)
+        return TripletRecommender(
+            query_dim, config.out_dim, config.hidden, config.dropout, config.popularity_prior
+        )
     return GraphRecommender(
         node_dims,
         edge_types,
@@ -24,6 +26,7 @@ def build_model(
         heads=config.heads,
         dropout=config.dropout,
         out_dim=config.out_dim,
+        popularity_prior=config.popularity_prior,
     )
 
 
@@ -42,6 +45,7 @@ def model_record(best: dict, graph: HeteroData, query_dim: int, mlflow_run_id: s
         "query_dim": query_dim,
         "best_epoch": best["best_epoch"],
         "best_val_mrr": best["best_val_mrr"],
+        "prior_val_mrr": best.get("prior_val_mrr", {}),  # with the fitted popularity prior
         "history": best["history"],
         "mlflow_run_id": mlflow_run_id,
     }
@@ -49,6 +53,8 @@ def model_record(best: dict, graph: HeteroData, query_dim: int, mlflow_run_id: s
 
 def load_model(record: dict) -> Recommender:
     edge_types = [tuple(e) for e in record["edge_types"]]
-    model = build_model(record["node_dims"], edge_types, record["query_dim"], TrainConfig(**record["config"]))
+    # A record from before the popularity prior existed has none, whatever today's default.
+    config = TrainConfig(**({"popularity_prior": False} | record["config"]))
+    model = build_model(record["node_dims"], edge_types, record["query_dim"], config)
     model.load_state_dict(record["state_dict"])
     return model.eval()
