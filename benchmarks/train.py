@@ -5,7 +5,8 @@ negatives, validation every epoch, checkpoints) with each asset's default knobs
 on a materialized data directory, for a fixed number of epochs without early
 stopping, and prints seconds per epoch (with the ratio to the first row of the
 same kind: fp32 on the first device named) and the validation MRR of each task
-at the best epoch, against train popularity's in the same run.
+at the best epoch, of the bare cosine and with the popularity prior fitted after
+training, against train popularity's in the same run.
 ``--variants`` takes JSON objects of knobs to override, one row each.
 
     .venv/bin/python benchmarks/train.py [--data-dir .stl_data] [--devices cpu,cuda]
@@ -32,7 +33,7 @@ from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.training.assets import GatConfig, GnnConfig, TripletConfig
 from stl_pipeline.training.data import split_queries
-from stl_pipeline.training.loop import TrainConfig, train
+from stl_pipeline.training.loop import BEST, TrainConfig, load_checkpoint, train
 from stl_pipeline.training.models import build_model, schema
 from stl_pipeline.training.ranking import mrr, true_ranks
 from stl_pipeline.vectors import Embeddings
@@ -54,7 +55,7 @@ KNOBS = {"gat": GatConfig, "sage": GnnConfig, "triplet": TripletConfig}
 
 
 def run(kind: str, device: torch.device, precision: str, data, epochs: int, overrides: dict):
-    """Seconds per epoch, and the training result."""
+    """Seconds per epoch, the training result, and the validation MRRs with the fitted prior."""
     graph, train_q, val_q, query_dim = data
     knobs = KNOBS[kind]().model_dump() | {"epochs": epochs, "patience": epochs, "checkpoint_every": epochs}
     config = TrainConfig(kind=kind, **(knobs | overrides))
@@ -70,7 +71,8 @@ def run(kind: str, device: torch.device, precision: str, data, epochs: int, over
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-    return seconds / result.epochs_run, result
+        prior = load_checkpoint(Path(folder) / BEST).get("prior_val_mrr", {})
+    return seconds / result.epochs_run, result, prior
 
 
 def popularity_mrr(data) -> dict[str, float]:
@@ -108,7 +110,8 @@ def main() -> None:
         f"{sum(len(q.product) for q in train_q.values())} training queries; {args.epochs} epochs each"
     )
     popular = popularity_mrr(data)
-    rows = [["popularity (train)", "", "", "", "", "", "", f"{popular['stl']:.3f}", f"{popular['ctl']:.3f}"]]
+    popular_row = [f"{popular['stl']:.3f}", f"{popular['ctl']:.3f}"] * 2
+    rows = [["popularity (train)", "", "", "", "", "", "", *popular_row]]
     for kind in args.kinds.split(","):
         peer = None
         for variant in args.variants:
@@ -119,7 +122,7 @@ def main() -> None:
                     precision = effective_precision(device, asked)
                     if precision != asked:
                         continue  # autocast is CUDA-only: on CPU bf16 would just rerun fp32
-                    per_epoch, result = run(
+                    per_epoch, result, prior = run(
                         kind, device, precision, load(args.data_dir), args.epochs, overrides
                     )
                     peer = peer or per_epoch
@@ -135,10 +138,12 @@ def main() -> None:
                             result.best_epoch,
                             f"{best['val_mrr_stl']:.3f}",
                             f"{best['val_mrr_ctl']:.3f}",
+                            *(f"{prior[f'val_mrr_{task}']:.3f}" if prior else "" for task in ("stl", "ctl")),
                         ]
                     )
     headers = ["model", "knobs", "device", "precision", "s/epoch", "speed-up vs first row", "best epoch"]
-    print(tabulate(rows, headers=[*headers, "val MRR STL", "val MRR CTL"]))
+    metrics = ["val MRR STL", "val MRR CTL", "with prior STL", "with prior CTL"]
+    print(tabulate(rows, headers=[*headers, *metrics]))
 
 
 if __name__ == "__main__":
