@@ -59,8 +59,8 @@ class GatConfig(GnnConfig):
 class TripletConfig(_TrainingKnobs):
     hidden: int = Field(default=512, description="Width of the head's hidden layer.")
     lr: float = 1e-3
-    # A step costs the head little, and with two steps an epoch the baseline fell behind on Shop
-    # the Look at 3,811 products: a weaker baseline would flatter the graph models.
+    # With two steps an epoch the head saved nothing at 3,811 products (its epoch is not its
+    # steps) and fell behind on Shop the Look: a weaker baseline would flatter the graph models.
     max_steps: int = Field(default=4, description="Optimizer steps per epoch at most; 0: no limit.")
     loss: str = Field(default="triplet", description="triplet, infonce or bpr.")
 

@@ -41,8 +41,9 @@ class TrainConfig:
     category_negatives: int = 8  # uniform within the positive's category, as the evaluation's pool
     # The batch's other positives are drawn by popularity, so a popular product is a negative for
     # nearly every query and the model learns to rank popular products down. Correcting for it
-    # (with 64 category negatives) lifted GAT's validation CTL MRR from 0.043 to 0.064 at 3,811
-    # products, but cost it 0.06 of test CTL HR@10 at 600: off until it is chosen per catalogue.
+    # (with 64 category negatives) lifts the bare cosine's validation CTL MRR at 3,811 products,
+    # but adds nothing once the popularity prior is fitted, and cost 0.06 of test CTL HR@10 at
+    # 600 products: off.
     logq_correction: bool = False
     # After training, fit per task a weight on log train popularity, added to each cosine, on
     # validation MRR. At 3,811 products it lifted GAT's test CTL HR@10 from 0.075 to 0.149, past
@@ -51,9 +52,9 @@ class TrainConfig:
     batch_size: int = 512  # queries per task and optimizer step; 0: all at once (full batch)
     # Every step encodes the whole graph, so steps, not queries, are what an epoch costs. Past
     # batch_size * max_steps queries the batches grow instead: at the release's size an epoch
-    # is 2 encodings, not 113. At 3,811 products two steps of 2,890 queries beat four of 1,445
-    # on both tasks, at two thirds of the time an epoch; one step fell behind on Shop the Look
-    # (benchmarks/train.py, README). The triplet head keeps four (training/assets.py).
+    # is 2 encodings, not 113. At 3,811 products two steps of 2,890 queries cost 0.77 of four
+    # steps of 1,445 an epoch and ended level or ahead on test over whole runs; one step fell
+    # behind on Shop the Look (README). The triplet head keeps four (training/assets.py).
     max_steps: int = 2
     patience: int = 30  # epochs without a better validation MRR before stopping
     checkpoint_every: int = 10
