@@ -108,7 +108,8 @@ def main() -> int:
     if gallery:
         print(f"\nGallery: {gallery[0]['gallery'].value}")
         table = result.asset_value("recommendations")
-        print("\nSample recommendations (product id, category, cosine):")
+        print("\nSample recommendations (product id, category, score: the cosine, plus the popularity prior")
+        print("for complete the look):")
         print("\n".join(_samples(table)))
         product = table["query"].iloc[0]
         print(f"\nMore: stl-recommend product {product}, or stl-recommend scene IMAGE --bbox l,t,r,b")
