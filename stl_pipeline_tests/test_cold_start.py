@@ -1,12 +1,15 @@
 """Cold start on scenes no pipeline run has seen, through the Python function and the
 ``stl-recommend`` command, and its errors for each kind of bad input."""
 
+import copy
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -55,6 +58,27 @@ def test_unseen_scenes_find_their_products(cold: ColdStart, unseen: tuple[Path, 
         f"scene: {sum(looks) / len(looks):.3f}"
     )
     assert rate > 0.5 and rate_given >= rate
+
+
+def test_scene_lists_add_the_models_popularity_prior(
+    cold: ColdStart, unseen: tuple[Path, pd.DataFrame]
+) -> None:
+    """As the retrieval report ranks: a model whose prior weighs popularity more recommends
+    more popular products, and its scores are still in order."""
+    leaning = copy.deepcopy(cold.model)
+    leaning.prior.weight.fill_(0.5)
+    leaned = dataclasses.replace(cold, model=leaning)
+    popularity = np.bincount(np.concatenate(cold.scenes.products), minlength=len(cold.index.ids))
+    folder, pairs = unseen
+    chosen = {"bare": [], "leaned": []}
+    for pair in pairs.head(10).itertuples():
+        image = folder / f"{pair.scene}.jpg"
+        for name, source in (("bare", cold), ("leaned", leaned)):
+            answer = source.scene(image, tuple(pair.bbox), k=10)
+            chosen[name] += [popularity[cold.position[i.product]] for i in answer.complete_the_look]
+            scores = [i.score for i in answer.exact]
+            assert scores == sorted(scores, reverse=True)
+    assert np.mean(chosen["leaned"]) > np.mean(chosen["bare"])
 
 
 def test_command_answers_for_a_scene_and_a_product(

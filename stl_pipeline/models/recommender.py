@@ -60,9 +60,12 @@ class _Scored(nn.Module):
 
     def popularity_bias(self, data: HeteroData, task: str) -> torch.Tensor:
         """(P,) what the model adds to each product's cosine for a query of ``task``."""
+        return self.bias_of(log_popularity(data), task)
+
+    def bias_of(self, log_pop: torch.Tensor, task: str) -> torch.Tensor:
+        """The same from each product's log(1 + train popularity), where no graph is at hand."""
         if task not in TASKS:
             raise KeyError(f"unknown task {task!r}: use {TASKS}")
-        log_pop = log_popularity(data)
         return self.prior(log_pop, task) if self.prior is not None else torch.zeros_like(log_pop)
 
 

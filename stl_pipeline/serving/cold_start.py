@@ -29,7 +29,7 @@ from stl_pipeline.features.regions import ctl_box, stl_box
 from stl_pipeline.features.spec import BackboneSpec
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
-from stl_pipeline.models.recommender import Recommender
+from stl_pipeline.models.recommender import TASKS, Recommender
 from stl_pipeline.serving.index import ProductIndex, build_index, load_index
 from stl_pipeline.serving.recommend import scene_context
 from stl_pipeline.settings import Settings
@@ -140,13 +140,28 @@ class ColdStart:
         self.context = scene_context(
             products, scenes.long(), scene_queries, torch.from_numpy(vectors)
         ).numpy()
+        # The model's popularity prior per task, from the same train scenes (their contains edges).
+        log_pop = torch.from_numpy(np.log1p(np.bincount(products.numpy(), minlength=len(vectors))))
+        with torch.no_grad():
+            self.bias = {task: self.model.bias_of(log_pop.float(), task).numpy() for task in TASKS}
+        self.vectors = vectors
         self.by_category = {
             c: build_index(vectors[members], [self.index.ids[i] for i in members])
             for c, members in self.members.items()
         }
 
-    def _search(self, query: np.ndarray, k: int, category: int | None = None) -> list[Item]:
-        """The best ``k`` products for ``query``: in the whole index, or in one category."""
+    def _search(
+        self, query: np.ndarray, k: int, category: int | None = None, bias: np.ndarray | None = None
+    ) -> list[Item]:
+        """The best ``k`` products for ``query``: in the whole index, or in one category. With a
+        popularity ``bias`` that is not all 0 the scores are exact cosines plus it, as the
+        retrieval report ranks; the FAISS indexes hold cosines alone."""
+        if bias is not None and bias.any():
+            pool = self.members[category] if category is not None else np.arange(len(self.vectors))
+            unit = query[0] / max(float(np.linalg.norm(query[0])), 1e-12)
+            scores = self.vectors[pool] @ unit + bias[pool]
+            top = np.argsort(-scores, kind="stable")[:k]
+            return self._items(scores[top], pool[top])
         if category is None:
             scores, positions = self.index.search(query, k)
             return self._items(scores[0], positions[0])
@@ -166,7 +181,7 @@ class ColdStart:
         found: list[Item] = []
         for c in self.members:
             if c != excluded:
-                found += self._search(query, self.per_category, c)
+                found += self._search(query, self.per_category, c, self.bias["ctl"])
         return sorted(found, key=lambda item: -item.score)[:k]
 
     def _open(self, image: str | Path) -> Image.Image:
@@ -210,7 +225,7 @@ class ColdStart:
             ctl_q = self.model.queries(ctl_x, "ctl").numpy()
         if wanted is not None and wanted not in self.members:
             raise ColdStartError(f"the index holds no product of category {LEAVES[wanted]!r}")
-        exact = self._search(stl_q, k, wanted)
+        exact = self._search(stl_q, k, wanted, self.bias["stl"])
         query_category = wanted if wanted is not None else self._category_of(exact[0].product)
         looks = self._across_categories(ctl_q, query_category, k)
         neighbours, seen = self._similar_scenes(scene_x[0], query_category, k)
