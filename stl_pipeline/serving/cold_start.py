@@ -153,9 +153,8 @@ class ColdStart:
     def _search(
         self, query: np.ndarray, k: int, category: int | None = None, bias: np.ndarray | None = None
     ) -> list[Item]:
-        """The best ``k`` products for ``query``: in the whole index, or in one category. With a
-        popularity ``bias`` that is not all 0 the scores are exact cosines plus it, as the
-        retrieval report ranks; the FAISS indexes hold cosines alone."""
+        """The best ``k`` products for ``query``, in the index or one category: exact cosines
+        plus a non-zero popularity ``bias``, as the report ranks; else FAISS's cosines."""
         if bias is not None and bias.any():
             pool = self.members[category] if category is not None else np.arange(len(self.vectors))
             unit = query[0] / max(float(np.linalg.norm(query[0])), 1e-12)

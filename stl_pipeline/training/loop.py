@@ -18,7 +18,7 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.device import Precision, autocast, effective_precision
 from stl_pipeline.models.losses import LOSSES, sample_negatives, sampling_log_q
-from stl_pipeline.models.recommender import TASKS, Recommender
+from stl_pipeline.models.recommender import TASKS, Recommender, log_popularity
 from stl_pipeline.storage import atomic_write_with
 from stl_pipeline.training.ranking import mrr, true_ranks
 
@@ -82,8 +82,13 @@ class TrainResult:
     stopped_early: bool
 
 
+def _same_category(category: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(Q, P) the realistic candidate pool: products of each true product's category."""
+    return category[None, :] == category[truth][:, None]
+
+
 def validation_mrr(model: Recommender, graph: HeteroData, val: dict[str, Queries]) -> dict[str, float]:
-    """MRR of each task over the same-category candidate pool (the realistic one)."""
+    """MRR of each task over the same-category candidate pool."""
     model.eval()
     with torch.no_grad():
         products = model.products(graph)
@@ -91,8 +96,9 @@ def validation_mrr(model: Recommender, graph: HeteroData, val: dict[str, Queries
         result = {}
         for task, queries in val.items():
             scores = model.queries(queries.x, task) @ products.T + model.popularity_bias(graph, task)
-            allowed = category[None, :] == category[queries.product][:, None]
-            result[f"val_mrr_{task}"] = mrr(true_ranks(scores, queries.product, allowed))
+            result[f"val_mrr_{task}"] = mrr(
+                true_ranks(scores, queries.product, _same_category(category, queries.product))
+            )
     model.train()
     result["val_mrr"] = sum(result.values()) / max(1, len(result))
     return result
@@ -103,20 +109,25 @@ PRIOR_WEIGHTS = (0.0, *(0.01 * 2**k for k in range(9)))  # cosine units: 0, 0.01
 
 def fit_popularity_prior(model: Recommender, graph: HeteroData, val: dict[str, Queries]) -> dict[str, float]:
     """Set each task's popularity weight to the candidate with the best validation MRR (the
-    smallest on ties) and return the MRRs it reaches; a model without a prior is left alone."""
+    smallest on ties) and return the MRRs it reaches; a model without a prior is left alone.
+    The graph is encoded once: only the added term changes between candidates."""
     prior = getattr(model, "prior", None)
-    if prior is None:
-        return validation_mrr(model, graph, val)
-    best = {task: (-math.inf, 0.0) for task in val}
-    for weight in PRIOR_WEIGHTS:
-        prior.weight.fill_(weight)
-        found = validation_mrr(model, graph, val)
-        for task in val:
-            if found[f"val_mrr_{task}"] > best[task][0]:
-                best[task] = (found[f"val_mrr_{task}"], weight)
-    prior.weight.zero_()
-    for task, (_, weight) in best.items():
-        prior.weight[TASKS.index(task)] = weight
+    if prior is not None:
+        model.eval()
+        with torch.no_grad():
+            products = model.products(graph)
+            log_pop = log_popularity(graph)
+            category = graph["product"].category
+            for task, queries in val.items():
+                cosines = model.queries(queries.x, task) @ products.T
+                allowed = _same_category(category, queries.product)
+                found = [
+                    mrr(true_ranks(cosines + log_pop * torch.tensor(w), queries.product, allowed))
+                    for w in PRIOR_WEIGHTS
+                ]
+                # max() keeps the first of equals, and the candidates rise from 0
+                prior.weight[TASKS.index(task)] = PRIOR_WEIGHTS[max(range(len(found)), key=found.__getitem__)]
+        model.train()
     return validation_mrr(model, graph, val)
 
 
