@@ -6,6 +6,7 @@ from stl_pipeline.models.encoders import HeteroEncoder
 from stl_pipeline.models.heads import Projection, TripletHead
 from stl_pipeline.models.losses import (
     LOSSES,
+    Negatives,
     bpr,
     candidate_scores,
     info_nce,
@@ -65,7 +66,8 @@ def test_heads_project_to_unit_vectors() -> None:
 def test_losses_match_hand_computed_values() -> None:
     products = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     queries = torch.tensor([[1.0, 0.0]])
-    positives, negatives = torch.tensor([0]), torch.tensor([[0, 1, 2]])  # the first negative is masked
+    # The first negative is the positive itself, so it is masked.
+    positives, negatives = torch.tensor([0]), Negatives(torch.tensor([0, 1]), torch.tensor([[2]]))
     expected = -torch.log(
         torch.exp(torch.tensor(1.0)) / (torch.exp(torch.tensor(1.0)) + 1 + torch.exp(torch.tensor(0.6)))
     )
@@ -88,6 +90,15 @@ def test_losses_match_hand_computed_values() -> None:
     assert torch.isclose(
         info_nce(queries, products, positives, negatives, temperature=1.0, log_q=log_q), corrected
     )
+    # The same candidates, all shared or all a query's own, give the same losses.
+    for split in (
+        Negatives(torch.tensor([0, 1, 2]), torch.zeros(1, 0, dtype=torch.long)),
+        Negatives(torch.zeros(0, dtype=torch.long), torch.tensor([[0, 1, 2]])),
+    ):
+        assert torch.isclose(info_nce(queries, products, positives, split, temperature=1.0), expected)
+        assert torch.isclose(info_nce(queries, products, positives, split, 1.0, log_q), corrected)
+        assert torch.isclose(triplet(queries, products, positives, split, margin=0.5), torch.tensor(0.1))
+        assert torch.isclose(bpr(queries, products, positives, split), bpr_expected)
 
 
 def test_sampling_log_q_counts_how_often_each_product_is_offered() -> None:
@@ -104,29 +115,47 @@ def test_sampling_log_q_counts_how_often_each_product_is_offered() -> None:
 
 def test_negatives_come_from_the_batch_and_the_positive_category() -> None:
     category = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
-    positives = torch.tensor([0, 3, 5])
+    positives = torch.tensor([0, 3, 5, 3])
     negatives = sample_negatives(positives, category, in_batch=True, same_category=20)
-    assert negatives.shape == (3, 3 + 20)
-    assert (negatives[:, :3] == positives).all()
-    hard = negatives[:, 3:]
-    assert (category[hard] == category[positives][:, None]).all()
-    assert set(hard[1].tolist()) == {3, 4}  # every product of category 1 can be drawn
+    assert negatives.shared.tolist() == [0, 3, 5]  # each distinct positive once
+    assert negatives.own.shape == (4, 20)
+    assert (category[negatives.own] == category[positives][:, None]).all()
+    assert set(negatives.own[1].tolist()) == {3, 4}  # every product of category 1 can be drawn
     with pytest.raises(ValueError, match="no negatives"):
         sample_negatives(positives, category, in_batch=False, same_category=0)
 
 
-def test_scoring_against_the_table_or_the_distinct_candidates_agrees() -> None:
+def test_shared_negatives_are_capped_at_a_random_subset() -> None:
+    category = torch.zeros(100, dtype=torch.long)
+    positives = torch.arange(100).repeat(3)
+    capped = sample_negatives(positives, category, same_category=0, max_shared=10)
+    assert capped.shared.shape == (10,) and len(set(capped.shared.tolist())) == 10
+    again = sample_negatives(positives, category, same_category=0, max_shared=10)
+    assert capped.shared.tolist() != again.shared.tolist()  # drawn afresh each step
+    assert len(sample_negatives(positives, category, same_category=0, max_shared=0).shared) == 100
+    # The correction counts a product as offered with the share of distinct positives kept.
+    log_q = sampling_log_q(
+        torch.arange(100), category, batch=100, in_batch=True, same_category=0, max_shared=10
+    )
+    full = sampling_log_q(torch.arange(100), category, batch=100, in_batch=True, same_category=0)
+    assert torch.allclose(log_q, full + torch.log(torch.tensor(10 / float(full.exp().sum()))), atol=1e-5)
+
+
+def test_scores_of_shared_and_own_negatives_are_the_dot_products() -> None:
     g = torch.Generator().manual_seed(0)
     products = torch.nn.functional.normalize(torch.randn(50, 8, generator=g), dim=1)
     queries = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=1)
     positives = torch.randint(0, 50, (6,), generator=g)
-    few = torch.randint(0, 50, (6, 4), generator=g)  # 50 > 4 * 4: distinct candidates only
-    many = torch.randint(0, 50, (6, 20), generator=g)  # the whole table
-    for negatives in (few, many):
-        positive, negative, valid = candidate_scores(queries, products, positives, negatives)
-        assert torch.allclose(positive, (queries * products[positives]).sum(1))
-        assert torch.allclose(negative, torch.einsum("bd,bnd->bn", queries, products[negatives]))
-        assert torch.equal(valid, negatives != positives[:, None])
+    negatives = Negatives(positives.unique(), torch.randint(0, 50, (6, 4), generator=g))
+    positive, ((shared, shared_valid), (own, own_valid)) = candidate_scores(
+        queries, products, positives, negatives
+    )
+    assert torch.allclose(positive, (queries * products[positives]).sum(1))
+    assert torch.allclose(shared, queries @ products[negatives.shared].T)
+    assert torch.allclose(own, torch.einsum("bd,bkd->bk", queries, products[negatives.own]), atol=1e-6)
+    assert torch.equal(shared_valid, negatives.shared[None, :] != positives[:, None])
+    assert shared_valid.sum() == 6 * (len(negatives.shared) - 1)  # each query's own positive is masked
+    assert torch.equal(own_valid, negatives.own != positives[:, None])
 
 
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))

@@ -18,7 +18,7 @@ from stl_pipeline.training.loop import (
     validation_mrr,
 )
 from stl_pipeline.training.models import build_model, load_model, schema
-from stl_pipeline.training.ranking import hit_rate, mrr, true_ranks
+from stl_pipeline.training.ranking import hit_rate, mrr, ranks_in_category, true_ranks
 from stl_pipeline_tests.test_models import tiny_graph
 
 # Three queries a step: resume and early stopping are tested across mini-batches.
@@ -54,6 +54,20 @@ def test_ranks_and_metrics_by_hand() -> None:
     ]
     assert mrr(ranks) == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
     assert hit_rate(ranks, 1) == pytest.approx(1 / 3) and hit_rate(ranks, 2) == pytest.approx(2 / 3)
+
+
+def test_ranks_within_each_category_equal_ranks_over_the_masked_table() -> None:
+    g = torch.Generator().manual_seed(0)
+    products = torch.randn(40, 4, generator=g).round()  # rounding makes ties, which count against
+    queries = torch.randn(30, 4, generator=g).round()
+    category = torch.randint(0, 4, (40,), generator=g)
+    truth = torch.randint(0, 40, (30,), generator=g)
+    biases = [torch.zeros(40), torch.rand(40, generator=g)]
+    found = ranks_in_category(queries, products, truth, category, biases, chunk=4)
+    allowed = category[None, :] == category[truth][:, None]
+    for ranks, bias in zip(found, biases, strict=True):
+        assert torch.equal(ranks, true_ranks(queries @ products.T + bias, truth, allowed))
+    assert found[0].max() > 0 and not torch.equal(found[0], found[1])
 
 
 def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:

@@ -30,6 +30,11 @@ class _TrainingKnobs(dg.Config):
     )
     in_batch_negatives: bool = Field(default=True, description="The batch's other positives as negatives.")
     category_negatives: int = Field(default=8, description="Same-category negatives per query, uniform.")
+    shared_negatives: int = Field(
+        default=2048,
+        description="In-batch negatives at most (a random subset of the batch's distinct positives); "
+        "bounds a step's memory. 0: all.",
+    )
     logq_correction: bool = Field(
         default=False,
         description="Correct InfoNCE logits for how often the sampling offers each product (infonce only).",

@@ -20,7 +20,7 @@ from stl_pipeline.device import Precision, autocast, effective_precision
 from stl_pipeline.models.losses import LOSSES, sample_negatives, sampling_log_q
 from stl_pipeline.models.recommender import TASKS, Recommender, log_popularity
 from stl_pipeline.storage import atomic_write_with
-from stl_pipeline.training.ranking import mrr, true_ranks
+from stl_pipeline.training.ranking import mrr, ranks_in_category
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -39,6 +39,11 @@ class TrainConfig:
     loss: str = "infonce"
     in_batch_negatives: bool = True
     category_negatives: int = 8  # uniform within the positive's category, as the evaluation's pool
+    # In-batch negatives are the batch's distinct positives, a random subset past this many: a
+    # step scores B x (shared + category) pairs, so this bounds its memory and time once batches
+    # grow (28,900 queries a step at the release's size). At 3,811 products a batch holds about
+    # 2,000 distinct positives, so the cap changes nothing there.
+    shared_negatives: int = 2048
     # The batch's other positives are drawn by popularity, so a popular product is a negative for
     # nearly every query and the model learns to rank popular products down. Correcting for it
     # (with 64 category negatives) lifts the bare cosine's validation CTL MRR at 3,811 products,
@@ -82,11 +87,6 @@ class TrainResult:
     stopped_early: bool
 
 
-def _same_category(category: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """(Q, P) the realistic candidate pool: products of each true product's category."""
-    return category[None, :] == category[truth][:, None]
-
-
 def validation_mrr(model: Recommender, graph: HeteroData, val: dict[str, Queries]) -> dict[str, float]:
     """MRR of each task over the same-category candidate pool."""
     model.eval()
@@ -95,10 +95,10 @@ def validation_mrr(model: Recommender, graph: HeteroData, val: dict[str, Queries
         category = graph["product"].category
         result = {}
         for task, queries in val.items():
-            scores = model.queries(queries.x, task) @ products.T + model.popularity_bias(graph, task)
-            result[f"val_mrr_{task}"] = mrr(
-                true_ranks(scores, queries.product, _same_category(category, queries.product))
-            )
+            bias = model.popularity_bias(graph, task)
+            vectors = model.queries(queries.x, task)
+            (ranks,) = ranks_in_category(vectors, products, queries.product, category, [bias])
+            result[f"val_mrr_{task}"] = mrr(ranks)
     model.train()
     result["val_mrr"] = sum(result.values()) / max(1, len(result))
     return result
@@ -119,12 +119,10 @@ def fit_popularity_prior(model: Recommender, graph: HeteroData, val: dict[str, Q
             log_pop = log_popularity(graph)
             category = graph["product"].category
             for task, queries in val.items():
-                cosines = model.queries(queries.x, task) @ products.T
-                allowed = _same_category(category, queries.product)
-                found = [
-                    mrr(true_ranks(cosines + log_pop * torch.tensor(w), queries.product, allowed))
-                    for w in PRIOR_WEIGHTS
-                ]
+                biases = [log_pop * w for w in PRIOR_WEIGHTS]
+                vectors = model.queries(queries.x, task)
+                ranks = ranks_in_category(vectors, products, queries.product, category, biases)
+                found = [mrr(r) for r in ranks]
                 # max() keeps the first of equals, and the candidates rise from 0
                 prior.weight[TASKS.index(task)] = PRIOR_WEIGHTS[max(range(len(found)), key=found.__getitem__)]
         model.train()
@@ -183,6 +181,7 @@ def _sampling_corrections(
                 math.ceil(len(q.product) / steps),
                 config.in_batch_negatives,
                 config.category_negatives,
+                config.shared_negatives,
             ).to(device)
         }
         for task, q in queries.items()
@@ -279,6 +278,7 @@ def train(
                         config.in_batch_negatives,
                         config.category_negatives,
                         sampler,
+                        config.shared_negatives,
                     ).to(products.device)
                     predicted = model.queries(queries.x[chosen], task).float()
                     loss = loss + loss_fn(predicted, products, positives, negatives, **corrections[task])

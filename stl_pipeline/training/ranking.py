@@ -26,3 +26,34 @@ def mrr(ranks: torch.Tensor) -> float:
 
 def hit_rate(ranks: torch.Tensor, k: int) -> float:
     return float((ranks < k).float().mean()) if len(ranks) else 0.0
+
+
+def ranks_in_category(
+    queries: torch.Tensor,
+    products: torch.Tensor,
+    truth: torch.Tensor,
+    category: torch.Tensor,
+    biases: list[torch.Tensor],
+    chunk: int = 1024,
+) -> list[torch.Tensor]:
+    """For each bias (P,), each query's ``true_ranks`` among the products of its true
+    product's category, scored by ``queries @ products.T + bias``.
+
+    Only each category's block is scored, a fraction of the (Q, P) matrix (which is
+    1.1 GB a task at the release's size), in chunks of queries, and each block's
+    scores are computed once for all biases.
+    """
+    ranks = [truth.new_zeros(len(truth)) for _ in biases]
+    query_category = category[truth]
+    position = torch.empty_like(category)
+    for value in torch.unique(query_category):
+        members = (category == value).nonzero().squeeze(1)
+        position[members] = torch.arange(len(members), device=members.device)
+        rows = (query_category == value).nonzero().squeeze(1)
+        candidates = products[members]
+        for part in rows.split(chunk):
+            scores = queries[part] @ candidates.T
+            local = position[truth[part]]
+            for found, bias in zip(ranks, biases, strict=True):
+                found[part] = true_ranks(scores + bias[members], local)
+    return ranks
