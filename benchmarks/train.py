@@ -15,11 +15,16 @@ training, against train popularity's in the same run.
 
 ``make demo`` fills ``.stl_data``; any ``STL_DATA_DIR`` that has run the
 lineage through ``stl_graph`` and the two query embeddings works
-(``benchmarks/end_to_end.py --work DIR`` keeps one at any scale).
+(``benchmarks/end_to_end.py --work DIR`` keeps one at any scale). ``--tile N``
+repeats that graph and its queries N times as disjoint copies: the speed and
+memory of a catalogue N times larger without embedding one (``--tile 10`` on a
+scale-0.1 folder is the release's shape; its MRRs mean nothing, since every
+product has N identical twins). The last column is the process's peak RSS so far.
 """
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,19 +32,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 from tabulate import tabulate
+from torch_geometric.data import HeteroData
 
 from stl_pipeline.device import describe, effective_precision, resolve_device
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.training.assets import GatConfig, GnnConfig, TripletConfig
 from stl_pipeline.training.data import split_queries
-from stl_pipeline.training.loop import BEST, TrainConfig, load_checkpoint, train
+from stl_pipeline.training.loop import BEST, Queries, TrainConfig, load_checkpoint, train
 from stl_pipeline.training.models import build_model, schema
 from stl_pipeline.training.ranking import mrr, true_ranks
 from stl_pipeline.vectors import Embeddings
 
 
-def load(data_dir: Path):
+def load(data_dir: Path, copies: int = 1):
     graph, _ = load_graph(data_dir / "graph" / "stl_graph.safetensors")
     pairs = pd.read_parquet(data_dir / "tables" / "stl_pairs.parquet")
     queries = {
@@ -48,7 +54,32 @@ def load(data_dir: Path):
     }
     train_q, _ = split_queries(graph, pairs, queries, "train")
     val_q, _ = split_queries(graph, pairs, queries, "val")
+    if copies > 1:
+        return *tile(graph, train_q, val_q, copies), queries["stl"].dim
     return graph, train_q, val_q, queries["stl"].dim
+
+
+def tile(graph: HeteroData, train_q: dict, val_q: dict, copies: int):
+    """``copies`` disjoint copies of the graph (the category nodes stay shared) and queries."""
+    sizes = {t: graph[t].num_nodes for t in graph.node_types}
+    offset = {t: 0 if t == "category" else n for t, n in sizes.items()}
+    big = HeteroData()
+    for t in graph.node_types:
+        big[t].x = graph[t].x.repeat(1 if t == "category" else copies, 1)
+    big["product"].category = graph["product"].category.repeat(copies)
+    for (source, relation, target), edges in graph.edge_index_dict.items():
+        shift = torch.tensor([[offset[source]], [offset[target]]])
+        big[source, relation, target].edge_index = torch.cat([edges + k * shift for k in range(copies)], 1)
+
+    def repeat(split: dict) -> dict:
+        return {
+            task: Queries(
+                q.x.repeat(copies, 1), torch.cat([q.product + k * sizes["product"] for k in range(copies)])
+            )
+            for task, q in split.items()
+        }
+
+    return big, repeat(train_q), repeat(val_q)
 
 
 KNOBS = {"gat": GatConfig, "sage": GnnConfig, "triplet": TripletConfig}
@@ -101,8 +132,9 @@ def main() -> None:
     parser.add_argument("--kinds", default="gat,sage,triplet")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--variants", nargs="+", default=["{}"], help="JSON objects of knobs to override")
+    parser.add_argument("--tile", type=int, default=1, help="train on N disjoint copies of the graph")
     args = parser.parse_args()
-    data = load(args.data_dir)
+    data = load(args.data_dir, args.tile)
     graph, train_q, _, _ = data
     print(
         f"{graph['product'].num_nodes} products, {graph['scene'].num_nodes} scenes, "
@@ -110,8 +142,9 @@ def main() -> None:
         f"{sum(len(q.product) for q in train_q.values())} training queries; {args.epochs} epochs each"
     )
     popular = popularity_mrr(data)
+    del data, graph, train_q  # each row loads afresh; the peak RSS column counts one copy
     popular_row = [f"{popular['stl']:.3f}", f"{popular['ctl']:.3f}"] * 2
-    rows = [["popularity (train)", "", "", "", "", "", "", *popular_row]]
+    rows = [["popularity (train)", "", "", "", "", "", "", *popular_row, ""]]
     for kind in args.kinds.split(","):
         peer = None
         for variant in args.variants:
@@ -123,7 +156,7 @@ def main() -> None:
                     if precision != asked:
                         continue  # autocast is CUDA-only: on CPU bf16 would just rerun fp32
                     per_epoch, result, prior = run(
-                        kind, device, precision, load(args.data_dir), args.epochs, overrides
+                        kind, device, precision, load(args.data_dir, args.tile), args.epochs, overrides
                     )
                     peer = peer or per_epoch
                     best = result.history[result.best_epoch]
@@ -139,10 +172,11 @@ def main() -> None:
                             f"{best['val_mrr_stl']:.3f}",
                             f"{best['val_mrr_ctl']:.3f}",
                             *(f"{prior[f'val_mrr_{task}']:.3f}" if prior else "" for task in ("stl", "ctl")),
+                            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f}",
                         ]
                     )
     headers = ["model", "knobs", "device", "precision", "s/epoch", "speed-up vs first row", "best epoch"]
-    metrics = ["val MRR STL", "val MRR CTL", "with prior STL", "with prior CTL"]
+    metrics = ["val MRR STL", "val MRR CTL", "with prior STL", "with prior CTL", "peak RSS MB"]
     print(tabulate(rows, headers=[*headers, *metrics]))
 
 
