@@ -282,6 +282,11 @@ def _write(
         with context.Pool(workers, _init_worker, (config, catalogue, images)) as pool:
             for _ in pool.imap_unordered(_render, _tasks(config, scenes), chunksize=64):
                 pass
+            # Let the workers exit on their own before the pool's exit terminates it: terminate()
+            # races the thread that replaces exited workers, and a worker started during it waits
+            # for ever on the task queue's lock, so join() never returns (a test hung on it).
+            pool.close()
+            pool.join()
 
 
 def generate_dataset(config: GeneratorConfig, out: Path, workers: int | None = None) -> dict:
