@@ -79,6 +79,9 @@ def test_scene_lists_add_the_models_popularity_prior(
             scores = [i.score for i in answer.exact]
             assert scores == sorted(scores, reverse=True)
     assert np.mean(chosen["leaned"]) > np.mean(chosen["bare"])
+    # A product's lists rank by cosine alone, as the recommendations asset's do.
+    product = cold.index.ids[0]
+    assert leaned.product(product).complementary == cold.product(product).complementary
 
 
 def test_command_answers_for_a_scene_and_a_product(

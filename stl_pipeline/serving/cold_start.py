@@ -175,12 +175,14 @@ class ColdStart:
             if p >= 0
         ]
 
-    def _across_categories(self, query: np.ndarray, excluded: int, k: int) -> list[Item]:
+    def _across_categories(
+        self, query: np.ndarray, excluded: int, k: int, bias: np.ndarray | None = None
+    ) -> list[Item]:
         """Top ``k`` outside category ``excluded``, at most ``per_category`` of any one."""
         found: list[Item] = []
         for c in self.members:
             if c != excluded:
-                found += self._search(query, self.per_category, c, self.bias["ctl"])
+                found += self._search(query, self.per_category, c, bias)
         return sorted(found, key=lambda item: -item.score)[:k]
 
     def _open(self, image: str | Path) -> Image.Image:
@@ -226,7 +228,7 @@ class ColdStart:
             raise ColdStartError(f"the index holds no product of category {LEAVES[wanted]!r}")
         exact = self._search(stl_q, k, wanted, self.bias["stl"])
         query_category = wanted if wanted is not None else self._category_of(exact[0].product)
-        looks = self._across_categories(ctl_q, query_category, k)
+        looks = self._across_categories(ctl_q, query_category, k, self.bias["ctl"])
         neighbours, seen = self._similar_scenes(scene_x[0], query_category, k)
         return SceneAnswer(
             image=str(image),
