@@ -118,15 +118,13 @@ def run_config(args: argparse.Namespace) -> dict:
     return {"resources": {"torch_device": {"config": device_config}}}
 
 
-# The in-process executor through Dagster's Python API, as ``make demo`` runs the job.
+# The in-process executor, as ``make demo`` runs the full job.
 IN_PROCESS = """
 import sys, yaml, dagster as dg
-from stl_pipeline.definitions import defs
-config = yaml.safe_load(open(sys.argv[1]))
-job = defs.resolve_job_def(sys.argv[2])
+from stl_pipeline.demo import execute_in_this_process
 with dg.DagsterInstance.get() as instance:
-    result = job.execute_in_process(config, instance=instance, raise_on_error=False)
-sys.exit(0 if result.success else 1)
+    with execute_in_this_process(yaml.safe_load(open(sys.argv[1])), instance) as result:
+        sys.exit(0 if result.success else 1)
 """
 
 
@@ -134,7 +132,7 @@ def command(executor: str, config_path: Path) -> list[str]:
     """``multiprocess``: the dagster CLI with the code location's executor (each step in its
     own process, as runs launched from the UI); ``in_process``: every step in one process."""
     if executor == "in_process":
-        return [sys.executable, "-c", IN_PROCESS, str(config_path), JOB]
+        return [sys.executable, "-c", IN_PROCESS, str(config_path)]
     dagster = str(Path(sys.executable).with_name("dagster"))
     return [dagster, "job", "execute", "-m", "stl_pipeline.definitions", "-j", JOB, "-c", str(config_path)]
 

@@ -9,6 +9,8 @@ import time
 import dagster as dg
 import pandas as pd
 
+from stl_pipeline.settings import load_settings
+
 STL_FULL_PIPELINE = "stl_full_pipeline"
 
 
@@ -43,15 +45,31 @@ def _samples(table: pd.DataFrame, shown: int = 3) -> list[str]:
     return lines
 
 
-def main() -> int:
+def full_pipeline() -> dg.JobDefinition:
     from stl_pipeline.definitions import defs
 
+    return defs.resolve_job_def(STL_FULL_PIPELINE)
+
+
+def execute_in_this_process(run_config: dict, instance: dg.DagsterInstance) -> dg.JobExecutionResult:
+    """Every step of the full job in this process. ``JobDefinition.execute_in_process`` would
+    keep every step's output in memory until the run ends (the release's embeddings, graph
+    and models at once); ``execute_job`` keeps none, so the peak is the largest step's."""
+    in_process = {"execution": {"config": {"in_process": {}}}}
+    return dg.execute_job(
+        dg.reconstructable(full_pipeline), instance, run_config=run_config | in_process, raise_on_error=False
+    )
+
+
+def main() -> int:
     start = time.perf_counter()
     instance = dg.DagsterInstance.get()
-    job = defs.resolve_job_def(STL_FULL_PIPELINE)
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
-    seconds = time.perf_counter() - start
+    with execute_in_this_process(run_config, instance) as result:
+        return _summarize(result, instance, time.perf_counter() - start)
+
+
+def _summarize(result: dg.JobExecutionResult, instance: dg.DagsterInstance, seconds: float) -> int:
 
     print(f"\nRun {result.run_id} of {STL_FULL_PIPELINE}: {'succeeded' if result.success else 'FAILED'}")
     print("\nAssets:")
@@ -107,7 +125,7 @@ def main() -> int:
     ]
     if gallery:
         print(f"\nGallery: {gallery[0]['gallery'].value}")
-        table = result.asset_value("recommendations")
+        table = pd.read_parquet(load_settings().data_dir / "tables" / "recommendations.parquet")
         print("\nSample recommendations (product id, category, score: the cosine, plus the popularity prior")
         print("for complete the look):")
         print("\n".join(_samples(table)))
