@@ -3,6 +3,7 @@
 import dagster as dg
 
 from stl_pipeline.evaluation import assets as evaluation_assets
+from stl_pipeline.executor import STEP_EXECUTOR
 from stl_pipeline.features import assets as feature_assets
 from stl_pipeline.graph import assets as graph_assets
 from stl_pipeline.images import assets as image_assets
@@ -42,20 +43,6 @@ MODULES = [
     evaluation_assets,
     serving_assets,
 ]
-
-
-def _forkserver_steps(config: dict) -> dict:
-    """Dagster's default executor, whose multiprocess steps fork from a server that has
-    already loaded this code location (unless a run names another start method): a step
-    starts in milliseconds instead of importing everything again."""
-    if "multiprocess" in config:
-        return {"multiprocess": {"start_method": {"forkserver": {}}, **(config["multiprocess"] or {})}}
-    return config
-
-
-STEP_EXECUTOR = dg.multi_or_in_process_executor.configured(
-    _forkserver_steps, config_schema=dg.multi_or_in_process_executor.config_schema.as_field()
-)
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

@@ -4,7 +4,8 @@ import sys
 import dagster as dg
 import pytest
 
-from stl_pipeline.definitions import _forkserver_steps, defs
+from stl_pipeline.definitions import defs
+from stl_pipeline.executor import _forkserver_steps
 
 ASSETS = {
     "stl_pairs": "ingest",
