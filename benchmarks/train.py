@@ -46,7 +46,7 @@ from stl_pipeline.vectors import Embeddings
 
 
 def load(data_dir: Path, copies: int = 1):
-    graph, _ = load_graph(data_dir / "graph" / "stl_graph.safetensors")
+    graph, graph.info = load_graph(data_dir / "graph" / "stl_graph.safetensors")
     pairs = pd.read_parquet(data_dir / "tables" / "stl_pairs.parquet")
     queries = {
         "stl": Embeddings.load(data_dir / "embeddings" / "stl_crop_embeddings.parquet"),

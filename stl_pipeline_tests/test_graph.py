@@ -18,6 +18,7 @@ from stl_pipeline.graph.schema import (
 )
 from stl_pipeline.graph.store import load_graph, save_graph
 from stl_pipeline.ingest.tables import ingest
+from stl_pipeline.lineage import MismatchedInputError
 from stl_pipeline.vectors import Embeddings
 
 
@@ -198,3 +199,22 @@ def test_clustered_knn_finds_almost_all_true_neighbours() -> None:
     assert clustered.method.startswith("clustered")
     assert recall(clustered.indices, exact.indices) > 0.95
     assert search(x, x, 10, KnnConfig(exact_limit=1000)).method.startswith("clustered")
+
+
+def test_embeddings_of_other_tables_are_refused_not_intersected(tables) -> None:
+    pairs, products = tables
+    scenes = list(dict.fromkeys(pairs["scene"]))
+    scene_emb = Embeddings(scenes, unit(len(scenes), 8, 1))
+    stale = [f"{i:032x}" for i in range(len(products))]
+    with pytest.raises(MismatchedInputError, match=r"product_embeddings was made from other.*covers 0"):
+        build_graph(products, pairs, Embeddings(stale, unit(len(stale), 8, 0)), scene_emb)
+    few = list(products["product"])[: len(products) // 2]  # half the images: not failed downloads
+    with pytest.raises(MismatchedInputError, match="Rematerialize product_images and product_embeddings"):
+        build_graph(products, pairs, Embeddings(few, unit(len(few), 8, 0)), scene_emb)
+    with pytest.raises(MismatchedInputError, match="scene_embeddings"):
+        build_graph(
+            products,
+            pairs,
+            Embeddings(list(products["product"]), unit(len(products), 8, 0)),
+            Embeddings(scenes[:5], unit(5, 8, 1)),
+        )

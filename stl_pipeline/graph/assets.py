@@ -8,6 +8,8 @@ from pydantic import Field
 
 from stl_pipeline.artifacts import HeteroData
 from stl_pipeline.graph.schema import CONTAINS, EDGE_FAMILIES
+from stl_pipeline.guards import not_shrunk
+from stl_pipeline.lineage import MAX_MISSING_SHARE, PAIRS_DIGEST, pairs_digest
 from stl_pipeline.reporting import markdown
 from stl_pipeline.vectors import Embeddings
 
@@ -20,6 +22,11 @@ class GraphBuildConfig(dg.Config):
     scene_k: int = Field(default=10, description="Visual neighbours (train scenes) per scene.")
     knn_method: str = Field(default="auto", description="auto, exact or clustered (FAISS).")
     knn_exact_limit: int = Field(default=10_000, description="auto searches exactly up to this many vectors.")
+    max_missing: float = Field(
+        default=MAX_MISSING_SHARE,
+        description="Share of products or scenes without an embedding (failed images) accepted; past it "
+        "the embeddings were made from other tables and the build is refused.",
+    )
 
 
 @dg.asset(group_name="graph", io_manager_key="graph_io_manager")
@@ -41,12 +48,14 @@ def stl_graph(
         product_k=config.product_k,
         scene_k=config.scene_k,
         knn=KnnConfig(method=config.knn_method, exact_limit=config.knn_exact_limit),  # type: ignore[arg-type]
+        max_missing=config.max_missing,
     )
     data, report = build_graph(stl_products, stl_pairs, product_embeddings, scene_embeddings, graph_config)
     data.info = {
         "config": config.model_dump(),
         "backbone": product_embeddings.info,
         "pairs_used": report.pairs_used,
+        PAIRS_DIGEST: pairs_digest(stl_pairs),
     }
     nodes, edges = summary(data)
     context.log.info(f"stl_graph nodes: {dict(zip(nodes.node_type, nodes['count'], strict=True))}")
@@ -99,3 +108,6 @@ def stl_graph_scenes_connected(stl_graph: HeteroData) -> dg.AssetCheckResult:
 
     count = isolated(stl_graph, "scene")
     return dg.AssetCheckResult(passed=count == 0, metadata={"scenes_without_edges": count})
+
+
+stl_graph_not_shrunk = not_shrunk("stl_graph", ("nodes_product", "nodes_scene"))

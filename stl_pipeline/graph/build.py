@@ -31,6 +31,7 @@ from stl_pipeline.graph.schema import (
     SPLITS,
     edge_type_name,
 )
+from stl_pipeline.lineage import MAX_MISSING_SHARE, require_made_from
 from stl_pipeline.vectors import Embeddings
 
 
@@ -40,6 +41,7 @@ class GraphConfig:
     product_k: int = 10
     scene_k: int = 10
     knn: KnnConfig = field(default_factory=KnnConfig)
+    max_missing: float = MAX_MISSING_SHARE
 
     def __post_init__(self) -> None:
         unknown = set(self.edges) - set(EDGE_FAMILIES)
@@ -75,7 +77,25 @@ def build_graph(
     scene_embeddings: Embeddings,
     config: GraphConfig = GraphConfig(),
 ) -> tuple[HeteroData, BuildReport]:
-    """The HeteroData of DESIGN.md section 4, and what was left out for lack of an image."""
+    """The HeteroData of DESIGN.md section 4, and what was left out for lack of an image.
+    Refuses embeddings made from other tables (MismatchedInputError)."""
+    again = "Rematerialize {0}_images and {0}_embeddings (the stl_ingest job does both)."
+    require_made_from(
+        "product_embeddings",
+        product_embeddings.keys,
+        "stl_products",
+        products["product"],
+        again.format("product"),
+        config.max_missing,
+    )
+    require_made_from(
+        "scene_embeddings",
+        scene_embeddings.keys,
+        "stl_pairs",
+        pairs["scene"],
+        again.format("scene"),
+        config.max_missing,
+    )
     with_image = set(product_embeddings.keys)
     product_ids = [p for p in products["product"] if p in with_image]
     product_pos = {p: i for i, p in enumerate(product_ids)}
