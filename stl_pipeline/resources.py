@@ -184,6 +184,11 @@ class QualityGate(dg.ConfigurableResource):
         default=0.0,
         description="GAT's validation CTL HR@10 must exceed popularity's and frozen kNN's by at least this.",
     )
+    max_shrink: float = Field(
+        default=0.5,
+        description="An output whose counts (pairs, products, images, vectors, graph nodes) fall by more "
+        "than this share against its previous materialization fails its blocking not_shrunk check.",
+    )
     max_mean_pairwise_cosine: float = Field(
         default=0.99,
         description="A product embedding whose mean pairwise cosine reaches this has collapsed (warns).",

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from stl_pipeline.features.queries import ImageItem, image_items, query_items
+from stl_pipeline.guards import not_shrunk
 from stl_pipeline.plots import embedding_map
 from stl_pipeline.resources import BackboneResource, StlFiles, TorchDevice
 from stl_pipeline.vectors import Embeddings
@@ -146,8 +147,8 @@ def _completeness(embeddings: Embeddings, expected: set[str]) -> dg.AssetCheckRe
 
 
 def _checks_for(asset: str, manifest: str | None = None, kind: str = "") -> list[dg.AssetChecksDefinition]:
-    """Three blocking checks per embedding asset: finite, unit norm, one per verified image
-    (``manifest``) or per pair query (``kind``)."""
+    """Four blocking checks per embedding asset: finite, unit norm, one per verified image
+    (``manifest``) or per pair query (``kind``), not shrunk."""
 
     @dg.asset_check(asset=asset, name=f"{asset}_finite", blocking=True, description="Every value is finite.")
     def finite(embeddings: Embeddings) -> dg.AssetCheckResult:
@@ -200,7 +201,7 @@ def _checks_for(asset: str, manifest: str | None = None, kind: str = "") -> list
             items, _ = query_items(stl_pairs, scene_images, kind)
             return _completeness(embeddings, {item.key for item in items})
 
-    return [finite, unit_norm, complete]
+    return [finite, unit_norm, complete, not_shrunk(asset, ("count",))]
 
 
 embedding_checks = [

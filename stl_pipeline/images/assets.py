@@ -5,6 +5,7 @@ import time
 import dagster as dg
 import pandas as pd
 
+from stl_pipeline.guards import not_shrunk
 from stl_pipeline.images.download import CACHED, DOWNLOADED, FAILED
 from stl_pipeline.reporting import counts, markdown
 from stl_pipeline.resources import ImageSource, StlFiles
@@ -28,6 +29,7 @@ def _download(
         manifest,
         metadata={
             "images": len(manifest),
+            "on_disk": on_disk,
             "downloaded": int((status == DOWNLOADED).sum()),
             "cached": int((status == CACHED).sum()),
             "failed": len(failures),
@@ -88,3 +90,7 @@ def product_images_success_rate(
 @dg.asset_check(asset=scene_images, blocking=True, description="Enough scene images are on disk.")
 def scene_images_success_rate(scene_images: pd.DataFrame, image_source: ImageSource) -> dg.AssetCheckResult:
     return _success_rate(scene_images, image_source.min_success_rate)
+
+
+product_images_not_shrunk = not_shrunk("product_images", ("on_disk",))
+scene_images_not_shrunk = not_shrunk("scene_images", ("on_disk",))

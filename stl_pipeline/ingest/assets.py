@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import dagster as dg
 import pandas as pd
 
+from stl_pipeline.guards import not_shrunk
 from stl_pipeline.ingest.parse import reason_kinds
 from stl_pipeline.ingest.tables import (
     check_quarantine,
@@ -153,3 +154,7 @@ def stl_pairs_splits_disjoint(stl_pairs: pd.DataFrame) -> dg.AssetCheckResult:
 @dg.asset_check(asset="stl_products", blocking=True, description="Product ids are 32-hex signatures.")
 def stl_products_ids_valid(stl_products: pd.DataFrame) -> dg.AssetCheckResult:
     return _result(invalid_ids(stl_products, "product"), "products with an invalid id", ["product"])
+
+
+stl_pairs_not_shrunk = not_shrunk("stl_pairs", ("pairs", "scenes"))
+stl_products_not_shrunk = not_shrunk("stl_products", ("products",))
