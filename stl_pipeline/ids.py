@@ -6,9 +6,11 @@ path or URL built from one goes through `check_signature` first.
 
 import re
 import string
+from urllib.parse import urlsplit
 
 _SIGNATURE = re.compile(r"[0-9a-f]{32}")
 TEMPLATE_FIELDS = frozenset({"signature", "shard"})
+SCHEMES = ("http", "https", "file")
 
 
 class InvalidSignatureError(ValueError):
@@ -35,7 +37,9 @@ def shard(signature: str) -> str:
 
 
 def check_url_template(template: str) -> str:
-    """Reject templates with placeholders other than ``{signature}`` and ``{shard}``."""
+    """Reject templates with placeholders other than ``{signature}`` and ``{shard}``, schemes
+    other than http, https and file, and file templates that do not name the image in their
+    path (a query or fragment would point every signature at one file)."""
     try:
         fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
@@ -45,6 +49,14 @@ def check_url_template(template: str) -> str:
         raise ValueError(
             f"image URL template {template!r} must contain {{signature}} and may contain "
             f"{{shard}}; it has {sorted(fields)}"
+        )
+    parts = urlsplit(template)
+    if parts.scheme not in SCHEMES:
+        raise ValueError(f"image URL template {template!r}: scheme must be one of {', '.join(SCHEMES)}")
+    if parts.scheme == "file" and ("{signature}" not in parts.path or parts.query or parts.fragment):
+        raise ValueError(
+            f"image URL template {template!r}: a file template puts {{signature}} in its path and has "
+            "no query or fragment"
         )
     return template
 

@@ -3,7 +3,9 @@ input, each reproduced as an operator or an attacker would meet it. README, Reli
 summarizes the cases; every one must end in a clear error or an exact resume, never in a
 silent wrong result, a stuck run or an unbounded read."""
 
+import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,6 +14,22 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
+import pytest
+
+from stl_pipeline.definitions import MODULES, build_definitions
+from stl_pipeline.generate import generate_dataset
+from stl_pipeline.generate.dataset import signature
+from stl_pipeline.graph.store import load_graph
+from stl_pipeline.images.download import CACHED, DOWNLOADED, FAILED, Downloader, DownloadPolicy
+from stl_pipeline.images.verify import verify_image
+from stl_pipeline.lineage import MismatchedInputError
+from stl_pipeline.settings import load_settings
+from stl_pipeline.training.data import QUERY_ASSETS, split_queries
+from stl_pipeline.vectors import Embeddings
+from stl_pipeline_tests.conftest import SMALL
+from stl_pipeline_tests.images import encoded
+from stl_pipeline_tests.lineage import generated_environ
 
 ROOT = Path(__file__).parents[1]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -55,3 +73,160 @@ def test_a_killed_run_gives_its_gpu_slot_back_to_the_next_run(tmp_path: Path) ->
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
         assert not instance.event_log_storage.get_concurrency_run_ids()
+
+
+TABLES = ["stl_pairs", "stl_products"]
+ASSETS = [*dg.load_assets_from_modules(MODULES), *dg.load_asset_checks_from_modules(MODULES)]
+
+
+def materialize(
+    environ: dict, selection: str | list[str] | dg.AssetSelection, instance: dg.DagsterInstance
+) -> dg.ExecuteInProcessResult:
+    resources = build_definitions(load_settings(environ)).resources
+    return dg.materialize(
+        ASSETS, selection=selection, resources=resources, instance=instance, raise_on_error=False
+    )
+
+
+def failed_checks(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    return {e.check_name: e.description or "" for e in result.get_asset_check_evaluations() if not e.passed}
+
+
+@pytest.fixture(scope="module")
+def graphed(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> tuple[dict, dg.DagsterInstance]:
+    """The small dataset materialized through stl_graph and the queries, on an instance that
+    keeps its history."""
+    root = tmp_path_factory.mktemp("graphed")
+    environ = generated_environ(root, small_dataset)
+    instance = dg.DagsterInstance.ephemeral()
+    queries = dg.AssetSelection.assets(*QUERY_ASSETS.values())
+    assert materialize(environ, dg.AssetSelection.assets("stl_graph").upstream() | queries, instance).success
+    return environ, instance
+
+
+def test_a_graph_is_not_built_from_embeddings_of_other_tables(
+    graphed: tuple[dict, dg.DagsterInstance], tmp_path: Path
+) -> None:
+    """New raw files ingested, images and embeddings not: stl_graph refuses, the good graph stays."""
+    environ, instance = graphed
+    other = tmp_path / "other"
+    generate_dataset(dataclasses.replace(SMALL, seed=8), other)
+    graph_file = Path(environ["STL_DATA_DIR"]) / "graph" / "stl_graph.safetensors"
+    before = graph_file.read_bytes()
+    switched = generated_environ(tmp_path, other) | {"STL_DATA_DIR": environ["STL_DATA_DIR"]}
+    assert materialize(switched, TABLES, instance).success
+    rebuilt = materialize(switched, "stl_graph", instance)
+    assert not rebuilt.success
+    (failure,) = [e for e in rebuilt.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.cause.message
+    assert "product_embeddings was made from other tables than the current stl_products" in message
+    assert "Rematerialize product_images and product_embeddings" in message
+    assert graph_file.read_bytes() == before
+    # Back to the files the embeddings were made from: the graph builds again.
+    assert materialize(environ, TABLES, instance).success
+    assert materialize(environ, "stl_graph", instance).success
+
+
+def test_empty_or_shrunken_tables_fail_their_blocking_checks(tmp_path: Path, small_dataset: Path) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(small_dataset, raw, ignore=shutil.ignore_patterns("images"))
+    environ = generated_environ(tmp_path, small_dataset) | {"STL_PAIRS_PATH": str(raw / "fashion.json")}
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize(environ, TABLES, instance).success
+
+    lines = (small_dataset / "fashion.json").read_text().splitlines()
+    (raw / "fashion.json").write_text("\n".join(lines[: len(lines) // 5]) + "\n")
+    shrunk = materialize(environ, TABLES, instance)
+    assert not shrunk.success
+    assert "pairs fell from" in failed_checks(shrunk)["stl_pairs_not_shrunk"]
+
+    (raw / "fashion.json").write_text("")
+    empty = materialize(environ, TABLES, instance)
+    assert not empty.success
+    assert "pairs is 0" in failed_checks(empty)["stl_pairs_not_shrunk"]
+
+
+def test_training_refuses_a_graph_or_queries_made_from_other_pairs(
+    graphed: tuple[dict, dg.DagsterInstance],
+) -> None:
+    environ, _ = graphed
+    data = Path(environ["STL_DATA_DIR"])
+    graph, graph.info = load_graph(data / "graph" / "stl_graph.safetensors")
+    pairs = pd.read_parquet(data / "tables" / "stl_pairs.parquet")
+    queries = {
+        task: Embeddings.load(data / "embeddings" / f"{name}.parquet") for task, name in QUERY_ASSETS.items()
+    }
+    assert split_queries(graph, pairs, queries, "train")[0]["stl"].x.shape[0] > 0
+
+    moved = pairs.copy()
+    moved.loc[moved.index[0], "split"] = "test" if moved["split"].iloc[0] != "test" else "train"
+    with pytest.raises(MismatchedInputError, match=r"stl_graph was built from other pairs.*Rematerialize"):
+        split_queries(graph, moved, queries, "train")
+    stale = Embeddings([f"{i:032x}" for i in range(len(pairs))], queries["ctl"].vectors[: len(pairs)])
+    with pytest.raises(MismatchedInputError, match="ctl_scene_embeddings was made from other tables"):
+        split_queries(graph, pairs, queries | {"ctl": stale}, "val")
+
+
+def _file_mirror(tmp_path: Path, count: int = 3) -> tuple[Path, list[str]]:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    names = [signature(3, "fault", i) for i in range(count)]
+    for i, name in enumerate(names):
+        (mirror / f"{name}.jpg").write_bytes(encoded(colour=(i * 40, 90, 10), size=(96, 96)))
+    return mirror, names
+
+
+def test_a_truncated_cached_image_is_fetched_again(tmp_path: Path) -> None:
+    mirror, names = _file_mirror(tmp_path)
+    downloader = Downloader(DownloadPolicy(mirror.as_uri() + "/{signature}.jpg"), tmp_path / "store")
+    first = downloader.run(names)
+    stored = Path(first.loc[0, "path"])
+    stored.write_bytes(stored.read_bytes()[: stored.stat().st_size // 2])  # its header survives
+
+    second = downloader.run(names)
+    assert list(second["status"]) == [DOWNLOADED, CACHED, CACHED]
+    assert second.loc[0, "sha256"] == first.loc[0, "sha256"]
+    verify_image(stored.read_bytes(), 10**6)
+
+
+def _special_files(mirror: Path) -> dict[str, str]:
+    """Mirror entries that are not image files, each with the error it must end in."""
+    names = [signature(4, "special", i) for i in range(4)]
+    os.mkfifo(mirror / f"{names[0]}.jpg")
+    (mirror / f"{names[1]}.jpg").symlink_to("/dev/urandom")
+    (mirror / f"{names[2]}.jpg").symlink_to("/etc/passwd")
+    with open(mirror / f"{names[3]}.jpg", "wb") as sparse:  # 64 GB of holes: cheap to make
+        sparse.truncate(64 << 30)
+    return {
+        names[0]: "is not a regular file",
+        names[1]: "is not a regular file",
+        names[2]: "not an image: no JPEG, PNG, GIF or WebP signature",
+        names[3]: "over the cap",
+    }
+
+
+def test_file_sources_read_regular_files_only_and_within_the_caps(tmp_path: Path) -> None:
+    mirror, (good,) = _file_mirror(tmp_path, count=1)
+    expected = _special_files(mirror)
+    policy = DownloadPolicy(mirror.as_uri() + "/{signature}.jpg", concurrency=4, max_bytes=1 << 20)
+    start = time.monotonic()
+    manifest = Downloader(policy, tmp_path / "store").run([good, *expected]).set_index("signature")
+    assert time.monotonic() - start < 30  # no FIFO hangs, no endless device read
+    for name, error in expected.items():
+        assert manifest.loc[name, "status"] == FAILED and error in manifest.loc[name, "error"]
+    assert "root:" not in " ".join(manifest["error"].dropna())  # never the file's contents
+    assert manifest.loc[good, "status"] == DOWNLOADED
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("file:///dev/zero?{signature}", "file template puts {signature} in its path"),
+        ("file:///etc/passwd#{signature}", "file template puts {signature} in its path"),
+        ("javascript:alert(1)//{signature}", "scheme must be one of"),
+        ("gopher://h/{signature}", "scheme must be one of"),
+    ],
+)
+def test_hostile_templates_fail_when_the_definitions_load(template: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_settings({"STL_IMAGE_URL_TEMPLATE": template})

@@ -8,20 +8,20 @@ a killed run leaves no partial file and a rerun fetches only what is missing.
 
 import email.utils
 import hashlib
+import os
 import random
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 from urllib.request import url2pathname
 
 import pandas as pd
 import requests
-from PIL import Image
 
 from stl_pipeline import __version__
 from stl_pipeline.ids import check_url_template, image_url, is_signature
@@ -63,9 +63,6 @@ class DownloadPolicy:
 
     def __post_init__(self) -> None:
         check_url_template(self.url_template)
-        scheme = urlsplit(self.url_template).scheme
-        if scheme not in ("http", "https", "file"):
-            raise ValueError(f"image URL template {self.url_template!r}: scheme must be http, https or file")
         if self.concurrency < 1 or self.max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be at least 1")
 
@@ -224,14 +221,29 @@ class Downloader:
             raise PermanentError(f"file URL {url} names a remote host")
         path = Path(url2pathname(parts.path))
         try:
-            size = path.stat().st_size
-            if size > self.policy.max_bytes:
-                raise PermanentError(f"{path} has {size:,} bytes, over the cap of {self.policy.max_bytes:,}")
-            return path.read_bytes()
+            # Non-blocking, so that a FIFO cannot hang the open; then regular files only: a
+            # device or a FIFO has no size to cap and may never end.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError as exc:
             raise PermanentError(f"no such file {path}") from exc
         except OSError as exc:
-            raise TransientError(f"cannot read {path}: {exc.strerror}") from exc
+            raise TransientError(f"cannot open {path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise PermanentError(f"{path} is not a regular file")
+            deadline = time.monotonic() + self.policy.total_timeout_s
+            chunks, size = [], 0
+            try:
+                while chunk := file.read(_CHUNK):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > self.policy.max_bytes:
+                        raise PermanentError(f"{path} is over the cap of {self.policy.max_bytes:,} bytes")
+                    if time.monotonic() > deadline:
+                        raise TransientError(f"reading {path} took over {self.policy.total_timeout_s:g}s")
+            except OSError as exc:
+                raise TransientError(f"cannot read {path}: {exc.strerror}") from exc
+        return b"".join(chunks)
 
     def _cached(self, signature: str) -> dict | None:
         """A verified earlier download, so reruns fetch only what is missing."""
@@ -243,12 +255,12 @@ class Downloader:
             try:
                 if sniff(data[:16]) != image_format:
                     raise BadImageError("content does not match its extension")
-                with Image.open(BytesIO(data)) as image:
-                    width, height = image.size
-            except Exception:
+                # The check a download passes, whole: a header survives truncation.
+                info = verify_image(data, self.policy.max_pixels)
+            except BadImageError:
                 path.unlink(missing_ok=True)  # tampered or damaged: fetch it again
                 continue
-            return _row(signature, CACHED, None, 0, None, data, width, height, path)
+            return _row(signature, CACHED, None, 0, None, data, info.width, info.height, path)
         return None
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float | None:

@@ -45,7 +45,7 @@ def verify_image(data: bytes, max_pixels: int) -> ImageInfo:
     """
     kind = sniff(data[:16])
     if kind is None:
-        raise BadImageError(f"not an image: starts with {data[:16]!r}")
+        raise BadImageError("not an image: no JPEG, PNG, GIF or WebP signature")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
