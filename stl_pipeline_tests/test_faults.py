@@ -23,6 +23,7 @@ from stl_pipeline.generate.dataset import signature
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.images.download import CACHED, DOWNLOADED, FAILED, Downloader, DownloadPolicy
 from stl_pipeline.images.verify import verify_image
+from stl_pipeline.ingest.tables import ingest
 from stl_pipeline.lineage import MismatchedInputError
 from stl_pipeline.settings import load_settings
 from stl_pipeline.training.data import QUERY_ASSETS, split_queries
@@ -230,3 +231,52 @@ def test_file_sources_read_regular_files_only_and_within_the_caps(tmp_path: Path
 def test_hostile_templates_fail_when_the_definitions_load(template: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         load_settings({"STL_IMAGE_URL_TEMPLATE": template})
+
+
+HOSTILE_PAIR_LINES = {
+    "nested": ("[" * 30_000 + "]" * 30_000, "nested too deeply"),
+    "long number": ('{"product": "x", "scene": "y", "bbox": [0.1, 0.2, 0.3, ' + "9" * 5000 + "]}", "digits"),
+    "long line": ('{"product": "' + "a" * 100_000 + '"}', "over 65,536 characters"),
+    "not utf-8": ('{"product": "\udcff"}', "missing key"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_PAIR_LINES)
+def test_one_pathological_pairs_line_is_quarantined_by_line(
+    case: str, small_dataset: Path, tmp_path: Path
+) -> None:
+    hostile, reason = HOSTILE_PAIR_LINES[case]
+    lines = (small_dataset / "fashion.json").read_text().splitlines()
+    pairs_path = tmp_path / "fashion.json"
+    text = "\n".join([*lines[:3], hostile, *lines[3:]]) + "\n"
+    pairs_path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    result = ingest(pairs_path, small_dataset / "fashion-cat.json")
+    clean = ingest(small_dataset / "fashion.json", small_dataset / "fashion-cat.json")
+    assert len(result.pairs) == len(clean.pairs)
+    (row,) = result.quarantine.itertuples()
+    assert row.line == 4 and reason in row.reason and len(row.raw) <= 300
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_record(small_dataset: Path, tmp_path: Path) -> None:
+    for name in ("fashion.json", "fashion-cat.json"):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + (small_dataset / name).read_bytes())
+    result = ingest(tmp_path / "fashion.json", tmp_path / "fashion-cat.json")
+    clean = ingest(small_dataset / "fashion.json", small_dataset / "fashion-cat.json")
+    assert result.quarantine.empty and len(result.pairs) == len(clean.pairs)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("[" * 200_000 + "]" * 200_000, "nested too deeply"), ("9" * 5000, "digits"), ('{"a": [1, "]"]}', "")],
+)
+def test_one_pathological_category_is_quarantined_by_product(
+    value: str, reason: str, small_dataset: Path, tmp_path: Path
+) -> None:
+    text = (small_dataset / "fashion-cat.json").read_text()
+    hostile = f'{{"{"f" * 32}": {value}, ' + text.lstrip()[1:]
+    (tmp_path / "fashion-cat.json").write_text(hostile)
+    result = ingest(small_dataset / "fashion.json", tmp_path / "fashion-cat.json")
+    clean = ingest(small_dataset / "fashion.json", small_dataset / "fashion-cat.json")
+    assert len(result.products) == len(clean.products) and len(result.pairs) == len(clean.pairs)
+    (row,) = result.quarantine.itertuples()
+    assert row.key == "f" * 32 and reason in row.reason

@@ -18,6 +18,12 @@ from stl_pipeline.ids import is_signature
 
 QUARANTINE_COLUMNS = ["file", "line", "key", "reason", "raw"]
 RAW_PREVIEW_CHARS = 300
+# A pair's line is about 150 characters; a longer one is quarantined unparsed, so that one
+# line cannot take the memory of the whole ingestion.
+MAX_LINE_CHARS = 64 * 1024
+# What Python's json raises on input it cannot represent, besides JSONDecodeError: nesting
+# past the recursion limit, integers past the digit limit.
+UNPARSABLE = (RecursionError, ValueError)
 
 
 class IngestError(ValueError):
@@ -82,39 +88,51 @@ def _pair_problem(record: object) -> str | None:
     return bbox_problem(record["bbox"])
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line number, text)`` of the non-blank lines of a JSON-lines file."""
+def _unparsable(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON: {exc.msg} at column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return f"invalid JSON: {str(exc).split(';')[0]}"
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
+    """Yield ``(line number, text, whole)`` of the non-blank lines of a JSON-lines file; a line
+    over MAX_LINE_CHARS comes cut there, with ``whole`` False. A UTF-8 BOM is not part of it."""
     path = Path(path)
     try:
-        handle = path.open("r", encoding="utf-8", errors="replace")
+        handle = path.open("r", encoding="utf-8-sig", errors="replace")
     except OSError as exc:
         raise IngestError(f"cannot read pairs file {path}: {exc.strerror}; check STL_PAIRS_PATH") from exc
     with handle:
-        for number, line in enumerate(handle, start=1):
+        number = 0
+        while line := handle.readline(MAX_LINE_CHARS):
+            number += 1
+            whole = line.endswith("\n") or len(line) < MAX_LINE_CHARS
+            if not whole:
+                while (rest := handle.readline(MAX_LINE_CHARS)) and not rest.endswith("\n"):
+                    pass
             text = line.strip()
             if text:
-                yield number, text
+                yield number, text, whole
 
 
 def read_categories(path: Path, quarantine: Quarantine) -> pd.DataFrame:
     """Products with their category path (root dropped) and leaf category."""
     path = Path(path)
     try:
-        with path.open("r", encoding="utf-8") as handle:
-            mapping = json.load(handle)
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise IngestError(
             f"cannot read categories file {path}: {exc.strerror}; check STL_CATEGORIES_PATH"
         ) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IngestError(
-            f"{path} is not valid JSON ({exc}); fashion-cat.json must be one object "
-            '{"<product id>": "Apparel & Accessories|...|<leaf>"}'
-        ) from exc
-    if not isinstance(mapping, dict):
-        raise IngestError(f"{path} holds a JSON {type(mapping).__name__}; expected one object of id -> path")
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path} is not UTF-8 ({exc}); fashion-cat.json must be UTF-8 JSON") from exc
     rows = []
-    for product, category in mapping.items():
+    for product, category, raw_value in _members(text, path):
+        if isinstance(category, Exception):
+            quarantine.add(path, None, product, _unparsable(category), f"{json.dumps(product)}: {raw_value}")
+            continue
         raw = json.dumps({product: category})
         if not is_signature(product):
             quarantine.add(
@@ -134,6 +152,69 @@ def read_categories(path: Path, quarantine: Quarantine) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["product", "category_path", "category"])
 
 
+def _members(text: str, path: Path) -> Iterator[tuple[str, object, str]]:
+    """``(key, value, raw value)`` of the members of the one JSON object in ``text``, each value decoded
+    on its own: a value JSON cannot represent comes as its exception, and the rest still parse."""
+    decoder, at = json.JSONDecoder(), _skip_space(text, 0)
+    shape = (
+        f"{path} is not valid JSON ({{}}); fashion-cat.json must be one object "
+        '{{"<product id>": "Apparel & Accessories|...|<leaf>"}}'
+    )
+    if not text.startswith("{", at):
+        raise IngestError(shape.format(f"expected one object, found {text[at : at + 1]!r} at character {at}"))
+    at = _skip_space(text, at + 1)
+    while not text.startswith("}", at):
+        try:
+            key, at = decoder.raw_decode(text, at)
+            at = _skip_space(text, at)
+            if not isinstance(key, str) or not text.startswith(":", at):
+                raise json.JSONDecodeError("expected a string key and ':'", text, at)
+        except json.JSONDecodeError as exc:
+            raise IngestError(shape.format(f"{exc.msg} at line {exc.lineno}, column {exc.colno}")) from exc
+        start = _skip_space(text, at + 1)
+        try:
+            value, at = decoder.raw_decode(text, start)
+        except UNPARSABLE as exc:
+            value, at = exc, _value_end(text, start)
+        yield key, value, text[start : min(at, start + RAW_PREVIEW_CHARS)]
+        at = _skip_space(text, at)
+        if text.startswith(",", at):
+            at = _skip_space(text, at + 1)
+        elif not text.startswith("}", at):
+            raise IngestError(shape.format(f"expected ',' or '}}' at character {at}"))
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\r\n":
+        at += 1
+    return at
+
+
+def _value_end(text: str, at: int) -> int:
+    """Where the JSON value starting at ``at`` ends, found by counting brackets outside strings."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(at, len(text)):
+        char = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            if depth == 0:
+                return i
+            depth -= 1
+        elif char == "," and depth == 0:
+            return i
+    return len(text)
+
+
 @dataclass
 class PairsResult:
     pairs: pd.DataFrame
@@ -147,12 +228,15 @@ def read_pairs(path: Path, categories: pd.DataFrame, quarantine: Quarantine) -> 
     rows = []
     seen: set[tuple[str, str]] = set()
     lines = duplicates = 0
-    for number, text in iter_lines(path):
+    for number, text, whole in iter_lines(path):
         lines += 1
+        if not whole:
+            quarantine.add(path, number, None, f"line is over {MAX_LINE_CHARS:,} characters", text)
+            continue
         try:
             record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            quarantine.add(path, number, None, f"invalid JSON: {exc.msg} at column {exc.colno}", text)
+        except UNPARSABLE as exc:
+            quarantine.add(path, number, None, _unparsable(exc), text)
             continue
         problem = _pair_problem(record)
         if problem is None and record["product"] not in known:
