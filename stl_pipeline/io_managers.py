@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from stl_pipeline.artifacts import HeteroData, ProductIndex
-from stl_pipeline.storage import atomic_write_with
+from stl_pipeline.storage import atomic_write_with, read_artifact
 from stl_pipeline.vectors import Embeddings
 
 
@@ -32,7 +32,8 @@ class _FileIOManager(dg.ConfigurableIOManager):
             raise FileNotFoundError(
                 f"{path} does not exist; materialize {context.asset_key.to_user_string()} first"
             )
-        return self.read(path)
+        asset = context.asset_key.to_user_string()
+        return read_artifact(path, self.read, f"rematerialize {asset}")
 
     def write(self, obj: Any, path: Path) -> dict:
         raise NotImplementedError

@@ -2,7 +2,8 @@
 
 Temporary files carry their writer's process id, so a cleanup removes only what
 a dead writer left behind, never the in-flight file of a concurrent run.
-Content digests tell a changed file from a touched one.
+Content digests tell a changed file from a touched one. Reads of an artifact that
+was damaged anyway (a full disk, a copy cut short, a hand edit) name the file.
 """
 
 import hashlib
@@ -11,9 +12,28 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 PART_SUFFIX = ".part"
+T = TypeVar("T")
+
+
+class CorruptArtifactError(ValueError):
+    """A file that exists but cannot be read as what it should be."""
+
+
+def read_artifact(path: Path, reader: Callable[[Path], T], remedy: str) -> T:
+    """``reader(path)``, with any failure but a missing file reported as one line that names
+    the file and ``remedy``: parquet, safetensors, torch and FAISS each raise their own types."""
+    try:
+        return reader(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CorruptArtifactError(
+            f"{path} is damaged or truncated ({type(exc).__name__}: {reason}); {remedy}"
+        ) from exc
 
 
 def _temporary(path: Path) -> tuple[int, str]:

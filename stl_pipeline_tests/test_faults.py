@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from stl_pipeline.definitions import MODULES, build_definitions
 from stl_pipeline.generate import generate_dataset
@@ -26,6 +28,7 @@ from stl_pipeline.images.verify import verify_image
 from stl_pipeline.ingest.tables import ingest
 from stl_pipeline.lineage import MismatchedInputError
 from stl_pipeline.settings import load_settings
+from stl_pipeline.storage import CorruptArtifactError, read_artifact
 from stl_pipeline.training.data import QUERY_ASSETS, split_queries
 from stl_pipeline.vectors import Embeddings
 from stl_pipeline_tests.conftest import SMALL
@@ -280,3 +283,90 @@ def test_one_pathological_category_is_quarantined_by_product(
     assert len(result.products) == len(clean.products) and len(result.pairs) == len(clean.pairs)
     (row,) = result.quarantine.itertuples()
     assert row.key == "f" * 32 and reason in row.reason
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _artifacts(data: Path, tmp_path: Path) -> dict[str, tuple[Path, object]]:
+    """One file of each kind the IO managers write, with its reader."""
+    from stl_pipeline.serving.index import build_index, load_index, save_index
+    from stl_pipeline.training.loop import load_checkpoint, save_checkpoint
+
+    products = Embeddings.load(data / "embeddings" / "product_embeddings.parquet")
+    index_path, model_path = tmp_path / "product_index.safetensors", tmp_path / "gat_model.pt"
+    save_index(build_index(products.vectors, products.keys), index_path)
+    save_checkpoint(model_path, {"weights": torch.randn(64, 64)})
+    return {
+        "table": (data / "tables" / "stl_pairs.parquet", pd.read_parquet),
+        "embeddings": (data / "embeddings" / "product_embeddings.parquet", Embeddings.load),
+        "graph": (data / "graph" / "stl_graph.safetensors", load_graph),
+        "index": (index_path, load_index),
+        "model": (model_path, load_checkpoint),
+    }
+
+
+def test_every_truncated_artifact_is_named_with_what_to_do(
+    graphed: tuple[dict, dg.DagsterInstance], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(graphed[0]["STL_DATA_DIR"], data)
+    for kind, (path, reader) in _artifacts(data, tmp_path).items():
+        reader(path)
+        _truncate(path)
+        damaged = re.escape(f"{path} is damaged or truncated")
+        with pytest.raises(CorruptArtifactError, match=damaged) as caught:
+            read_artifact(path, reader, f"rematerialize the {kind}")
+        assert str(caught.value).endswith(f"rematerialize the {kind}"), kind
+
+
+def test_stl_recommend_names_a_truncated_artifact_in_one_line(
+    graphed: tuple[dict, dg.DagsterInstance], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(graphed[0]["STL_DATA_DIR"], data)
+    _truncate(data / "graph" / "stl_graph.safetensors")
+    product = pd.read_parquet(data / "tables" / "stl_products.parquet")["product"].iloc[0]
+    env = {**os.environ, "STL_DATA_DIR": str(data)}
+    answer = subprocess.run(
+        [str(Path(sys.executable).with_name("stl-recommend")), "product", product],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert answer.returncode == 2 and answer.stdout == ""
+    (line,) = answer.stderr.strip().splitlines()
+    assert "stl_graph.safetensors is damaged or truncated" in line and "rematerialize it (stl_graph)" in line
+
+
+def test_a_truncated_resume_checkpoint_starts_training_afresh(tmp_path: Path) -> None:
+    from stl_pipeline.training.loop import LAST, train
+    from stl_pipeline_tests.test_training import CONFIG, setup
+
+    straight = train(*setup(), CONFIG, tmp_path / "straight")
+    _truncate(tmp_path / "straight" / LAST)
+    with pytest.warns(UserWarning, match="last.pt is damaged or truncated.*training starts afresh"):
+        again = train(*setup(), CONFIG, tmp_path / "straight")
+    assert again.history == straight.history and again.best_epoch == straight.best_epoch
+
+
+def test_a_truncated_embedding_cache_part_is_removed_and_recomputed(tmp_path: Path) -> None:
+    from stl_pipeline.features.backbone import load_backbone
+    from stl_pipeline.features.embed import EmbeddingCache, embed_items
+    from stl_pipeline.features.spec import BackboneSpec
+    from stl_pipeline_tests.test_features import write_images
+
+    backbone, cpu = load_backbone(BackboneSpec("resnet18", "none", image_size=32)), torch.device("cpu")
+    items = write_images(tmp_path / "img", 6)
+    cache = EmbeddingCache(tmp_path / "cache", backbone)
+    first, _ = embed_items(items, backbone, cpu, batch_size=3, workers=0, cache=cache)
+    damaged = sorted(cache.dir.glob("part-*.parquet"))[0]
+    _truncate(damaged)
+    with pytest.warns(UserWarning, match="removed damaged embedding cache part"):
+        second, stats = embed_items(items, backbone, cpu, batch_size=3, workers=0, cache=cache)
+    assert (stats.computed, stats.cached) == (3, 3)
+    assert np.allclose(second.vectors, first.vectors, atol=1e-6)
+    _, stats = embed_items(items, backbone, cpu, batch_size=3, workers=0, cache=cache)
+    assert (stats.computed, stats.cached) == (0, 6)  # repaired for good

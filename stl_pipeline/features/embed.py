@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -84,6 +85,19 @@ def batches(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _part_batches(part: Path) -> Iterator[pa.RecordBatch]:
+    """A cache part, a bounded batch at a time. A part merged away by a concurrent run is
+    skipped; a damaged one is removed, so its vectors are computed again instead of every
+    later run failing on it."""
+    try:
+        yield from pq.ParquetFile(part).iter_batches(batch_size=READ_BATCH)
+    except FileNotFoundError:
+        return
+    except (OSError, pa.ArrowException) as error:
+        warnings.warn(f"removed damaged embedding cache part {part} ({error}); recomputing", stacklevel=2)
+        part.unlink(missing_ok=True)
+
+
 class EmbeddingCache:
     """Append-only parquet parts under ``root/<namespace>``; merged once there are many."""
 
@@ -101,11 +115,7 @@ class EmbeddingCache:
         """Every part, a bounded batch at a time: the namespace holds every asset's vectors,
         and a run at the release's size should never hold them all."""
         for part in self._parts():
-            try:
-                source = pq.ParquetFile(part)
-            except FileNotFoundError:  # merged away by a concurrent run
-                continue
-            yield from source.iter_batches(batch_size=READ_BATCH)
+            yield from _part_batches(part)
 
     def fill(self, rows_of: dict[str, list[int]], out: np.ndarray) -> set[str]:
         """Write the cached vector of each key in ``rows_of`` into those rows of ``out``;
@@ -137,11 +147,7 @@ class EmbeddingCache:
         def merge(tmp: Path) -> None:
             with pq.ParquetWriter(tmp, pq.read_schema(parts[0])) as writer:
                 for part in parts:
-                    try:
-                        source = pq.ParquetFile(part)
-                    except FileNotFoundError:
-                        continue
-                    for batch in source.iter_batches(batch_size=READ_BATCH):
+                    for batch in _part_batches(part):
                         keys = batch.column(KEY).to_pylist()
                         new = [i for i, key in enumerate(keys) if key not in seen]
                         seen.update(keys[i] for i in new)

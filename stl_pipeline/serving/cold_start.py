@@ -33,6 +33,7 @@ from stl_pipeline.models.recommender import TASKS, Recommender
 from stl_pipeline.serving.index import ProductIndex, build_index, load_index
 from stl_pipeline.serving.recommend import scene_context
 from stl_pipeline.settings import Settings
+from stl_pipeline.storage import read_artifact
 from stl_pipeline.training.loop import BEST, load_checkpoint
 from stl_pipeline.training.models import load_model, model_record
 
@@ -330,7 +331,7 @@ def _read(path: Path, what: str, loader):
             f"no {what} at {path}: materialize the pipeline first (`make demo`, or the serving group "
             "in the UI), or pass a registered model with --model-name and --model-version"
         )
-    return loader(path)
+    return read_artifact(path, loader, f"rematerialize it ({what.removeprefix('materialized ')})")
 
 
 def load(settings: Settings, model_name: str | None = None, model_version: str | None = None) -> ColdStart:
@@ -390,7 +391,7 @@ def _registered(settings: Settings, name: str, version: str | None, graph: Heter
         ) from error
     with tempfile.TemporaryDirectory() as folder:
         local = Path(download_artifacts(artifact_uri=found.source, dst_path=folder))
-        best = load_checkpoint(local / BEST)
+        best = read_artifact(local / BEST, load_checkpoint, f"the checkpoint of {name} version {version}")
     record = model_record(best, graph, int(graph.info["backbone"]["dimension"]), found.run_id)
     try:
         load_model(record)

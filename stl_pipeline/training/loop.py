@@ -9,6 +9,7 @@ Checkpoints are written atomically and read with ``weights_only=True``.
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from torch_geometric.data import HeteroData
 from stl_pipeline.device import Precision, autocast, effective_precision
 from stl_pipeline.models.losses import LOSSES, sample_negatives, sampling_log_q
 from stl_pipeline.models.recommender import TASKS, Recommender, log_popularity
-from stl_pipeline.storage import atomic_write_with
+from stl_pipeline.storage import CorruptArtifactError, atomic_write_with, read_artifact
 from stl_pipeline.training.ranking import mrr, ranks_in_category
 
 LAST, BEST = "last.pt", "best.pt"
@@ -208,6 +209,19 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _resumable(last: Path) -> dict | None:
+    """The state to resume from; None when there is none, or when it is damaged: training
+    is deterministic, so starting afresh ends where the interrupted run would have."""
+    if not last.exists():
+        return None
+    try:
+        return read_artifact(last, load_checkpoint, "training starts afresh")
+    except CorruptArtifactError as error:
+        warnings.warn(str(error), stacklevel=3)
+        last.unlink(missing_ok=True)
+        return None
+
+
 def train(
     model: Recommender,
     graph: HeteroData,
@@ -239,21 +253,20 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     start, history, best = 0, [], (-1, -math.inf)
     last = checkpoint_dir / LAST
-    if last.exists():
-        state = load_checkpoint(last)
-        if state["config"] == asdict(config):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if state["scaler"]:  # empty when it was written without fp16
-                scaler.load_state_dict(state["scaler"])
-            sampler.set_state(state["sampler"])
-            torch.set_rng_state(state["torch_rng"])
-            if device.type == "cuda" and state["cuda_rng"] is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
-            start, history = state["epoch"] + 1, list(state["history"])
-            best = (state["best_epoch"], state["best_val_mrr"])
-            if state["finished"]:
-                return TrainResult(best[0], best[1], start, history, start < config.epochs)
+    state = _resumable(last)
+    if state is not None and state["config"] == asdict(config):
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:  # empty when it was written without fp16
+            scaler.load_state_dict(state["scaler"])
+        sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        start, history = state["epoch"] + 1, list(state["history"])
+        best = (state["best_epoch"], state["best_val_mrr"])
+        if state["finished"]:
+            return TrainResult(best[0], best[1], start, history, start < config.epochs)
     loss_fn = LOSSES[config.loss]
     category = graph["product"].category.cpu()  # negatives are drawn on the CPU generator
     corrections = _sampling_corrections(train_queries, category, config, device)
