@@ -38,26 +38,29 @@ def _alive(pid: int, since: float) -> bool:
 
 def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Ends the runs on this machine whose orchestrating process is gone, and frees the pool
-    slots of every ended run; returns the runs freed. Only on a local (SQLite) instance: a
-    process id means nothing on a shared one, where the daemon's run monitoring does this."""
+    slots of every ended run; returns the runs ended or freed. Only on a local (SQLite)
+    instance: a process id means nothing on a shared one, where the daemon's run monitoring
+    does this."""
     if not isinstance(instance.run_storage, SqliteRunStorage):
         return []
-    freed = []
+    released = []
+    for record in instance.get_run_records(dg.RunsFilter(statuses=list(UNFINISHED))):
+        pid = _orchestrator_pid(instance, record.dagster_run.run_id)
+        since = record.start_time or record.create_timestamp.timestamp()
+        if pid is None or _alive(pid, since):
+            continue
+        instance.report_run_failed(
+            record.dagster_run,
+            f"Its orchestrating process {pid} is gone (killed?): ended by the next run on this "
+            "instance, which freed its pool slots.",
+        )
+        released.append(record.dagster_run.run_id)
     for run_id in instance.event_log_storage.get_concurrency_run_ids():
         record = instance.get_run_record_by_id(run_id)
-        if record is not None and record.dagster_run.status in UNFINISHED:
-            pid = _orchestrator_pid(instance, run_id)
-            since = record.start_time or record.create_timestamp.timestamp()
-            if pid is None or _alive(pid, since):
-                continue
-            instance.report_run_failed(
-                record.dagster_run,
-                f"Its orchestrating process {pid} is gone (killed?): ended by the next run on this "
-                "instance, which freed its pool slots.",
-            )
-        instance.event_log_storage.free_concurrency_slots_for_run(run_id)
-        freed.append(run_id)
-    return freed
+        if record is None or record.dagster_run.status not in UNFINISHED:
+            instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+            released.append(run_id)
+    return list(dict.fromkeys(released))
 
 
 def _forkserver_steps(config: dict) -> dict:
@@ -79,7 +82,7 @@ _DEFAULT = dg.multi_or_in_process_executor
 )
 def _steps(context: dg.InitExecutorContext) -> dg.Executor:
     for run_id in release_dead_runs(context.instance):
-        dg.get_dagster_logger().warning(f"freed the pool slots of ended run {run_id}")
+        dg.get_dagster_logger().warning(f"ended run {run_id} and freed its pool slots")
     return _DEFAULT.executor_creation_fn(context)
 
 

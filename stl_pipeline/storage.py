@@ -36,9 +36,23 @@ def read_artifact(path: Path, reader: Callable[[Path], T], remedy: str) -> T:
         ) from exc
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: os.umask can only be read by setting it.
+UMASK = _umask()
+
+
 def _temporary(path: Path) -> tuple[int, str]:
+    """A private temporary file beside ``path``, given the mode a plain ``open`` would (mkstemp
+    makes 0600 files, which a web server's user could not read once renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=PART_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=PART_SUFFIX)
+    os.fchmod(fd, 0o666 & ~UMASK)
+    return fd, tmp
 
 
 @contextmanager

@@ -8,15 +8,24 @@ rather than a pickled model.
 
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 
 MAX_PARAM_LENGTH = 6000
+# MLflow retries a request for about four minutes; a server that does not answer this fast
+# before training starts is down, and training should not run only to fail at the end.
+PREFLIGHT_TIMEOUT_S = 5.0
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server does not answer."""
 
 
 class TrackedRun:
@@ -64,6 +73,29 @@ class Tracker:
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri, self.experiment, self.artifact_root = tracking_uri, experiment, artifact_root
+
+    def check_reachable(self) -> None:
+        """Fail in seconds, not minutes, when an http(s) tracking server does not answer."""
+        if urlsplit(self.tracking_uri).scheme not in ("http", "https"):
+            return
+        try:  # any answer, even a 404 from a server without /health, means it is up
+            requests.get(f"{self.tracking_uri.rstrip('/')}/health", timeout=PREFLIGHT_TIMEOUT_S)
+        except requests.RequestException as error:
+            raise TrackingUnavailable(
+                f"the MLflow tracking server {self.tracking_uri} does not answer ({type(error).__name__}): "
+                "start it (`make mlflow`) or point MLFLOW_TRACKING_URI at a running one"
+            ) from error
+
+    def end_abandoned(self, ended: Callable[[str], bool], tag: str = "dagster_run_id") -> list[str]:
+        """Mark KILLED the RUNNING runs whose orchestrator run (its id in ``tag``) has ended:
+        a killed process never ends its MLflow run."""
+        found = self.client.search_runs(
+            [self.experiment_id()], filter_string="attributes.status = 'RUNNING'", max_results=1000
+        )
+        abandoned = [r.info.run_id for r in found if tag in r.data.tags and ended(r.data.tags[tag])]
+        for run_id in abandoned:
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        return abandoned
 
     def experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)

@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -28,10 +30,11 @@ from stl_pipeline.images.verify import verify_image
 from stl_pipeline.ingest.tables import ingest
 from stl_pipeline.lineage import MismatchedInputError
 from stl_pipeline.settings import load_settings
-from stl_pipeline.storage import CorruptArtifactError, read_artifact
+from stl_pipeline.storage import UMASK, CorruptArtifactError, atomic_write_bytes, read_artifact
 from stl_pipeline.training.data import QUERY_ASSETS, split_queries
 from stl_pipeline.vectors import Embeddings
 from stl_pipeline_tests.conftest import SMALL
+from stl_pipeline_tests.http_server import ImageServer
 from stl_pipeline_tests.images import encoded
 from stl_pipeline_tests.lineage import generated_environ
 
@@ -73,7 +76,7 @@ def test_a_killed_run_gives_its_gpu_slot_back_to_the_next_run(tmp_path: Path) ->
 
     again = subprocess.run(materialize, env=env, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"freed the pool slots of ended run {dead.run_id}" in again.stderr
+    assert f"ended run {dead.run_id} and freed its pool slots" in again.stderr
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
         assert not instance.event_log_storage.get_concurrency_run_ids()
@@ -370,3 +373,40 @@ def test_a_truncated_embedding_cache_part_is_removed_and_recomputed(tmp_path: Pa
     assert np.allclose(second.vectors, first.vectors, atol=1e-6)
     _, stats = embed_items(items, backbone, cpu, batch_size=3, workers=0, cache=cache)
     assert (stats.computed, stats.cached) == (0, 6)  # repaired for good
+
+
+def test_an_unreachable_tracking_server_fails_in_seconds(tmp_path: Path) -> None:
+    from stl_pipeline.tracking import Tracker, TrackingUnavailable
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match=f"127.0.0.1:{port} does not answer.*make mlflow"):
+        Tracker(f"http://127.0.0.1:{port}", "stl-pipeline").check_reachable()
+    assert time.monotonic() - start < 10
+    with ImageServer() as server:  # any HTTP answer, here a 404, is a server that is up
+        Tracker(server.url(""), "stl-pipeline").check_reachable()
+
+
+def test_mlflow_runs_of_ended_orchestrator_runs_are_marked_killed(tmp_path: Path) -> None:
+    from mlflow.entities import RunStatus
+
+    from stl_pipeline.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "stl-pipeline", str(tmp_path / "artifacts"))
+    experiment = tracker.experiment_id()
+    runs = {
+        tag: tracker.client.create_run(experiment, tags={"dagster_run_id": tag} if tag else {}).info.run_id
+        for tag in ("dead", "alive", "")
+    }
+    assert tracker.end_abandoned(lambda run_id: run_id == "dead") == [runs["dead"]]
+    status = {tag: tracker.client.get_run(run_id).info.status for tag, run_id in runs.items()}
+    assert status == {"dead": RunStatus.to_string(RunStatus.KILLED), "alive": "RUNNING", "": "RUNNING"}
+
+
+def test_atomically_written_files_get_the_mode_the_umask_gives(tmp_path: Path) -> None:
+    path = tmp_path / "gallery.html"
+    atomic_write_bytes(path, b"<html></html>")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~UMASK
+    assert UMASK & 0o044 or path.stat().st_mode & 0o044  # readable by others where the umask allows

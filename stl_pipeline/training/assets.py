@@ -81,6 +81,12 @@ def _prior(best: dict) -> dict[str, float]:
     return fitted | {f"prior_{key}": value for key, value in best.get("prior_val_mrr", {}).items()}
 
 
+def _ended(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """A run of this instance that has ended (another instance's runs are not this one's to end)."""
+    run = instance.get_run_by_id(run_id)
+    return run is not None and run.is_finished
+
+
 def _train_asset(
     name: str, kind: str, registered: str, config_class: type[_TrainingKnobs], description: str
 ) -> dg.AssetsDefinition:
@@ -128,7 +134,11 @@ def _train_asset(
         node_dims, edge_types = schema(stl_graph)
         model = build_model(node_dims, edge_types, stl_crop_embeddings.dim, train_config).to(device)
         tags = {"dagster_run_id": context.run.run_id, "asset": name, "kind": kind}
-        with mlflow.tracker().run(f"{name} {context.run.run_id[:8]}", tags=tags) as run:
+        tracker = mlflow.tracker()
+        tracker.check_reachable()
+        for abandoned in tracker.end_abandoned(lambda run_id: _ended(context.instance, run_id)):
+            context.log.warning(f"MLflow run {abandoned} outlived its Dagster run: marked KILLED")
+        with tracker.run(f"{name} {context.run.run_id[:8]}", tags=tags) as run:
             run.log_params({**params, "device": describe(device), "precision": precision})
             result = train(
                 model,
