@@ -9,6 +9,7 @@ with the code location, which should not pay for torch.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -16,13 +17,22 @@ if TYPE_CHECKING:
 
 Precision = Literal["fp32", "bf16", "fp16"]
 REDUCED: tuple[str, ...] = ("bf16", "fp16")
+DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def check_device_spec(spec: str) -> str:
+    """``spec`` normalized, if it names a device at all (whether it exists is known on the host)."""
+    normal = spec.strip().lower()
+    if not DEVICE_SPEC.fullmatch(normal):
+        raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
+    return normal
 
 
 def resolve_device(spec: str) -> torch.device:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a device that exists here."""
     import torch
 
-    spec = spec.strip().lower()
+    spec = check_device_spec(spec)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
@@ -36,7 +46,7 @@ def resolve_device(spec: str) -> torch.device:
                 f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) are visible"
             )
         return device
-    raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
+    return torch.device("cpu")
 
 
 def effective_precision(device: torch.device, precision: Precision) -> Precision:

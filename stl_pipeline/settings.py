@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from stl_pipeline.device import check_device_spec
 from stl_pipeline.generate import CATEGORIES_FILE, IMAGES_DIR, PAIRS_FILE
 from stl_pipeline.ids import check_url_template
 
@@ -21,6 +22,8 @@ REAL_BACKBONE = ("resnet50", "hub", None)
 DEMO_BACKBONE = ("tf_efficientnet_lite0", "packaged", 128)
 WEIGHTS_KEYWORDS = ("hub", "packaged", "none")
 WEEKLY = "0 3 * * 1"  # Mondays 03:00 UTC: the retraining schedule's default
+# Past 1,024 pixels a side, a batch of scene crops would take gigabytes for no gain in recall.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ def default_allowed_hosts(template: str) -> tuple[str, ...]:
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     data_dir = Path(environ.get("STL_DATA_DIR") or ".stl_data").absolute()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(f"STL_DATA_DIR={str(data_dir)!r} is a file; point it at a directory")
     pairs, categories = environ.get("STL_PAIRS_PATH"), environ.get("STL_CATEGORIES_PATH")
     if bool(pairs) != bool(categories):
         raise ValueError(
@@ -81,8 +86,14 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         weights = weights_text
     size_text = environ.get("STL_BACKBONE_IMAGE_SIZE")
     if size_text:
-        if not size_text.isdigit() or int(size_text) < 32:
-            raise ValueError(f"STL_BACKBONE_IMAGE_SIZE={size_text!r}: use a whole number of pixels >= 32")
+        if (
+            not (size_text.isdigit() and len(size_text) <= 4)
+            or not MIN_IMAGE_SIZE <= int(size_text) <= MAX_IMAGE_SIZE
+        ):
+            raise ValueError(
+                f"STL_BACKBONE_IMAGE_SIZE={size_text[:20]!r}: use a whole number of pixels from "
+                f"{MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"
+            )
         size = int(size_text)
     elif environ.get("STL_BACKBONE"):
         size = None  # another model: its own input size
@@ -97,11 +108,18 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         backbone_weights=weights,
         backbone_checkpoint=checkpoint,
         image_size=size,
-        device=environ.get("STL_DEVICE") or "auto",
+        device=_device(environ.get("STL_DEVICE") or "auto"),
         mlflow_tracking_uri=environ.get("MLFLOW_TRACKING_URI")
         or f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
         retrain_cron=_cron(environ.get("STL_RETRAIN_CRON") or WEEKLY),
     )
+
+
+def _device(text: str) -> str:
+    try:
+        return check_device_spec(text)
+    except ValueError as error:
+        raise ValueError(f"STL_DEVICE: {error}") from None
 
 
 def _cron(text: str) -> str:

@@ -410,3 +410,29 @@ def test_atomically_written_files_get_the_mode_the_umask_gives(tmp_path: Path) -
     atomic_write_bytes(path, b"<html></html>")
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~UMASK
     assert UMASK & 0o044 or path.stat().st_mode & 0o044  # readable by others where the umask allows
+
+
+HOSTILE_ENVIRONMENT = [
+    ({"STL_DEVICE": "gpu0; rm -rf /"}, "STL_DEVICE: unknown device"),
+    ({"STL_DEVICE": "cuda:-1"}, "STL_DEVICE: unknown device"),
+    ({"STL_BACKBONE_IMAGE_SIZE": "100000"}, "STL_BACKBONE_IMAGE_SIZE='100000'"),
+    ({"STL_BACKBONE_IMAGE_SIZE": "1e3"}, "STL_BACKBONE_IMAGE_SIZE='1e3'"),
+    ({"STL_BACKBONE_IMAGE_SIZE": "9" * 5000}, "from 32 to 1024"),
+    ({"STL_RETRAIN_CRON": "@reboot"}, "STL_RETRAIN_CRON"),
+    ({"STL_IMAGE_URL_TEMPLATE": "http://h/{signature.__class__}"}, "must contain {signature}"),
+    ({"STL_IMAGE_URL_TEMPLATE": "http://h/{0}{signature}"}, "must contain {signature}"),
+    ({"STL_IMAGE_URL_TEMPLATE": "file:///dev/zero?{signature}"}, "a file template puts {signature}"),
+    ({"STL_PAIRS_PATH": "/etc/passwd"}, "set both STL_PAIRS_PATH and STL_CATEGORIES_PATH"),
+]
+
+
+@pytest.mark.parametrize(("environ", "message"), HOSTILE_ENVIRONMENT)
+def test_hostile_environment_fails_when_the_definitions_load(environ: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_settings(environ)
+
+
+def test_a_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("")
+    with pytest.raises(ValueError, match=r"STL_DATA_DIR=.* is a file"):
+        load_settings({"STL_DATA_DIR": str(tmp_path / "data")})
