@@ -436,3 +436,76 @@ def test_a_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "data").write_text("")
     with pytest.raises(ValueError, match=r"STL_DATA_DIR=.* is a file"):
         load_settings({"STL_DATA_DIR": str(tmp_path / "data")})
+
+
+EMBED_CHILD = """
+import sys, torch
+from stl_pipeline.features.backbone import load_backbone
+from stl_pipeline.features.embed import EmbeddingCache, embed_items
+from stl_pipeline.features.spec import BackboneSpec
+from stl_pipeline_tests.test_features import write_images
+from pathlib import Path
+folder, cache_root = Path(sys.argv[1]), Path(sys.argv[2])
+backbone = load_backbone(BackboneSpec("resnet18", "none", image_size=32))
+items = write_images(folder, 64)
+cache = EmbeddingCache(cache_root, backbone)
+embed_items(items, backbone, torch.device("cpu"), batch_size=4, workers=0, cache=cache,
+            progress=lambda done, total: __import__("time").sleep(0.2))
+"""
+
+
+def test_a_killed_embedding_run_resumes_from_its_cache_with_the_same_vectors(tmp_path: Path) -> None:
+    from stl_pipeline.features.backbone import load_backbone
+    from stl_pipeline.features.embed import EmbeddingCache, embed_items
+    from stl_pipeline.features.spec import BackboneSpec
+    from stl_pipeline_tests.test_features import write_images
+
+    cache_root, folder = tmp_path / "cache", tmp_path / "img"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", EMBED_CHILD, str(folder), str(cache_root)], env=env)
+    deadline = time.monotonic() + 120
+    while len(list(cache_root.glob("*/part-*.parquet"))) < 3:
+        assert child.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+
+    backbone, cpu = load_backbone(BackboneSpec("resnet18", "none", image_size=32)), torch.device("cpu")
+    items = write_images(folder, 64)
+    resumed, stats = embed_items(
+        items, backbone, cpu, batch_size=4, workers=0, cache=EmbeddingCache(cache_root, backbone)
+    )
+    assert 12 <= stats.cached < 64 and stats.computed + stats.cached == 64
+    straight, _ = embed_items(items, backbone, cpu, batch_size=4, workers=0)
+    assert resumed.keys == straight.keys and np.allclose(resumed.vectors, straight.vectors, atol=1e-6)
+
+
+def test_concurrent_materializations_leave_tables_and_images_intact(
+    tmp_path: Path, small_dataset: Path
+) -> None:
+    home = _instance_home(tmp_path)
+    dg.DagsterInstance.from_config(str(home)).dispose()  # its storage exists, as under `make ui`
+    env = {**os.environ, **generated_environ(tmp_path, small_dataset), "DAGSTER_HOME": str(home)}
+    command = [
+        DAGSTER,
+        "asset",
+        "materialize",
+        "-m",
+        "stl_pipeline.definitions",
+        "--select",
+        "stl_pairs,stl_products,product_images,scene_images",
+    ]
+    logs = [tmp_path / f"run{i}.log" for i in range(2)]
+    runs = [subprocess.Popen(command, env=env, stdout=f.open("w"), stderr=subprocess.STDOUT) for f in logs]
+    codes = [run.wait(timeout=300) for run in runs]
+    assert codes == [0, 0], "".join(log.read_text()[-2000:] for log in logs)
+
+    data = Path(env["STL_DATA_DIR"])
+    for table in ("product_images", "scene_images"):
+        manifest = pd.read_parquet(data / "tables" / f"{table}.parquet")
+        assert set(manifest["status"]) <= {DOWNLOADED, CACHED}
+        for path in manifest["path"]:
+            verify_image(Path(path).read_bytes(), 10**6)
+    assert len(pd.read_parquet(data / "tables" / "stl_products.parquet")) == SMALL.products
+    assert not list(data.rglob("*.part"))
