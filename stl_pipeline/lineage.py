@@ -15,6 +15,8 @@ import pandas as pd
 # share, the vectors were made from other tables.
 MAX_MISSING_SHARE = 0.05
 PAIR_COLUMNS = ["pair_id", "scene", "product", "split"]
+# A trained method's name in the reports -> the asset that trains it.
+MODEL_ASSETS = {"triplet_head": "triplet_head", "gat": "gat_model", "sage": "sage_model"}
 PAIRS_DIGEST = "pairs_digest"  # where a graph's info records the pairs it was built from
 
 
@@ -55,4 +57,16 @@ def require_same_pairs(made: str, info: dict, pairs: pd.DataFrame, remedy: str) 
         raise MismatchedInputError(
             f"{made} was built from other pairs than the current stl_pairs ({len(pairs)} pairs; "
             f"digest {pairs_digest(pairs)}, {made} records {info.get(PAIRS_DIGEST)}). {remedy}"
+        )
+
+
+def require_trained_on(method: str, record: dict, graph_info: dict) -> None:
+    """A model record was trained on this graph: evaluating or serving it on a graph of other
+    pairs would score it on pairs it may have trained on."""
+    if record.get(PAIRS_DIGEST) != graph_info.get(PAIRS_DIGEST):
+        asset = MODEL_ASSETS.get(method, method)
+        raise MismatchedInputError(
+            f"{asset} was trained on another stl_graph than the current one (pairs digest "
+            f"{record.get(PAIRS_DIGEST)}, the graph's {graph_info.get(PAIRS_DIGEST)}): rematerialize "
+            f"{asset} (the stl_retrain job retrains every model)."
         )

@@ -509,3 +509,20 @@ def test_concurrent_materializations_leave_tables_and_images_intact(
             verify_image(Path(path).read_bytes(), 10**6)
     assert len(pd.read_parquet(data / "tables" / "stl_products.parquet")) == SMALL.products
     assert not list(data.rglob("*.part"))
+
+
+def test_a_model_trained_on_another_graph_is_not_evaluated_or_served(tmp_path: Path) -> None:
+    from stl_pipeline.evaluation.report import vector_methods
+    from stl_pipeline.lineage import PAIRS_DIGEST
+    from stl_pipeline.training.loop import BEST, load_checkpoint, train
+    from stl_pipeline.training.models import model_record
+    from stl_pipeline_tests.test_training import CONFIG, setup
+
+    model, graph, train_q, val_q = setup()
+    graph.info = {PAIRS_DIGEST: "built-from-these-pairs"}
+    train(model, graph, train_q, val_q, CONFIG, tmp_path)
+    record = model_record(load_checkpoint(tmp_path / BEST), graph, train_q["stl"].x.shape[1], "run")
+    assert set(vector_methods(graph, 4, {"gat": record})) == {"frozen_knn", "gat"}
+    graph.info = {PAIRS_DIGEST: "rebuilt-from-other-pairs"}
+    with pytest.raises(MismatchedInputError, match="gat_model was trained on another stl_graph"):
+        vector_methods(graph, 4, {"gat": record})

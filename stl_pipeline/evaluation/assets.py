@@ -9,12 +9,11 @@ import pandas as pd
 
 from stl_pipeline.artifacts import HeteroData
 from stl_pipeline.generate import STYLES_FILE
+from stl_pipeline.lineage import MODEL_ASSETS
 from stl_pipeline.reporting import markdown
 from stl_pipeline.resources import MlflowTracker, QualityGate, StlFiles
 from stl_pipeline.vectors import Embeddings
 
-# method name in the reports -> the training asset it comes from
-LEARNED = {"triplet_head": "triplet_head", "gat": "gat_model", "sage": "sage_model"}
 BASELINES = ("random", "popularity", "frozen_knn")
 
 
@@ -194,7 +193,7 @@ def retrieval_report_complete(retrieval_report: pd.DataFrame) -> dg.AssetCheckRe
     expected = {
         (s, m, t, p)
         for s in ("val", "test")
-        for m in (*BASELINES, *LEARNED)
+        for m in (*BASELINES, *MODEL_ASSETS)
         for t in ("stl", "ctl")
         for p in POOLS
     }
@@ -254,7 +253,7 @@ def _finite_check(asset: str) -> dg.AssetChecksDefinition:
     return weights_finite
 
 
-model_checks = [_finite_check(asset) for asset in LEARNED.values()]
+model_checks = [_finite_check(asset) for asset in MODEL_ASSETS.values()]
 
 
 @dg.asset_check(

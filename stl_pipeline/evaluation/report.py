@@ -15,6 +15,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.evaluation.retrieval import KS, POOLS, RetrievalTask, metrics, sample_auc_negatives
+from stl_pipeline.lineage import require_trained_on
 from stl_pipeline.models.recommender import TASKS
 from stl_pipeline.training.loop import Queries
 from stl_pipeline.training.models import load_model
@@ -85,6 +86,7 @@ def vector_methods(graph: HeteroData, visual_dim: int, records: dict[str, dict])
     none = {task: torch.zeros(len(frozen)) for task in TASKS}
     methods = {"frozen_knn": VectorMethod(frozen, lambda task, x: x, none)}
     for method, record in records.items():
+        require_trained_on(method, record, getattr(graph, "info", {}))
         model = load_model(record)
         with torch.no_grad():
             products = model.products(graph)

@@ -12,6 +12,7 @@ from stl_pipeline.artifacts import HeteroData, ProductIndex
 from stl_pipeline.categories import LEAVES
 from stl_pipeline.features.queries import on_disk
 from stl_pipeline.graph.schema import CONTAINS
+from stl_pipeline.lineage import require_trained_on
 from stl_pipeline.reporting import markdown
 from stl_pipeline.resources import StlFiles
 from stl_pipeline.storage import atomic_write_bytes
@@ -40,6 +41,7 @@ def product_index(
     if config.model not in records:
         raise ValueError(f"unknown model {config.model!r} for product_index: use one of {SOURCES}")
     record = records[config.model]
+    require_trained_on(config.model, record, getattr(stl_graph, "info", {}))
     start = time.perf_counter()
     with torch.no_grad():
         vectors = load_model(record).products(stl_graph).numpy()
@@ -127,6 +129,7 @@ def recommendations(
     vectors = torch.from_numpy(product_index.vectors())
     k, per_category = config.k, config.complementary_per_category
     scene = stl_graph["scene"]
+    require_trained_on(product_index.info["model"], record, getattr(stl_graph, "info", {}))
     model = load_model(record)
     with torch.no_grad():
         scene_queries = model.queries(scene.x, "ctl")

@@ -4,6 +4,7 @@ with ``weights_only=True``."""
 
 from torch_geometric.data import HeteroData
 
+from stl_pipeline.lineage import PAIRS_DIGEST
 from stl_pipeline.models.encoders import EdgeType
 from stl_pipeline.models.recommender import GraphRecommender, Recommender, TripletRecommender
 from stl_pipeline.training.loop import TrainConfig
@@ -48,6 +49,7 @@ def model_record(best: dict, graph: HeteroData, query_dim: int, mlflow_run_id: s
         "prior_val_mrr": best.get("prior_val_mrr", {}),  # with the fitted popularity prior
         "history": best["history"],
         "mlflow_run_id": mlflow_run_id,
+        PAIRS_DIGEST: getattr(graph, "info", {}).get(PAIRS_DIGEST),  # the graph it was trained on
     }
 
 
