@@ -526,3 +526,44 @@ def test_a_model_trained_on_another_graph_is_not_evaluated_or_served(tmp_path: P
     graph.info = {PAIRS_DIGEST: "rebuilt-from-other-pairs"}
     with pytest.raises(MismatchedInputError, match="gat_model was trained on another stl_graph"):
         vector_methods(graph, 4, {"gat": record})
+
+
+WRITE_CHILD = """
+import sys, time
+from pathlib import Path
+from stl_pipeline.graph.store import load_graph, save_graph
+graph, info = load_graph(Path(sys.argv[1]))
+original = save_graph.__globals__["atomic_write_with"]
+def slow(path, write):
+    def stalled(tmp):
+        write(tmp)
+        print("written", flush=True)
+        time.sleep(600)
+    original(path, stalled)
+save_graph.__globals__["atomic_write_with"] = slow
+save_graph(graph, Path(sys.argv[1]), info={"rebuilt": True})
+"""
+
+
+def test_a_graph_build_killed_while_writing_leaves_the_old_graph_and_no_part(
+    graphed: tuple[dict, dg.DagsterInstance], tmp_path: Path
+) -> None:
+    """Every artifact is written to a part file and renamed into place: a kill at the worst
+    moment, the new file whole on disk but not yet renamed, leaves the old one."""
+    from stl_pipeline.storage import remove_stale_parts
+
+    data = tmp_path / "data"
+    shutil.copytree(graphed[0]["STL_DATA_DIR"], data)
+    path = data / "graph" / "stl_graph.safetensors"
+    before = path.read_bytes()
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITE_CHILD, str(path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout.readline().strip() == "written"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert path.read_bytes() == before and len(list(path.parent.glob("*.part"))) == 1
+    assert remove_stale_parts(data) == 1 and not list(path.parent.glob("*.part"))
