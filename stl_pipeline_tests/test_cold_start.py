@@ -131,6 +131,8 @@ def test_a_registered_model_version_answers_too(
     [
         (["scene", "{text}"], "is not a readable image"),
         (["scene", "{missing}"], "does not exist"),
+        (["scene", "{fifo}"], "is not a file"),
+        (["scene", "/dev/zero"], "is not a file"),
         (["scene", "{image}", "--bbox", "0.5,0.1,1.2,0.9"], "out of range"),
         (["scene", "{image}", "--bbox", "0.6,0.1,0.4,0.9"], "out of range"),
         (["scene", "{image}", "--bbox", "0.1,0.2"], "not four numbers"),
@@ -152,7 +154,9 @@ def test_bad_input_is_named_with_what_to_do(
     folder, pairs = unseen
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
+    os.mkfifo(tmp_path / "fifo.jpg")
     paths = {"text": text, "missing": tmp_path / "nope.jpg", "image": folder / f"{pairs['scene'][0]}.jpg"}
+    paths["fifo"] = tmp_path / "fifo.jpg"
     monkeypatch.setenv("STL_DATA_DIR", str(trained.settings.data_dir))
     assert main([a.format(**paths) for a in argv]) == 2
     assert message in capsys.readouterr().err

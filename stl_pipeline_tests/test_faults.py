@@ -567,3 +567,15 @@ def test_a_graph_build_killed_while_writing_leaves_the_old_graph_and_no_part(
     child.wait()
     assert path.read_bytes() == before and len(list(path.parent.glob("*.part"))) == 1
     assert remove_stale_parts(data) == 1 and not list(path.parent.glob("*.part"))
+
+
+@pytest.mark.parametrize("k", ["0", "1001", "1000000000", "9" * 5000, "-3", "ten"])
+def test_stl_recommend_refuses_a_hostile_list_length_before_loading_anything(
+    k: str, capsys: pytest.CaptureFixture
+) -> None:
+    from stl_pipeline.serving.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["product", "0" * 32, "-k", k])
+    assert exited.value.code == 2
+    assert "use a whole number from 1 to 1000" in capsys.readouterr().err

@@ -26,6 +26,14 @@ from stl_pipeline.serving.cold_start import (  # noqa: E402 (after the filter)
 )
 from stl_pipeline.settings import load_settings  # noqa: E402
 
+MAX_K = 1000  # a list longer than this is not a recommendation; FAISS would allocate k per query
+
+
+def _k(text: str) -> int:
+    if not (text.isdigit() and len(text) <= 4 and 1 <= int(text) <= MAX_K):
+        raise argparse.ArgumentTypeError(f"{text[:20]!r}: use a whole number from 1 to {MAX_K}")
+    return int(text)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stl-recommend", description=__doc__.split("\n\n")[0])
@@ -43,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     product.add_argument("id", help="A product id (32 hex digits).")
     for command in (scene, product):
-        command.add_argument("-k", type=int, default=10, help="Products per list (default 10).")
+        command.add_argument("-k", type=_k, default=10, help=f"Products per list, 1 to {MAX_K} (default 10).")
         command.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
     return parser
 
@@ -81,8 +89,6 @@ def _text(answer: SceneAnswer | ProductAnswer) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.k < 1:
-        parser.error("-k must be at least 1")
     try:
         if bool(args.model_name) != bool(args.model_version):
             raise ColdStartError("give both --model-name and --model-version, or neither")
