@@ -58,7 +58,7 @@ def test_demo_lineage_over_http_then_resumed(tmp_path: Path) -> None:
         environ = {"STL_DATA_DIR": str(data_dir), "STL_IMAGE_URL_TEMPLATE": server.url()}
         result, _ = run(environ, demo_products=120, demo_scenes=60)
         assert result.success
-        assert all(checks(result).values()) and len(checks(result)) == 7
+        assert all(checks(result).values()) and len(checks(result)) == 11
 
         pairs = pd.read_parquet(data_dir / "tables" / "stl_pairs.parquet")
         products = pd.read_parquet(data_dir / "tables" / "stl_products.parquet")
@@ -137,7 +137,7 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
     result, data_dir = run(environ, groups=groups)
     assert result.success
     evaluated = checks(result)
-    assert len(evaluated) == 22 and all(evaluated.values()), evaluated
+    assert len(evaluated) == 31 and all(evaluated.values()), evaluated
 
     pairs = pd.read_parquet(data_dir / "tables" / "stl_pairs.parquet")
     products = Embeddings.load(data_dir / "embeddings" / "product_embeddings.parquet")
@@ -193,7 +193,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     evaluated = checks(result)
     # Six epochs leave the learned embeddings bunched together: the warning may fire here.
     blocking = {k: v for k, v in evaluated.items() if k != "embedding_report_not_collapsed"}
-    assert len(evaluated) == 31 and all(blocking.values()), evaluated
+    assert len(evaluated) == 40 and all(blocking.values()), evaluated
 
     report = pd.read_parquet(settings.data_dir / "tables" / "retrieval_report.parquet")
     methods = {"random", "popularity", "frozen_knn", "triplet_head", "gat", "sage", "oracle"}
