@@ -32,10 +32,10 @@ import psutil
 import yaml
 from tabulate import tabulate
 
+from stl_pipeline.evaluation.report import shown
 from stl_pipeline.generate import FULL_SCALE, GeneratorConfig, generate_dataset
 
 JOB = "stl_full_pipeline"
-METRICS = ["HR@1", "HR@10", "HR@50", "MRR", "NDCG@10", "AUC"]
 
 
 @dataclass
@@ -281,13 +281,13 @@ def report(
     print(f"Lineage: {total:.1f} s in all, peak RSS of the process tree {peak_rss:,.0f} MB\n")
     headers = ["asset", "seconds", "checks / s", "throughput", "peak RSS MB", "GPU busy", "GPU MB"]
     print(tabulate(rows, headers=headers))
-    retrieval = retrieval_rows(Path(env["STL_DATA_DIR"]))
-    if retrieval is not None:
-        shown = retrieval[(retrieval["pool"] == "same_category")]
-        print("\nRetrieval report, held-out test scenes, same-category pool:\n")
-        print(
-            tabulate(shown.drop(columns=["split", "pool"]), headers="keys", showindex=False, floatfmt=".3f")
-        )
+    report_path = Path(env["STL_DATA_DIR"]) / "tables" / "retrieval_report.parquet"
+    retrieval = None
+    if report_path.exists():
+        table = pd.read_parquet(report_path)
+        retrieval = table[table["split"] == "test"].reset_index(drop=True)
+        print("\nRetrieval report, held-out test scenes, same-category pool (95% bootstrap intervals):\n")
+        print(tabulate(shown(table), headers="keys", showindex=False, floatfmt=".3f"))
     if args.json:
         result = {
             "scale": None if args.data else args.scale,
@@ -302,21 +302,6 @@ def report(
         }
         args.json.write_text(json.dumps(result, indent=2))
     return code
-
-
-def retrieval_rows(data_dir: Path) -> pd.DataFrame | None:
-    """Test rows of the report, both pools, with each method's share of the oracle's HR@10."""
-    path = data_dir / "tables" / "retrieval_report.parquet"
-    if not path.exists():
-        return None
-    table = pd.read_parquet(path)
-    test = table[table["split"] == "test"].copy()
-    oracle = test[test["method"] == "oracle"].set_index(["task", "pool"])["HR@10"]
-    test["of_oracle_HR@10"] = [
-        row["HR@10"] / oracle.get((row["task"], row["pool"]), float("nan")) for _, row in test.iterrows()
-    ]
-    columns = ["split", "method", "task", "pool", "queries", *METRICS, "of_oracle_HR@10"]
-    return test[[c for c in columns if c in test.columns]].reset_index(drop=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,13 @@ from stl_pipeline.evaluation.embedding import (
     list_quality,
     mean_pairwise_cosine,
 )
-from stl_pipeline.evaluation.retrieval import RetrievalTask, auc, metrics, sample_auc_negatives
+from stl_pipeline.evaluation.retrieval import (
+    RetrievalTask,
+    auc_per_query,
+    bootstrap,
+    metrics,
+    sample_auc_negatives,
+)
 from stl_pipeline_tests.test_models import tiny_graph
 
 # Four products in two categories; three queries whose true products are 0, 2 and 3.
@@ -50,8 +56,37 @@ def test_auc_is_scikit_learns_per_query_with_ties_and_missing_negatives() -> Non
             if ok.any()
         ]
     )
-    assert auc(positive, negative, valid) == pytest.approx(expected)
-    assert np.isnan(auc(positive, negative, torch.zeros_like(valid)))
+    per_query = auc_per_query(positive, negative, valid).numpy()
+    assert np.isnan(per_query[:7]).all() and np.nanmean(per_query) == pytest.approx(expected)
+    assert auc_per_query(positive, negative, torch.zeros_like(valid)).isnan().all()
+
+
+def test_hit_rates_and_ndcg_equal_pygs_link_prediction_metrics() -> None:
+    from torch_geometric.metrics import LinkPredHitRatio, LinkPredNDCG
+
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randn(300, 80, generator=generator)
+    truth = torch.randint(0, 80, (300,), generator=generator)
+    task = RetrievalTask(truth, torch.zeros(80, dtype=torch.long), torch.zeros((300, 1), dtype=torch.long))
+    found = metrics(scores, task, "catalogue")
+    top, label_index = scores.topk(50, dim=1).indices, torch.stack([torch.arange(300), truth])
+    pyg = {"HR@10": LinkPredHitRatio(10), "HR@50": LinkPredHitRatio(50), "NDCG@10": LinkPredNDCG(10)}
+    for name, metric in pyg.items():
+        metric.update(top[:, : metric.k], label_index)
+        assert found[name] == pytest.approx(float(metric.compute()), abs=1e-6), name
+        assert found[f"{name}_low"] < found[name] < found[f"{name}_high"]
+
+
+def test_bootstrap_intervals_cover_the_mean_and_narrow_with_more_queries() -> None:
+    rng = np.random.default_rng(0)
+    few, many = ((rng.random(n) < 0.3).astype(float) for n in (50, 2000))
+    low, high = bootstrap(few)
+    assert low < few.mean() < high
+    wide, narrow = high - low, np.subtract(*bootstrap(many)[::-1])
+    # The normal approximation of a proportion's 95% interval: 3.92 standard errors wide.
+    assert narrow == pytest.approx(3.92 * np.sqrt(0.3 * 0.7 / 2000), rel=0.15) and narrow < wide / 4
+    assert bootstrap(np.ones(40)) == (1.0, 1.0)
+    assert np.isnan(bootstrap(np.array([np.nan, np.nan]))).all()
 
 
 def test_unknown_pool_is_refused() -> None:

@@ -48,7 +48,7 @@ def _mlflow_name(*parts: str) -> str:
 
 
 def _test_metrics(table: pd.DataFrame, method: str) -> dict[str, float]:
-    from stl_pipeline.evaluation.report import METRICS
+    from stl_pipeline.evaluation.retrieval import METRICS
 
     own = table[(table["method"] == method) & (table["split"] == "test")]
     return {
@@ -96,6 +96,7 @@ def retrieval_report(
         popularity_scorer,
         random_scorer,
         report,
+        shown,
         vector_methods,
         vector_scorer,
     )
@@ -116,16 +117,13 @@ def retrieval_report(
     metrics = {method: _test_metrics(table, method) for method in records}
     _log_to_model_runs(mlflow, records, table, "retrieval_report", metrics)
     test = table[(table["split"] == "test") & (table["pool"] == "same_category")]
-    shown = test.drop(columns=["split", "pool"]).round(3)
-    context.log.info(f"retrieval_report, test scenes, same-category pool:\n{shown.to_string(index=False)}")
-    catalogue = table[(table["split"] == "test") & (table["pool"] == "catalogue")]
+    summary = shown(table)
+    context.log.info(f"retrieval_report, test scenes, same-category pool:\n{summary.to_string(index=False)}")
     return dg.Output(
         table,
         metadata={
-            "test_same_category": dg.MetadataValue.md(markdown(shown, max_rows=40)),
-            "test_catalogue": dg.MetadataValue.md(
-                markdown(catalogue.drop(columns=["split", "pool"]).round(3), max_rows=40)
-            ),
+            "test_same_category": dg.MetadataValue.md(markdown(summary, max_rows=40)),
+            "test_catalogue": dg.MetadataValue.md(markdown(shown(table, pool="catalogue"), max_rows=40)),
             "test_queries": int(test["queries"].iloc[0]) if len(test) else 0,
             "mlflow_runs": ", ".join(f"{m}: {r['mlflow_run_id']}" for m, r in records.items()),
         },
@@ -187,8 +185,7 @@ def embedding_report(
     asset=retrieval_report, blocking=True, description="Every split, method, task and pool has a row."
 )
 def retrieval_report_complete(retrieval_report: pd.DataFrame) -> dg.AssetCheckResult:
-    from stl_pipeline.evaluation.report import METRICS
-    from stl_pipeline.evaluation.retrieval import POOLS
+    from stl_pipeline.evaluation.retrieval import METRICS, POOLS
 
     expected = {
         (s, m, t, p)

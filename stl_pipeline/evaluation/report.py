@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.evaluation.retrieval import KS, POOLS, RetrievalTask, metrics, sample_auc_negatives
+from stl_pipeline.evaluation.retrieval import POOLS, RetrievalTask, metrics, sample_auc_negatives
 from stl_pipeline.lineage import require_trained_on
 from stl_pipeline.models.recommender import TASKS
 from stl_pipeline.training.loop import Queries
@@ -22,7 +22,7 @@ from stl_pipeline.training.models import load_model
 
 # (task, queries, the pairs they come from) -> (Q, P) scores
 Scorer = Callable[[str, Queries, pd.DataFrame], torch.Tensor]
-METRICS = [*(f"HR@{k}" for k in KS), "MRR", "NDCG@10", "AUC"]
+OF_ORACLE = "of_oracle_HR@10"
 QueryFn = Callable[[str, torch.Tensor], torch.Tensor]
 
 
@@ -127,4 +127,25 @@ def report(
                 for pool in POOLS:
                     key = {"split": split, "method": method, "task": task, "pool": pool}
                     rows.append(key | {"queries": len(pairs)} | metrics(scores, evaluation, pool))
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if "oracle" in methods:
+        group = ["split", "task", "pool"]
+        ceiling = table[table["method"] == "oracle"].set_index(group)["HR@10"]
+        table[OF_ORACLE] = table["HR@10"] / ceiling.reindex(pd.MultiIndex.from_frame(table[group])).to_numpy()
+    return table
+
+
+def shown(table: pd.DataFrame, split: str = "test", pool: str = "same_category") -> pd.DataFrame:
+    """The rows people read first: HR@10 and MRR with their 95% intervals, AUC, the share of
+    the oracle."""
+    rows = table[(table["split"] == split) & (table["pool"] == pool)]
+    out = rows[["method", "task", "queries"]].copy()
+    for metric in ("HR@10", "MRR"):
+        low, high = rows[f"{metric}_low"], rows[f"{metric}_high"]
+        out[f"{metric} (95% CI)"] = [
+            f"{v:.3f} ({lo:.3f}-{hi:.3f})" for v, lo, hi in zip(rows[metric], low, high, strict=True)
+        ]
+    out["AUC"] = rows["AUC"].round(3)
+    if OF_ORACLE in rows:
+        out[OF_ORACLE] = rows[OF_ORACLE].round(3)
+    return out.reset_index(drop=True)

@@ -1,20 +1,24 @@
-"""Retrieval metrics of scored candidates: HR@K, MRR, NDCG@10 and same-category AUC.
+"""Retrieval metrics of scored candidates: HR@K, MRR, NDCG@10 and same-category AUC, each
+with a 95% bootstrap interval over queries.
 
-HR@K and NDCG@10 come from PyG's link-prediction metrics over the top-K lists;
-MRR is over the full ranking (PyG's is cut at K), and AUC is per query, against
-negatives of the same category from other scenes.
+Every metric is a mean of per-query values, so that the interval says how much a
+difference between methods could be the luck of which scenes were held out. HR@K and
+NDCG@10 are read off the top-K lists (as PyG's link-prediction metrics compute them),
+MRR is over the full ranking, and AUC is per query, against negatives of the same
+category from other scenes.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch_geometric.metrics import LinkPredHitRatio, LinkPredNDCG
 
-from stl_pipeline.training.ranking import mrr, true_ranks
+from stl_pipeline.training.ranking import true_ranks
 
 KS = (1, 5, 10, 50)
 POOLS = ("same_category", "catalogue")
+METRICS = [*(f"HR@{k}" for k in KS), "MRR", "NDCG@10", "AUC"]
+RESAMPLES, LEVEL = 1000, 0.95
 
 
 @dataclass
@@ -34,36 +38,53 @@ def pool_mask(task: RetrievalTask, pool: str) -> torch.Tensor | None:
     raise ValueError(f"unknown candidate pool {pool!r}: use {POOLS}")
 
 
-def metrics(scores: torch.Tensor, task: RetrievalTask, pool: str) -> dict[str, float]:
-    """Every metric of one method on one task and pool; ``scores`` is (Q, P)."""
+def per_query(scores: torch.Tensor, task: RetrievalTask, pool: str) -> dict[str, np.ndarray]:
+    """Every metric's value for each query of one method on one task and pool (``scores`` is
+    (Q, P)); AUC is NaN for a query without negatives."""
     allowed = pool_mask(task, pool)
     masked = scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
     rows = torch.arange(len(task.truth))
-    label_index = torch.stack([rows, task.truth])
     top = masked.topk(min(max(KS), masked.shape[1]), dim=1).indices
-    result = {}
-    for k in KS:
-        hit = LinkPredHitRatio(k)
-        hit.update(top[:, :k], label_index)
-        result[f"HR@{k}"] = float(hit.compute())
-    ndcg = LinkPredNDCG(10)
-    ndcg.update(top[:, :10], label_index)
-    result["NDCG@10"] = float(ndcg.compute())
-    result["MRR"] = mrr(true_ranks(scores, task.truth, allowed))
-    result["AUC"] = auc(
+    found = top == task.truth[:, None]
+    position = torch.where(found.any(1), found.float().argmax(1), torch.full_like(task.truth, 10**9))
+    values = {f"HR@{k}": (position < k).float() for k in KS}
+    values["MRR"] = 1.0 / (true_ranks(scores, task.truth, allowed).float() + 1)
+    values["NDCG@10"] = torch.where(position < 10, 1.0 / torch.log2(position.float() + 2), 0.0)
+    values["AUC"] = auc_per_query(
         scores[rows, task.truth], scores.gather(1, task.auc_negatives.clamp(min=0)), task.auc_negatives >= 0
     )
+    return {name: value.double().numpy() for name, value in values.items()}
+
+
+def bootstrap(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """The 95% percentile interval of the mean over ``RESAMPLES`` resamples of the queries."""
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    draws = np.random.default_rng(seed).integers(0, len(values), (RESAMPLES, len(values)))
+    means = values[draws].mean(axis=1)
+    tail = (1 - LEVEL) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def metrics(scores: torch.Tensor, task: RetrievalTask, pool: str) -> dict[str, float]:
+    """Every metric of one method on one task and pool, and its interval (``<metric>_low``,
+    ``<metric>_high``); a query without AUC negatives is left out of AUC (NaN if all are)."""
+    result = {}
+    for name, values in per_query(scores, task, pool).items():
+        valid = values[~np.isnan(values)]
+        result[name] = float(valid.mean()) if len(valid) else float("nan")
+        result[f"{name}_low"], result[f"{name}_high"] = bootstrap(values)
     return result
 
 
-def auc(positive: torch.Tensor, negative: torch.Tensor, valid: torch.Tensor) -> float:
-    """Mean over queries of the ROC AUC of one positive (Q,) against its valid negatives (Q, M):
-    the share of negatives it outscores, ties counting half. Queries without a valid negative
-    are left out; NaN if none has one."""
+def auc_per_query(positive: torch.Tensor, negative: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The ROC AUC of each query's positive (Q,) against its valid negatives (Q, M): the share
+    of negatives it outscores, ties counting half; NaN for a query without a valid negative."""
     wins = (positive[:, None] > negative).float() + 0.5 * (positive[:, None] == negative).float()
     count = valid.sum(dim=1)
     per_query = (wins * valid).sum(dim=1) / count.clamp(min=1)
-    return float(per_query[count > 0].mean()) if bool((count > 0).any()) else float("nan")
+    return torch.where(count > 0, per_query, float("nan"))
 
 
 def sample_auc_negatives(

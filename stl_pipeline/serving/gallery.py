@@ -139,11 +139,17 @@ def strips_of(recommendations: pd.DataFrame, product: str, k: int) -> list[Strip
 
 
 def metrics_table(test: pd.DataFrame, methods: dict[str, str]) -> pd.DataFrame:
-    """HR@10 and MRR per task of each of ``methods`` (name -> label), from report rows."""
-    wide = test[test["method"].isin(methods)].pivot(index="method", columns="task", values=["HR@10", "MRR"])
-    present = [m for m in methods if m in wide.index]
+    """HR@10 and MRR per task of each of ``methods`` (name -> label), from report rows, each
+    with its 95% bootstrap interval over the test queries."""
+    rows = test[test["method"].isin(methods)].set_index(["method", "task"])
+    present = [m for m in methods if m in rows.index.get_level_values(0)]
+
+    def cell(method: str, task: str, metric: str) -> str:
+        row = rows.loc[(method, task)]
+        return f"{row[metric]:.3f} ({row[f'{metric}_low']:.3f}-{row[f'{metric}_high']:.3f})"
+
     columns = {
-        f"{task.upper()} {metric}": [float(wide.loc[m, (metric, task)]) for m in present]
+        f"{task.upper()} {metric} (95% CI)": [cell(m, task, metric) for m in present]
         for task in ("stl", "ctl")
         for metric in ("HR@10", "MRR")
     }
