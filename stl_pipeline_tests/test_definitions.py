@@ -33,8 +33,15 @@ def test_definitions_load_with_the_interface_names() -> None:
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == ASSETS
-    for job in ("stl_full_pipeline", "stl_ingest", "stl_retrain"):
-        assert defs.resolve_job_def(job)
+    downstream = {"training", "evaluation", "serving"}
+    expected = {
+        "stl_full_pipeline": set(ASSETS),
+        "stl_ingest": {a for a, g in ASSETS.items() if g in ("ingest", "images", "features")},
+        "stl_retrain": {a for a, g in ASSETS.items() if g in ("graph", *downstream)},
+    }
+    for job, assets in expected.items():
+        selected = defs.resolve_job_def(job).asset_layer.executable_asset_keys
+        assert {key.to_user_string() for key in selected} == assets, job
     assert defs.resolve_schedule_def("stl_retrain_schedule")
     assert defs.resolve_sensor_def("stl_raw_files_sensor")
 

@@ -49,7 +49,10 @@ def test_retraining_schedule_is_weekly_and_off_until_switched_on() -> None:
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 23, 3, tzinfo=UTC))
     (request,) = schedule.evaluate_tick(context).run_requests
-    assert request.job_name in (None, "stl_retrain")
+    # One run of the schedule's own job (no job name), with the job's defaults, tagged with
+    # the schedule so the UI can tell a scheduled retrain from a manual one.
+    assert request.job_name is None and request.run_config == {}
+    assert request.tags == {"dagster/schedule_name": "stl_retrain_schedule"}
 
     daily = build_definitions(load_settings({"STL_RETRAIN_CRON": "30 1 * * *"}))
     assert daily.resolve_schedule_def("stl_retrain_schedule").cron_schedule == "30 1 * * *"
