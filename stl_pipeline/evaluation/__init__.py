@@ -1,1 +1,1 @@
-"""The evaluation protocol of DESIGN.md section 2: retrieval over held-out test scenes."""
+"""The evaluation protocol of docs/design.md, section 2: retrieval over held-out test scenes."""

@@ -77,7 +77,7 @@ def build_graph(
     scene_embeddings: Embeddings,
     config: GraphConfig = GraphConfig(),
 ) -> tuple[HeteroData, BuildReport]:
-    """The HeteroData of DESIGN.md section 4, and what was left out for lack of an image.
+    """The HeteroData of docs/design.md, section 3, and what was left out for lack of an image.
     Refuses embeddings made from other tables (MismatchedInputError)."""
     again = "Rematerialize {0}_images and {0}_embeddings (the stl_ingest job does both)."
     require_made_from(
