@@ -32,6 +32,7 @@ import psutil
 import yaml
 from tabulate import tabulate
 
+from stl_pipeline.catalogue import asset_path
 from stl_pipeline.evaluation.report import shown
 from stl_pipeline.generate import FULL_SCALE, GeneratorConfig, generate_dataset
 
@@ -281,7 +282,7 @@ def report(
     print(f"Lineage: {total:.1f} s in all, peak RSS of the process tree {peak_rss:,.0f} MB\n")
     headers = ["asset", "seconds", "checks / s", "throughput", "peak RSS MB", "GPU busy", "GPU MB"]
     print(tabulate(rows, headers=headers))
-    report_path = Path(env["STL_DATA_DIR"]) / "tables" / "retrieval_report.parquet"
+    report_path = asset_path(Path(env["STL_DATA_DIR"]), "retrieval_report")
     retrieval = None
     if report_path.exists():
         table = pd.read_parquet(report_path)

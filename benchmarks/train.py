@@ -34,11 +34,12 @@ import torch
 from tabulate import tabulate
 from torch_geometric.data import HeteroData
 
+from stl_pipeline.catalogue import asset_path
 from stl_pipeline.device import describe, effective_precision, resolve_device
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.training.assets import GatConfig, GnnConfig, TripletConfig
-from stl_pipeline.training.data import split_queries
+from stl_pipeline.training.data import QUERY_ASSETS, split_queries
 from stl_pipeline.training.loop import BEST, Queries, TrainConfig, load_checkpoint, train
 from stl_pipeline.training.models import build_model, schema
 from stl_pipeline.training.ranking import mrr, true_ranks
@@ -46,12 +47,9 @@ from stl_pipeline.vectors import Embeddings
 
 
 def load(data_dir: Path, copies: int = 1):
-    graph, graph.info = load_graph(data_dir / "graph" / "stl_graph.safetensors")
-    pairs = pd.read_parquet(data_dir / "tables" / "stl_pairs.parquet")
-    queries = {
-        "stl": Embeddings.load(data_dir / "embeddings" / "stl_crop_embeddings.parquet"),
-        "ctl": Embeddings.load(data_dir / "embeddings" / "ctl_scene_embeddings.parquet"),
-    }
+    graph, graph.info = load_graph(asset_path(data_dir, "stl_graph"))
+    pairs = pd.read_parquet(asset_path(data_dir, "stl_pairs"))
+    queries = {task: Embeddings.load(asset_path(data_dir, name)) for task, name in QUERY_ASSETS.items()}
     train_q, _ = split_queries(graph, pairs, queries, "train")
     val_q, _ = split_queries(graph, pairs, queries, "val")
     if copies > 1:

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from stl_pipeline.catalogue import store_dir
 from stl_pipeline.evaluation import assets as evaluation_assets
 from stl_pipeline.executor import STEP_EXECUTOR
 from stl_pipeline.features import assets as feature_assets
@@ -34,6 +35,10 @@ from stl_pipeline.serving import assets as serving_assets
 from stl_pipeline.settings import Settings, load_settings
 from stl_pipeline.training import assets as training_assets
 
+IO_MANAGERS = {
+    manager.key: manager
+    for manager in (ParquetIOManager, EmbeddingIOManager, GraphIOManager, ModelIOManager, IndexIOManager)
+}
 MODULES = [
     ingest_assets,
     image_assets,
@@ -70,11 +75,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 checkpoint=settings.backbone_checkpoint,
                 image_size=settings.image_size,
             ),
-            "io_manager": ParquetIOManager(base_dir=str(settings.data_dir / "tables")),
-            "embedding_io_manager": EmbeddingIOManager(base_dir=str(settings.data_dir / "embeddings")),
-            "graph_io_manager": GraphIOManager(base_dir=str(settings.data_dir / "graph")),
-            "model_io_manager": ModelIOManager(base_dir=str(settings.data_dir / "models")),
-            "index_io_manager": IndexIOManager(base_dir=str(settings.data_dir / "serving")),
+            **{
+                key: manager(base_dir=str(store_dir(settings.data_dir, key)))
+                for key, manager in IO_MANAGERS.items()
+            },
             "quality_gate": QualityGate(),
             "mlflow": MlflowTracker(
                 tracking_uri=settings.mlflow_tracking_uri,

@@ -9,6 +9,7 @@ import time
 import dagster as dg
 import pandas as pd
 
+from stl_pipeline.catalogue import asset_path
 from stl_pipeline.settings import load_settings
 
 STL_FULL_PIPELINE = "stl_full_pipeline"
@@ -125,7 +126,7 @@ def _summarize(result: dg.JobExecutionResult, instance: dg.DagsterInstance, seco
     ]
     if gallery:
         print(f"\nGallery: {gallery[0]['gallery'].value}")
-        table = pd.read_parquet(load_settings().data_dir / "tables" / "recommendations.parquet")
+        table = pd.read_parquet(asset_path(load_settings().data_dir, "recommendations"))
         print("\nSample recommendations (product id, category, score: the cosine, plus the popularity prior")
         print("for complete the look):")
         print("\n".join(_samples(table)))

@@ -8,15 +8,21 @@ import dagster as dg
 import pandas as pd
 
 from stl_pipeline.artifacts import HeteroData, ProductIndex
+from stl_pipeline.catalogue import STORES
 from stl_pipeline.storage import atomic_write_with, read_artifact
 from stl_pipeline.vectors import Embeddings
 
 
 class _FileIOManager(dg.ConfigurableIOManager):
-    """One file per asset: ``<base_dir>/<asset key path><suffix>``, replaced atomically."""
+    """One file per asset: ``<base_dir>/<asset key path><suffix>``, replaced atomically; the
+    folder and suffix of each store are in catalogue.py."""
 
     base_dir: str
-    suffix: ClassVar[str]
+    key: ClassVar[str]
+
+    @property
+    def suffix(self) -> str:
+        return STORES[self.key][1]
 
     def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
         return Path(self.base_dir).joinpath(*context.asset_key.path).with_suffix(self.suffix)
@@ -45,7 +51,7 @@ class _FileIOManager(dg.ConfigurableIOManager):
 class ParquetIOManager(_FileIOManager):
     """Tables as parquet."""
 
-    suffix: ClassVar[str] = ".parquet"
+    key: ClassVar[str] = "io_manager"
 
     def write(self, obj: pd.DataFrame, path: Path) -> dict:
         atomic_write_with(path, lambda tmp: obj.to_parquet(tmp, index=False))
@@ -58,7 +64,7 @@ class ParquetIOManager(_FileIOManager):
 class EmbeddingIOManager(_FileIOManager):
     """Embeddings as parquet: a key column and a fixed-size float32 list column."""
 
-    suffix: ClassVar[str] = ".parquet"
+    key: ClassVar[str] = "embedding_io_manager"
 
     def write(self, obj: Embeddings, path: Path) -> dict:
         obj.save(path)
@@ -71,7 +77,7 @@ class EmbeddingIOManager(_FileIOManager):
 class GraphIOManager(_FileIOManager):
     """The graph as safetensors: tensors, ids and build info; no pickle."""
 
-    suffix: ClassVar[str] = ".safetensors"
+    key: ClassVar[str] = "graph_io_manager"
 
     def write(self, obj: HeteroData, path: Path) -> dict:
         from stl_pipeline.graph.store import save_graph
@@ -90,7 +96,7 @@ class GraphIOManager(_FileIOManager):
 class ModelIOManager(_FileIOManager):
     """A trained model record (weights, config, schema) via torch.save; loaded weights-only."""
 
-    suffix: ClassVar[str] = ".pt"
+    key: ClassVar[str] = "model_io_manager"
 
     def write(self, obj: dict, path: Path) -> dict:
         import torch
@@ -107,7 +113,7 @@ class ModelIOManager(_FileIOManager):
 class IndexIOManager(_FileIOManager):
     """A ``ProductIndex`` as safetensors: FAISS bytes, ids and provenance; no pickle."""
 
-    suffix: ClassVar[str] = ".safetensors"
+    key: ClassVar[str] = "index_io_manager"
 
     def write(self, obj: ProductIndex, path: Path) -> dict:
         from stl_pipeline.serving.index import save_index

@@ -1,10 +1,12 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from stl_pipeline.definitions import defs
+from stl_pipeline.catalogue import ASSET_STORES, STORES, asset_path
+from stl_pipeline.definitions import IO_MANAGERS, defs
 from stl_pipeline.executor import _forkserver_steps
 
 ASSETS = {
@@ -111,3 +113,14 @@ def test_steps_fork_from_a_loaded_code_location_and_runs_may_still_choose() -> N
         assert dg.validate_run_config(job, {"execution": {"config": choice}})
     with pytest.raises(dg.DagsterInvalidConfigError):
         dg.validate_run_config(job, {"execution": {"config": {"threads": {}}}})
+
+
+def test_the_catalogue_names_each_assets_own_store() -> None:
+    """Cold start and the benchmarks find files through catalogue.py; the assets declare
+    their IO managers themselves: the two must agree."""
+    graph = defs.resolve_asset_graph()
+    for asset, store in ASSET_STORES.items():
+        key = dg.AssetKey(asset)
+        assert graph.get(key).io_manager_key == store, asset
+        assert asset_path(Path("/data"), asset).parent == Path("/data") / STORES[store][0]
+    assert set(IO_MANAGERS) == set(STORES)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch_geometric.data import HeteroData
 
+from stl_pipeline.catalogue import asset_path
 from stl_pipeline.categories import LEAVES
 from stl_pipeline.features.backbone import Backbone, BackboneUnavailable, load_backbone
 from stl_pipeline.features.embed import Embedder
@@ -338,7 +339,7 @@ def load(settings: Settings, model_name: str | None = None, model_version: str |
     """The latest materialized model and index under ``settings.data_dir``, or a registered
     MLflow model version (with product vectors computed from the latest graph)."""
     root = settings.data_dir
-    graph_path = root / "graph" / "stl_graph.safetensors"
+    graph_path = asset_path(root, "stl_graph")
     graph, info = _read(graph_path, "materialized stl_graph", load_graph)
     graph.info = info
     if model_name:
@@ -352,11 +353,9 @@ def load(settings: Settings, model_name: str | None = None, model_version: str |
             "mlflow_run_id": record["mlflow_run_id"],
         }
     else:
-        index = _read(
-            root / "serving" / "product_index.safetensors", "materialized product_index", load_index
-        )
+        index = _read(asset_path(root, "product_index"), "materialized product_index", load_index)
         asset = MODEL_ASSETS.get(index.info.get("model", ""), "gat_model")
-        record = _read(root / "models" / f"{asset}.pt", f"materialized {asset}", load_checkpoint)
+        record = _read(asset_path(root, asset), f"materialized {asset}", load_checkpoint)
         if record.get("mlflow_run_id") != index.info.get("mlflow_run_id"):
             raise ColdStartError(f"product_index is older than {asset}: rematerialize product_index")
         source = {"model": index.info.get("model", ""), "mlflow_run_id": record["mlflow_run_id"]}
