@@ -38,7 +38,8 @@ from stl_pipeline.catalogue import asset_path
 from stl_pipeline.device import describe, effective_precision, resolve_device
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
-from stl_pipeline.training.assets import GatConfig, GnnConfig, TripletConfig
+from stl_pipeline.registry import MODELS
+from stl_pipeline.training.assets import CONFIGS
 from stl_pipeline.training.data import QUERY_ASSETS, split_queries
 from stl_pipeline.training.loop import BEST, Queries, TrainConfig, load_checkpoint, train
 from stl_pipeline.training.models import build_model, schema
@@ -80,7 +81,7 @@ def tile(graph: HeteroData, train_q: dict, val_q: dict, copies: int):
     return big, repeat(train_q), repeat(val_q)
 
 
-KNOBS = {"gat": GatConfig, "sage": GnnConfig, "triplet": TripletConfig}
+KNOBS = {spec.kind: CONFIGS[spec.method] for spec in MODELS}  # the training assets' own knobs
 
 
 def run(kind: str, device: torch.device, precision: str, data, epochs: int, overrides: dict):

@@ -11,12 +11,12 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from stl_pipeline.registry import MODEL_ASSETS
+
 # Failed downloads and queries without a region leave some keys without a vector; past this
 # share, the vectors were made from other tables.
 MAX_MISSING_SHARE = 0.05
 PAIR_COLUMNS = ["pair_id", "scene", "product", "split"]
-# A trained method's name in the reports -> the asset that trains it.
-MODEL_ASSETS = {"triplet_head": "triplet_head", "gat": "gat_model", "sage": "sage_model"}
 PAIRS_DIGEST = "pairs_digest"  # where a graph's info records the pairs it was built from
 
 

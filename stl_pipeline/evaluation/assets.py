@@ -9,9 +9,10 @@ import pandas as pd
 
 from stl_pipeline.artifacts import HeteroData
 from stl_pipeline.generate import STYLES_FILE
-from stl_pipeline.lineage import MODEL_ASSETS
+from stl_pipeline.registry import MODEL_ASSETS, by_method
 from stl_pipeline.reporting import markdown
 from stl_pipeline.resources import MlflowTracker, QualityGate, StlFiles
+from stl_pipeline.training.assets import MODEL_INS
 from stl_pipeline.vectors import Embeddings
 
 BASELINES = ("random", "popularity", "frozen_knn")
@@ -75,7 +76,7 @@ def _log_to_model_runs(
         run.log_text(markdown(table.round(4), max_rows=len(table)), f"reports/{name}.md")
 
 
-@dg.asset(group_name="evaluation")
+@dg.asset(group_name="evaluation", ins=MODEL_INS)
 def retrieval_report(
     context: dg.AssetExecutionContext,
     stl_graph: HeteroData,
@@ -83,11 +84,9 @@ def retrieval_report(
     stl_products: pd.DataFrame,
     stl_crop_embeddings: Embeddings,
     ctl_scene_embeddings: Embeddings,
-    triplet_head: dict,
-    gat_model: dict,
-    sage_model: dict,
     stl_files: StlFiles,
     mlflow: MlflowTracker,
+    **models: dict,
 ) -> dg.Output[pd.DataFrame]:
     """Method x task (STL, CTL) x candidate pool x metric, on validation and held-out test scenes."""
     import torch
@@ -106,7 +105,7 @@ def retrieval_report(
     )
     ids = stl_graph["product"].ids
     popularity = torch.tensor(stl_products.set_index("product").loc[ids, "popularity"].to_numpy())
-    records = {"triplet_head": triplet_head, "gat": gat_model, "sage": sage_model}
+    records = by_method(models)
     vectors = vector_methods(stl_graph, stl_crop_embeddings.dim, records)
     methods = {"random": random_scorer(len(ids)), "popularity": popularity_scorer(popularity)}
     methods |= {name: vector_scorer(method) for name, method in vectors.items()}
@@ -130,17 +129,15 @@ def retrieval_report(
     )
 
 
-@dg.asset(group_name="evaluation")
+@dg.asset(group_name="evaluation", ins=MODEL_INS)
 def embedding_report(
     context: dg.AssetExecutionContext,
     stl_graph: HeteroData,
     stl_pairs: pd.DataFrame,
     stl_crop_embeddings: Embeddings,
     ctl_scene_embeddings: Embeddings,
-    triplet_head: dict,
-    gat_model: dict,
-    sage_model: dict,
     mlflow: MlflowTracker,
+    **models: dict,
 ) -> dg.Output[pd.DataFrame]:
     """Per product embedding: cluster quality, over-smoothing, and coverage and category
     diversity of the top-10 lists of test queries over the whole catalogue."""
@@ -149,7 +146,7 @@ def embedding_report(
     from stl_pipeline.evaluation.report import vector_methods
 
     split_q, _ = _queries(stl_graph, stl_pairs, stl_crop_embeddings, ctl_scene_embeddings, ("test",))
-    records = {"triplet_head": triplet_head, "gat": gat_model, "sage": sage_model}
+    records = by_method(models)
     category = stl_graph["product"].category
     density = graph_density(stl_graph)
     rows = []

@@ -13,12 +13,12 @@ from stl_pipeline.categories import LEAVES
 from stl_pipeline.features.queries import on_disk
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.lineage import require_trained_on
+from stl_pipeline.registry import MODELS, by_method
 from stl_pipeline.reporting import markdown
 from stl_pipeline.resources import StlFiles
 from stl_pipeline.storage import atomic_write_bytes
+from stl_pipeline.training.assets import MODEL_INS
 from stl_pipeline.vectors import Embeddings
-
-SOURCES = ("gat", "sage", "triplet_head")
 
 
 class ProductIndexConfig(dg.Config):
@@ -27,9 +27,9 @@ class ProductIndexConfig(dg.Config):
     nprobe: int = Field(default=8, description="Cells an IVF search probes (past exact_limit).")
 
 
-@dg.asset(group_name="serving", io_manager_key="index_io_manager")
+@dg.asset(group_name="serving", io_manager_key="index_io_manager", ins=MODEL_INS)
 def product_index(
-    config: ProductIndexConfig, stl_graph: HeteroData, gat_model: dict, sage_model: dict, triplet_head: dict
+    config: ProductIndexConfig, stl_graph: HeteroData, **models: dict
 ) -> dg.Output[ProductIndex]:
     """A FAISS index of the chosen model's product vectors, with the id map and provenance."""
     import torch
@@ -37,9 +37,9 @@ def product_index(
     from stl_pipeline.serving.index import build_index
     from stl_pipeline.training.models import load_model
 
-    records = dict(zip(SOURCES, (gat_model, sage_model, triplet_head), strict=True))
+    records = by_method(models)
     if config.model not in records:
-        raise ValueError(f"unknown model {config.model!r} for product_index: use one of {SOURCES}")
+        raise ValueError(f"unknown model {config.model!r} for product_index: use one of {list(records)}")
     record = records[config.model]
     require_trained_on(config.model, record, getattr(stl_graph, "info", {}))
     start = time.perf_counter()
@@ -93,15 +93,13 @@ def _lacking(graph: HeteroData, pairs: pd.DataFrame, scenes: list[str]) -> tuple
     return [scene for scene, _ in wanted], [c for _, c in wanted]
 
 
-@dg.asset(group_name="serving")
+@dg.asset(group_name="serving", ins=MODEL_INS)
 def recommendations(
     config: RecommendationsConfig,
     product_index: ProductIndex,
     stl_graph: HeteroData,
     stl_pairs: pd.DataFrame,
-    gat_model: dict,
-    sage_model: dict,
-    triplet_head: dict,
+    **models: dict,
 ) -> dg.Output[pd.DataFrame]:
     """Top-K lists of the indexed model: similar and complementary products for every product,
     and complete-the-look products for every held-out scene and each category it lacks."""
@@ -120,8 +118,7 @@ def recommendations(
     from stl_pipeline.training.models import load_model
 
     start = time.perf_counter()
-    records = dict(zip(SOURCES, (gat_model, sage_model, triplet_head), strict=True))
-    record = records[product_index.info["model"]]
+    record = by_method(models)[product_index.info["model"]]
     if product_index.ids != list(stl_graph["product"].ids):
         raise ValueError("product_index was built from another stl_graph: rematerialize product_index")
     ids, category = product_index.ids, stl_graph["product"].category
@@ -220,12 +217,8 @@ class GalleryConfig(dg.Config):
     seed: int = 0
 
 
-GALLERY_METHODS = {
-    "popularity": "popularity",
-    "frozen_knn": "frozen kNN",
-    "triplet_head": "triplet head",
-    "gat": "GAT",
-    "sage": "GraphSAGE",
+GALLERY_METHODS = {"popularity": "popularity", "frozen_knn": "frozen kNN"} | {
+    spec.method: spec.label for spec in MODELS
 }
 
 
@@ -236,7 +229,7 @@ def _sample_pairs(pairs: pd.DataFrame, usable: set[str], count: int, seed: int) 
     return one.sample(min(count, len(one)), random_state=seed).sort_values("pair_id")
 
 
-@dg.asset(group_name="serving")
+@dg.asset(group_name="serving", ins=MODEL_INS)
 def recommendation_gallery(
     context: dg.AssetExecutionContext,
     config: GalleryConfig,
@@ -249,10 +242,8 @@ def recommendation_gallery(
     scene_images: pd.DataFrame,
     stl_crop_embeddings: Embeddings,
     ctl_scene_embeddings: Embeddings,
-    triplet_head: dict,
-    gat_model: dict,
-    sage_model: dict,
     stl_files: StlFiles,
+    **models: dict,
 ) -> dg.Output[pd.DataFrame]:
     """An HTML page of held-out test scenes: query regions, the true product and each method's
     top-K side by side with hits marked, the test metrics on top, and similar-product strips.
@@ -277,7 +268,7 @@ def recommendation_gallery(
     chosen = _sample_pairs(stl_pairs[stl_pairs["product"].isin(position)], usable, config.scenes, config.seed)
     truth = torch.tensor([position[p] for p in chosen["product"]], dtype=torch.long)
     popularity = torch.tensor(stl_products.set_index("product").loc[ids, "popularity"].to_numpy())
-    records = {"triplet_head": triplet_head, "gat": gat_model, "sage": sage_model}
+    records = by_method(models)
     x = {task: torch.from_numpy(e.take(list(chosen["pair_id"]))) for task, e in queries.items()}
     lists = ranked_lists(stl_graph, records, popularity, x, truth, GALLERY_METHODS, config.k)
     samples = build_samples(

@@ -31,6 +31,7 @@ from stl_pipeline.features.spec import BackboneSpec
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.models.recommender import TASKS, Recommender
+from stl_pipeline.registry import MODEL_ASSETS
 from stl_pipeline.serving.index import ProductIndex, build_index, load_index
 from stl_pipeline.serving.recommend import scene_context
 from stl_pipeline.settings import Settings
@@ -38,7 +39,6 @@ from stl_pipeline.storage import read_artifact
 from stl_pipeline.training.loop import BEST, load_checkpoint
 from stl_pipeline.training.models import load_model, model_record
 
-MODEL_ASSETS = {"gat": "gat_model", "sage": "sage_model", "triplet_head": "triplet_head"}
 MAX_PIXELS = 50_000_000
 
 

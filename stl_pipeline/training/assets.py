@@ -10,6 +10,7 @@ from pydantic import Field
 
 from stl_pipeline.artifacts import HeteroData
 from stl_pipeline.plots import training_curves
+from stl_pipeline.registry import MODELS, ModelSpec
 from stl_pipeline.resources import MlflowTracker, StlFiles, TorchDevice
 from stl_pipeline.storage import atomic_write_bytes
 from stl_pipeline.vectors import Embeddings
@@ -87,10 +88,10 @@ def _ended(instance: dg.DagsterInstance, run_id: str) -> bool:
     return run is not None and run.is_finished
 
 
-def _train_asset(
-    name: str, kind: str, registered: str, config_class: type[_TrainingKnobs], description: str
-) -> dg.AssetsDefinition:
-    @dg.asset(name=name, group_name=GROUP, pool=POOL, io_manager_key=IO, description=description)
+def _train_asset(spec: ModelSpec, config_class: type[_TrainingKnobs]) -> dg.AssetsDefinition:
+    name, kind, registered = spec.asset, spec.kind, spec.registered
+
+    @dg.asset(name=name, group_name=GROUP, pool=POOL, io_manager_key=IO, description=spec.description)
     def trained(
         context: dg.AssetExecutionContext,
         config: config_class,  # type: ignore[valid-type]
@@ -189,24 +190,12 @@ def _train_asset(
     return trained
 
 
-gat_model = _train_asset(
-    "gat_model",
-    "gat",
-    "stl-gat",
-    GatConfig,
-    "Heterogeneous GAT over stl_graph, with STL and CTL query projections, early-stopped on validation MRR.",
-)
-sage_model = _train_asset(
-    "sage_model",
-    "sage",
-    "stl-sage",
-    GnnConfig,
-    "GraphSAGE over stl_graph, with STL and CTL query projections, early-stopped on validation MRR.",
-)
-triplet_head = _train_asset(
-    "triplet_head",
-    "triplet",
-    "stl-triplet",
-    TripletConfig,
-    "The seed projects' baseline: a triplet head over frozen backbone vectors, no message passing.",
-)
+# Each registered model's knobs, by method.
+CONFIGS: dict[str, type[_TrainingKnobs]] = {
+    "gat": GatConfig,
+    "sage": GnnConfig,
+    "triplet_head": TripletConfig,
+}
+training_assets = [_train_asset(spec, CONFIGS[spec.method]) for spec in MODELS]
+# Every model's record, as the inputs of a downstream asset that takes them as **models.
+MODEL_INS = {spec.asset: dg.AssetIn(spec.asset) for spec in MODELS}
