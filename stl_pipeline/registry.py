@@ -7,6 +7,8 @@ its config class in training/assets.py, and its own module.
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+GRAPH_KINDS = ("gat", "sage")
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -17,6 +19,11 @@ class ModelSpec:
     label: str  # how pages name it
     description: str
 
+    @property
+    def passes_messages(self) -> bool:
+        """Whether its product vectors come from the graph's edges (else from frozen vectors)."""
+        return self.kind in GRAPH_KINDS
+
 
 MODELS = (
     ModelSpec(
@@ -26,6 +33,15 @@ MODELS = (
         "stl-triplet",
         "triplet head",
         "The seed projects' baseline: a triplet head over frozen backbone vectors, no message passing.",
+    ),
+    ModelSpec(
+        "two_tower",
+        "two_tower",
+        "two_tower",
+        "stl-two-tower",
+        "two-tower",
+        "Two towers over the frozen backbone vectors (products; STL and CTL queries), InfoNCE, no "
+        "graph: what a graph model must beat to have earned its graph.",
     ),
     ModelSpec(
         "gat",

@@ -11,6 +11,7 @@ from stl_pipeline.definitions import MODULES, build_definitions
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.images.download import DOWNLOADED, FAILED
+from stl_pipeline.registry import MODELS
 from stl_pipeline.resources import QualityGate, StlFiles
 from stl_pipeline.serving.index import load_index
 from stl_pipeline.settings import load_settings
@@ -185,6 +186,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
             "gat_model": {"config": few},
             "sage_model": {"config": {**few, "lr": 0.01}},
             "triplet_head": {"config": {**few, "hidden": 64}},
+            "two_tower": {"config": {**few, "hidden": 64}},
         }
     }
     result = dg.materialize(
@@ -194,10 +196,10 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     evaluated = checks(result)
     # Six epochs leave the learned embeddings bunched together: the warning may fire here.
     blocking = {k: v for k, v in evaluated.items() if k != "embedding_report_not_collapsed"}
-    assert len(evaluated) == 40 and all(blocking.values()), evaluated
+    assert len(evaluated) == 41 and all(blocking.values()), evaluated
 
     report = pd.read_parquet(settings.data_dir / "tables" / "retrieval_report.parquet")
-    methods = {"random", "popularity", "frozen_knn", "triplet_head", "gat", "sage", "oracle"}
+    methods = {"random", "popularity", "frozen_knn", "triplet_head", "two_tower", "gat", "sage", "oracle"}
     assert set(report["method"]) == methods and set(report["task"]) == {"stl", "ctl"}
     assert len(report) == len(methods) * 2 * 2 * 2  # splits x tasks x pools
     catalogue = report[(report["pool"] == "catalogue")].set_index(["split", "task", "method"])["MRR"]
@@ -212,7 +214,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name("stl-pipeline")
     runs = client.search_runs([experiment.experiment_id])
-    assert {r.data.tags["asset"] for r in runs} == {"gat_model", "sage_model", "triplet_head"}
+    assert {r.data.tags["asset"] for r in runs} == {"gat_model", "sage_model", "triplet_head", "two_tower"}
     test_rows = report[report["split"] == "test"].set_index(["method", "task", "pool"])
     for run in runs:
         assert run.data.tags["dagster_run_id"] == result.run_id and run.info.status == "FINISHED"
@@ -228,9 +230,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
             for ext in ("csv", "md")
         }
         assert "training_curves.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
-        method = {"gat_model": "gat", "sage_model": "sage", "triplet_head": "triplet_head"}[
-            run.data.tags["asset"]
-        ]
+        method = {spec.asset: spec.method for spec in MODELS}[run.data.tags["asset"]]
         logged = run.data.metrics["test_ctl_same_category_hr_at_10"]
         assert logged == pytest.approx(test_rows.loc[(method, "ctl", "same_category"), "HR@10"])
         assert "embedding_mean_pairwise_cosine" in run.data.metrics
@@ -238,6 +238,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
         "gat_model": "0.001",
         "sage_model": "0.01",
         "triplet_head": "0.001",
+        "two_tower": "0.001",
     }
     assert metadata(result, "gat_model")["gat_model_training_curves"].startswith("![")
     assert (settings.data_dir / "plots" / "triplet_head_training_curves.png").stat().st_size > 1000
@@ -252,7 +253,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     )
 
     embedding = pd.read_parquet(settings.data_dir / "tables" / "embedding_report.parquet")
-    assert list(embedding["embedding"]) == ["frozen_knn", "triplet_head", "gat", "sage"]
+    assert list(embedding["embedding"]) == ["frozen_knn", "triplet_head", "two_tower", "gat", "sage"]
     figures = embedding.drop(columns=["embedding", "graph_density"])
     assert figures.notna().all().all()
     graph = load_graph(settings.data_dir / "graph" / "stl_graph.safetensors")[0]
@@ -264,6 +265,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     assert embedding.set_index("embedding")["graph_density"].notna().to_dict() == {
         "frozen_knn": False,
         "triplet_head": False,
+        "two_tower": False,
         "gat": True,
         "sage": True,
     }
@@ -271,6 +273,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     assert embedding.set_index("embedding")["dim"].to_dict() == {
         "frozen_knn": 1280,
         "triplet_head": 128,
+        "two_tower": 128,
         "gat": 128,
         "sage": 128,
     }
@@ -283,7 +286,8 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     gallery = metadata(result, "recommendation_gallery")
     page = Path(gallery["gallery"]).read_text()
     shown = pd.read_parquet(settings.data_dir / "tables" / "recommendation_gallery.parquet")
-    assert set(shown["method"]) == {"popularity", "frozen kNN", "triplet head", "GAT", "GraphSAGE"}
+    labels = {"popularity", "frozen kNN", "triplet head", "two-tower", "GAT", "GraphSAGE"}
+    assert set(shown["method"]) == labels
     assert all(pair[:12] in page for pair in shown["pair_id"])
     assert (settings.data_dir / "plots" / "recommendation_gallery_preview.png").stat().st_size > 1000
     (version,) = client.search_model_versions("name = 'stl-gat'")

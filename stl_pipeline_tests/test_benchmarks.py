@@ -20,6 +20,7 @@ ASSETS = {
     "gat_model",
     "sage_model",
     "triplet_head",
+    "two_tower",
     "retrieval_report",
     "embedding_report",
     "product_index",
@@ -56,7 +57,7 @@ def test_end_to_end_benchmark_runs_the_lineage_and_writes_its_json(tmp_path: Pat
     assert 0 < sum(result["assets"].values()) <= result["total_seconds"]
     assert result["peak_rss_mb"] > 100  # the run's own process tree, not the script's
     rows = {(r["split"], r["method"], r["task"], r["pool"]) for r in result["retrieval"]}
-    methods = {"random", "popularity", "frozen_knn", "triplet_head", "gat", "sage", "oracle"}
+    methods = {"random", "popularity", "frozen_knn", "triplet_head", "two_tower", "gat", "sage", "oracle"}
     assert rows == {
         ("test", m, t, p) for m in methods for t in ("stl", "ctl") for p in ("same_category", "catalogue")
     }

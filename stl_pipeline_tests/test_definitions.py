@@ -22,6 +22,7 @@ ASSETS = {
     "gat_model": "training",
     "sage_model": "training",
     "triplet_head": "training",
+    "two_tower": "training",
     "retrieval_report": "evaluation",
     "embedding_report": "evaluation",
     "product_index": "serving",

@@ -177,3 +177,22 @@ def test_a_few_steps_lower_the_loss(kind: str, loss_name: str) -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_two_tower_baseline_reads_frozen_vectors_through_its_own_towers() -> None:
+    graph = tiny_graph()
+    visual_dim = graph["scene"].x.shape[1]
+    torch.manual_seed(0)
+    config = TrainConfig(kind="two_tower", hidden=16, out_dim=8)
+    model = build_model(*schema(graph), visual_dim, config).eval()
+    x = torch.randn(5, visual_dim)
+    stl, ctl = model.queries(x, "stl"), model.queries(x, "ctl")
+    assert stl.shape == (5, 8) and not torch.allclose(stl, ctl)  # one query tower per task
+    assert torch.allclose(stl.norm(dim=1), torch.ones(5))
+    products = model.products(graph)
+    rewired = graph.clone()
+    for edge_type in rewired.edge_types:  # no message passing: the graph's edges are unread
+        rewired[edge_type].edge_index = rewired[edge_type].edge_index[:, :0]
+    assert torch.equal(model.products(rewired), products)
+    expected = model.product_tower(graph["product"].x[:, :visual_dim])
+    assert torch.equal(products, expected)

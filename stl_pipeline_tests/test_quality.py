@@ -33,7 +33,7 @@ def test_graph_models_beat_the_baselines_on_complete_the_look(report: pd.DataFra
 
 def test_trained_models_beat_the_frozen_backbone_on_shop_the_look(report: pd.DataFrame) -> None:
     scores = hr10(report, "stl")
-    for model in ("gat", "sage", "triplet_head"):
+    for model in ("gat", "sage", "triplet_head", "two_tower"):
         assert scores[model] > scores["frozen_knn"] > scores["popularity"], scores.to_dict()
     assert scores["oracle"] > scores["random"]
 

@@ -9,12 +9,13 @@ import pandas as pd
 
 from stl_pipeline.artifacts import HeteroData
 from stl_pipeline.generate import STYLES_FILE
-from stl_pipeline.registry import MODEL_ASSETS, by_method
+from stl_pipeline.registry import MODEL_ASSETS, MODELS, by_method
 from stl_pipeline.reporting import markdown
 from stl_pipeline.resources import MlflowTracker, QualityGate, StlFiles
 from stl_pipeline.training.assets import MODEL_INS
 from stl_pipeline.vectors import Embeddings
 
+GRAPH_METHODS = {spec.method for spec in MODELS if spec.passes_messages}
 BASELINES = ("random", "popularity", "frozen_knn")
 
 
@@ -154,7 +155,7 @@ def embedding_report(
     for name, method in vectors.items():
         row = {"embedding": name, "dim": int(method.products.shape[1])}
         row |= embedding_quality(method.products, category)
-        row["graph_density"] = density if name in ("gat", "sage") else float("nan")
+        row["graph_density"] = density if name in GRAPH_METHODS else float("nan")
         for task, queries in split_q["test"].items():
             scores = method.scores(task, queries.x)
             row |= {f"{task}_{k}": v for k, v in list_quality(scores, category).items()}

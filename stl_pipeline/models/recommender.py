@@ -129,4 +129,31 @@ class TripletRecommender(_Scored):
         return self.head(x)
 
 
-Recommender = GraphRecommender | TripletRecommender
+class TwoTowerRecommender(_Scored):
+    """Two towers over the frozen backbone vectors, no graph: a product tower, and a query tower
+    per task. The baseline a graph model must beat to have earned its graph."""
+
+    def __init__(
+        self,
+        visual_dim: int,
+        out_dim: int = 128,
+        hidden: int = 512,
+        dropout: float = 0.3,
+        popularity_prior: bool = False,
+    ) -> None:
+        super().__init__()
+        self.prior = PopularityPrior() if popularity_prior else None
+        self.visual_dim = visual_dim
+        self.product_tower = Projection(visual_dim, out_dim, hidden, dropout)
+        self.query_towers = nn.ModuleDict(
+            {task: Projection(visual_dim, out_dim, hidden, dropout) for task in TASKS}
+        )
+
+    def products(self, data: HeteroData) -> torch.Tensor:
+        return self.product_tower(data["product"].x[:, : self.visual_dim])
+
+    def queries(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        return self.query_towers[task](x)
+
+
+Recommender = GraphRecommender | TripletRecommender | TwoTowerRecommender

@@ -22,7 +22,7 @@ from stl_pipeline.vectors import Embeddings
 
 
 class ProductIndexConfig(dg.Config):
-    model: str = Field(default="gat", description="Whose product vectors: gat, sage or triplet_head.")
+    model: str = Field(default="gat", description="Whose product vectors: a method of registry.py.")
     exact_limit: int = Field(default=50_000, description="Products up to which the search is exact.")
     nprobe: int = Field(default=8, description="Cells an IVF search probes (past exact_limit).")
 

@@ -37,7 +37,9 @@ def _k(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stl-recommend", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-name", help="A registered MLflow model (stl-gat, stl-sage, stl-triplet).")
+    parser.add_argument(
+        "--model-name", help="A registered MLflow model (stl-gat, stl-sage, stl-two-tower, stl-triplet)."
+    )
     parser.add_argument("--model-version", help="Its version; both or neither.")
     commands = parser.add_subparsers(dest="command", required=True)
     scene = commands.add_parser("scene", help="Exact-match and complete-the-look products for a scene photo.")

@@ -386,7 +386,7 @@ def _registered(settings: Settings, name: str, version: str | None, graph: Heter
     except MlflowException as error:
         raise ColdStartError(
             f"no version {version} of registered model {name!r} at {settings.mlflow_tracking_uri}: "
-            "see `make mlflow` for the registered models (stl-gat, stl-sage, stl-triplet)"
+            "see `make mlflow` for the registered models (stl-gat, stl-sage, stl-two-tower, stl-triplet)"
         ) from error
     with tempfile.TemporaryDirectory() as folder:
         local = Path(download_artifacts(artifact_uri=found.source, dst_path=folder))

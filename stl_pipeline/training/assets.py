@@ -1,4 +1,4 @@
-"""Assets of the ``training`` group: GAT, GraphSAGE and triplet-head recommenders, tracked in MLflow."""
+"""Assets of the ``training`` group: the recommenders of registry.py, tracked in MLflow."""
 
 import hashlib
 import json
@@ -69,6 +69,13 @@ class TripletConfig(_TrainingKnobs):
     # steps) and fell behind on Shop the Look: a weaker baseline would flatter the graph models.
     max_steps: int = Field(default=4, description="Optimizer steps per epoch at most; 0: no limit.")
     loss: str = Field(default="triplet", description="triplet, infonce or bpr.")
+
+
+class TwoTowerConfig(_TrainingKnobs):
+    hidden: int = Field(default=512, description="Width of each tower's hidden layer.")
+    lr: float = 1e-3
+    max_steps: int = Field(default=0, description="Optimizer steps per epoch at most; 0: no limit.")
+    loss: str = Field(default="infonce", description="infonce, triplet or bpr.")
 
 
 def _prior(best: dict) -> dict[str, float]:
@@ -195,6 +202,7 @@ CONFIGS: dict[str, type[_TrainingKnobs]] = {
     "gat": GatConfig,
     "sage": GnnConfig,
     "triplet_head": TripletConfig,
+    "two_tower": TwoTowerConfig,
 }
 training_assets = [_train_asset(spec, CONFIGS[spec.method]) for spec in MODELS]
 # Every model's record, as the inputs of a downstream asset that takes them as **models.

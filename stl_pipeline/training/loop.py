@@ -28,7 +28,7 @@ LAST, BEST = "last.pt", "best.pt"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    kind: str = "gat"  # gat, sage or triplet
+    kind: str = "gat"  # gat, sage, triplet or two_tower
     hidden: int = 128
     heads: int = 4
     layers: int = 2

@@ -6,15 +6,23 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.lineage import PAIRS_DIGEST
 from stl_pipeline.models.encoders import EdgeType
-from stl_pipeline.models.recommender import GraphRecommender, Recommender, TripletRecommender
+from stl_pipeline.models.recommender import (
+    GraphRecommender,
+    Recommender,
+    TripletRecommender,
+    TwoTowerRecommender,
+)
 from stl_pipeline.training.loop import TrainConfig
+
+# Kinds over the frozen backbone vectors alone: no message passing, the graph's edges unread.
+FROZEN = {"triplet": TripletRecommender, "two_tower": TwoTowerRecommender}
 
 
 def build_model(
     node_dims: dict[str, int], edge_types: list[EdgeType], query_dim: int, config: TrainConfig
 ) -> Recommender:
-    if config.kind == "triplet":
-        return TripletRecommender(
+    if config.kind in FROZEN:
+        return FROZEN[config.kind](
             query_dim, config.out_dim, config.hidden, config.dropout, config.popularity_prior
         )
     return GraphRecommender(
