@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch_geometric.data import HeteroData
 
 from stl_pipeline.training.loop import (
     BEST,
@@ -234,3 +235,44 @@ def test_cuda_training_with_autocast_learns_and_loads_on_cpu(tmp_path: Path, pre
     on_cpu.eval(), model.eval()
     with torch.no_grad():
         assert torch.allclose(on_cpu.products(cpu_graph), model.products(graph).float().cpu(), atol=1e-3)
+
+
+def wide_graph(products: int = 3000, scenes: int = 1500, dim: int = 32):
+    """Big enough that the CPU sums messages in parallel (a tiny graph sums them in order)."""
+    g = torch.Generator().manual_seed(5)
+
+    def ids(high: int, count: int) -> torch.Tensor:
+        return torch.randint(0, high, (count,), generator=g)
+
+    data = HeteroData()
+    data["product"].x = torch.randn(products, dim, generator=g)
+    data["product"].category = torch.arange(products) % 4
+    data["scene"].x = torch.randn(scenes, dim, generator=g)
+    contains = torch.stack([ids(scenes, 20_000), ids(products, 20_000)])
+    data["scene", "contains", "product"].edge_index = contains
+    data["product", "rev_contains", "scene"].edge_index = contains.flip(0)
+    similar = torch.stack([ids(products, 60_000), ids(products, 60_000)])
+    data["product", "similar", "product"].edge_index = similar
+    train = {"stl": Queries(torch.randn(2000, dim, generator=g), ids(products, 2000))}
+    val = {"stl": Queries(torch.randn(300, dim, generator=g), ids(products, 300))}
+    return data, train, val, dim
+
+
+@pytest.mark.parametrize("kind", ["gat", "sage"])
+def test_the_same_data_and_config_train_the_same_model(kind: str, tmp_path: Path) -> None:
+    """Two threads sum messages in a varying order unless the kernels are deterministic; the
+    last bits of a loss then differ, and over many epochs so do the models."""
+    graph, train_q, val_q, dim = wide_graph()
+    config = TrainConfig(kind=kind, hidden=32, heads=4, out_dim=16, epochs=3, batch_size=500, max_steps=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for attempt in range(2):
+            torch.manual_seed(config.seed)
+            model = build_model(*schema(graph), dim, config)
+            runs.append(train(model, graph, train_q, val_q, config, tmp_path / str(attempt)).history)
+    finally:
+        torch.set_num_threads(threads)
+    assert runs[0] == runs[1]
+    assert not torch.are_deterministic_algorithms_enabled()  # switched back after training

@@ -10,7 +10,8 @@ Checkpoints are written atomically and read with ``weights_only=True``.
 import copy
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,6 +56,11 @@ class TrainConfig:
     # validation MRR. At 3,811 products it lifted GAT's test CTL HR@10 from 0.075 to 0.149, past
     # popularity's 0.139; weight 0 (the bare cosine) is among the candidates.
     popularity_prior: bool = True
+    # Message passing sums messages in parallel on the CPU, in an order that varies from run to
+    # run: the last bits of the first loss differ, and 150 epochs later GAT's test CTL HR@10 on
+    # the demo was 0.305 in one run and 0.254 in the next. PyTorch's deterministic kernels
+    # remove that for about 10% more time an epoch (benchmarks/train.py at demo size).
+    deterministic: bool = True
     batch_size: int = 512  # queries per task and optimizer step; 0: all at once (full batch)
     # Every step encodes the whole graph, so steps, not queries, are what an epoch costs. Past
     # batch_size * max_steps queries the batches grow instead: at the release's size an epoch
@@ -222,6 +228,19 @@ def _resumable(last: Path) -> dict | None:
         return None
 
 
+@contextmanager
+def _deterministic(on: bool) -> Iterator[None]:
+    """PyTorch's deterministic kernels while the block runs (a process-wide switch, restored
+    after); ops without one warn instead of failing."""
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
 def train(
     model: Recommender,
     graph: HeteroData,
@@ -235,6 +254,20 @@ def train(
     """Train on the model's device, resuming from ``checkpoint_dir/last.pt`` when it was
     written with the same config. ``precision`` bf16 or fp16 autocasts on CUDA; fp16
     scales the loss, so small gradients do not underflow to zero."""
+    with _deterministic(config.deterministic):
+        return _train(model, graph, train_queries, val_queries, config, checkpoint_dir, on_epoch, precision)
+
+
+def _train(
+    model: Recommender,
+    graph: HeteroData,
+    train_queries: dict[str, Queries],
+    val_queries: dict[str, Queries],
+    config: TrainConfig,
+    checkpoint_dir: Path,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+    precision: Precision,
+) -> TrainResult:
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}: use one of {sorted(LOSSES)}")
     unknown = set(train_queries) - set(TASKS)
