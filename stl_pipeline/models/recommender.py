@@ -100,12 +100,10 @@ class GraphRecommender(_Scored):
         return self.query_heads[task](x)
 
 
-class TripletRecommender(_Scored):
-    """A shared ``TripletHead`` over the backbone vectors of products and queries.
-
-    The first ``visual_dim`` columns of the graph's product features are the
-    product's backbone embedding (graph/build.py); the rest is ignored here.
-    """
+class _OnFrozenVectors(_Scored):
+    """A recommender over the backbone vectors alone, no message passing: the first
+    ``visual_dim`` columns of the graph's product features are the product's backbone
+    embedding (graph/build.py), and the rest is ignored."""
 
     def __init__(
         self,
@@ -118,10 +116,23 @@ class TripletRecommender(_Scored):
         super().__init__()
         self.prior = PopularityPrior() if popularity_prior else None
         self.visual_dim = visual_dim
-        self.head = TripletHead(visual_dim, out_dim, hidden, dropout)
+        self.build(out_dim, hidden, dropout)
+
+    def build(self, out_dim: int, hidden: int, dropout: float) -> None:
+        raise NotImplementedError
+
+    def frozen(self, data: HeteroData) -> torch.Tensor:
+        return data["product"].x[:, : self.visual_dim]
+
+
+class TripletRecommender(_OnFrozenVectors):
+    """The seed projects' ``TripletHead``, shared by products and queries."""
+
+    def build(self, out_dim: int, hidden: int, dropout: float) -> None:
+        self.head = TripletHead(self.visual_dim, out_dim, hidden, dropout)
 
     def products(self, data: HeteroData) -> torch.Tensor:
-        return self.head(data["product"].x[:, : self.visual_dim])
+        return self.head(self.frozen(data))
 
     def queries(self, x: torch.Tensor, task: str) -> torch.Tensor:
         if task not in TASKS:
@@ -129,28 +140,18 @@ class TripletRecommender(_Scored):
         return self.head(x)
 
 
-class TwoTowerRecommender(_Scored):
-    """Two towers over the frozen backbone vectors, no graph: a product tower, and a query tower
-    per task. The baseline a graph model must beat to have earned its graph."""
+class TwoTowerRecommender(_OnFrozenVectors):
+    """A product tower and a query tower per task: the baseline a graph model must beat to
+    have earned its graph."""
 
-    def __init__(
-        self,
-        visual_dim: int,
-        out_dim: int = 128,
-        hidden: int = 512,
-        dropout: float = 0.3,
-        popularity_prior: bool = False,
-    ) -> None:
-        super().__init__()
-        self.prior = PopularityPrior() if popularity_prior else None
-        self.visual_dim = visual_dim
-        self.product_tower = Projection(visual_dim, out_dim, hidden, dropout)
+    def build(self, out_dim: int, hidden: int, dropout: float) -> None:
+        self.product_tower = Projection(self.visual_dim, out_dim, hidden, dropout)
         self.query_towers = nn.ModuleDict(
-            {task: Projection(visual_dim, out_dim, hidden, dropout) for task in TASKS}
+            {task: Projection(self.visual_dim, out_dim, hidden, dropout) for task in TASKS}
         )
 
     def products(self, data: HeteroData) -> torch.Tensor:
-        return self.product_tower(data["product"].x[:, : self.visual_dim])
+        return self.product_tower(self.frozen(data))
 
     def queries(self, x: torch.Tensor, task: str) -> torch.Tensor:
         return self.query_towers[task](x)
