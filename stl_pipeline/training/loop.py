@@ -255,108 +255,95 @@ def train(
     written with the same config. ``precision`` bf16 or fp16 autocasts on CUDA; fp16
     scales the loss, so small gradients do not underflow to zero."""
     with _deterministic(config.deterministic):
-        return _train(model, graph, train_queries, val_queries, config, checkpoint_dir, on_epoch, precision)
-
-
-def _train(
-    model: Recommender,
-    graph: HeteroData,
-    train_queries: dict[str, Queries],
-    val_queries: dict[str, Queries],
-    config: TrainConfig,
-    checkpoint_dir: Path,
-    on_epoch: Callable[[int, dict[str, float]], None] | None,
-    precision: Precision,
-) -> TrainResult:
-    if config.loss not in LOSSES:
-        raise ValueError(f"unknown loss {config.loss!r}: use one of {sorted(LOSSES)}")
-    unknown = set(train_queries) - set(TASKS)
-    if unknown:
-        raise ValueError(f"unknown tasks {sorted(unknown)}: use {TASKS}")
-    checkpoint_dir = Path(checkpoint_dir)
-    torch.manual_seed(config.seed)
-    sampler = torch.Generator().manual_seed(config.seed)
-    # One fused update per step instead of a loop over parameter tensors: fewer kernel launches
-    # on CUDA; the same speed on the CPU.
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
-    )
-    device = next(model.parameters()).device
-    precision = effective_precision(device, precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    start, history, best = 0, [], (-1, -math.inf)
-    last = checkpoint_dir / LAST
-    state = _resumable(last)
-    if state is not None and state["config"] == asdict(config):
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:  # empty when it was written without fp16
-            scaler.load_state_dict(state["scaler"])
-        sampler.set_state(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state["cuda_rng"] is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        start, history = state["epoch"] + 1, list(state["history"])
-        best = (state["best_epoch"], state["best_val_mrr"])
-        if state["finished"]:
-            return TrainResult(best[0], best[1], start, history, start < config.epochs)
-    loss_fn = LOSSES[config.loss]
-    category = graph["product"].category.cpu()  # negatives are drawn on the CPU generator
-    corrections = _sampling_corrections(train_queries, category, config, device)
-    model.train()
-    epoch = start - 1
-    for epoch in range(start, config.epochs):
-        steps = batches(train_queries, config.batch_size, sampler, config.max_steps)
-        losses = []
-        for batch in steps:
-            with autocast(device, precision):
-                # The graph is encoded again for every step: its weights have just changed.
-                products = model.products(graph).float()
-                loss = torch.zeros((), device=products.device)
-                for task, queries in train_queries.items():
-                    chosen = batch[task].to(queries.product.device)
-                    if not len(chosen):  # a small task may run out of queries before a large one
-                        continue
-                    positives = queries.product[chosen]
-                    negatives = sample_negatives(
-                        positives.cpu(),
-                        category,
-                        config.in_batch_negatives,
-                        config.category_negatives,
-                        sampler,
-                        config.shared_negatives,
-                    ).to(products.device)
-                    predicted = model.queries(queries.x[chosen], task).float()
-                    loss = loss + loss_fn(predicted, products, positives, negatives, **corrections[task])
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"the loss became {loss.item()} at epoch {epoch}; lower lr (now {config.lr}) or check "
-                    f"the inputs for non-finite embeddings. The last good checkpoint is {last}"
-                )
-            optimizer.zero_grad()
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(loss.item())
-        metrics = {
-            "epoch": float(epoch),
-            "loss": sum(losses) / len(losses),
-            **validation_mrr(model, graph, val_queries),
-        }
-        history.append(metrics)
-        if on_epoch:
-            on_epoch(epoch, metrics)
-        improved = metrics["val_mrr"] > best[1]
-        if improved:
-            best = (epoch, metrics["val_mrr"])
-        finished = epoch + 1 == config.epochs or epoch - best[0] >= config.patience
-        if improved or finished or (epoch + 1) % config.checkpoint_every == 0:
-            state = _state(model, optimizer, scaler, sampler, config, epoch, history, best, finished)
+        if config.loss not in LOSSES:
+            raise ValueError(f"unknown loss {config.loss!r}: use one of {sorted(LOSSES)}")
+        unknown = set(train_queries) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)}: use {TASKS}")
+        checkpoint_dir = Path(checkpoint_dir)
+        torch.manual_seed(config.seed)
+        sampler = torch.Generator().manual_seed(config.seed)
+        # One fused update per step instead of a loop over parameter tensors: fewer kernel launches
+        # on CUDA; the same speed on the CPU.
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
+        device = next(model.parameters()).device
+        precision = effective_precision(device, precision)
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        start, history, best = 0, [], (-1, -math.inf)
+        last = checkpoint_dir / LAST
+        state = _resumable(last)
+        if state is not None and state["config"] == asdict(config):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if state["scaler"]:  # empty when it was written without fp16
+                scaler.load_state_dict(state["scaler"])
+            sampler.set_state(state["sampler"])
+            torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and state["cuda_rng"] is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            start, history = state["epoch"] + 1, list(state["history"])
+            best = (state["best_epoch"], state["best_val_mrr"])
+            if state["finished"]:
+                return TrainResult(best[0], best[1], start, history, start < config.epochs)
+        loss_fn = LOSSES[config.loss]
+        category = graph["product"].category.cpu()  # negatives are drawn on the CPU generator
+        corrections = _sampling_corrections(train_queries, category, config, device)
+        model.train()
+        epoch = start - 1
+        for epoch in range(start, config.epochs):
+            steps = batches(train_queries, config.batch_size, sampler, config.max_steps)
+            losses = []
+            for batch in steps:
+                with autocast(device, precision):
+                    # The graph is encoded again for every step: its weights have just changed.
+                    products = model.products(graph).float()
+                    loss = torch.zeros((), device=products.device)
+                    for task, queries in train_queries.items():
+                        chosen = batch[task].to(queries.product.device)
+                        if not len(chosen):  # a small task may run out of queries before a large one
+                            continue
+                        positives = queries.product[chosen]
+                        negatives = sample_negatives(
+                            positives.cpu(),
+                            category,
+                            config.in_batch_negatives,
+                            config.category_negatives,
+                            sampler,
+                            config.shared_negatives,
+                        ).to(products.device)
+                        predicted = model.queries(queries.x[chosen], task).float()
+                        loss = loss + loss_fn(predicted, products, positives, negatives, **corrections[task])
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(
+                        f"the loss became {loss.item()} at epoch {epoch}; lower lr (now {config.lr}) or "
+                        f"check the inputs for non-finite embeddings. The last good checkpoint is {last}"
+                    )
+                optimizer.zero_grad()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(loss.item())
+            metrics = {
+                "epoch": float(epoch),
+                "loss": sum(losses) / len(losses),
+                **validation_mrr(model, graph, val_queries),
+            }
+            history.append(metrics)
+            if on_epoch:
+                on_epoch(epoch, metrics)
+            improved = metrics["val_mrr"] > best[1]
             if improved:
-                save_checkpoint(checkpoint_dir / BEST, state)
-            if finished:  # before "finished" is on disk, so a run killed here fits it again
-                _fit_best(model, graph, val_queries, checkpoint_dir / BEST)
-            save_checkpoint(last, state)
-        if finished:
-            break
-    return TrainResult(best[0], best[1], epoch + 1, history, epoch + 1 < config.epochs)
+                best = (epoch, metrics["val_mrr"])
+            finished = epoch + 1 == config.epochs or epoch - best[0] >= config.patience
+            if improved or finished or (epoch + 1) % config.checkpoint_every == 0:
+                state = _state(model, optimizer, scaler, sampler, config, epoch, history, best, finished)
+                if improved:
+                    save_checkpoint(checkpoint_dir / BEST, state)
+                if finished:  # before "finished" is on disk, so a run killed here fits it again
+                    _fit_best(model, graph, val_queries, checkpoint_dir / BEST)
+                save_checkpoint(last, state)
+            if finished:
+                break
+        return TrainResult(best[0], best[1], epoch + 1, history, epoch + 1 < config.epochs)
