@@ -20,7 +20,8 @@ from pathlib import Path
 import requests
 
 from stl_pipeline.generate import GeneratorConfig, generate_dataset
-from stl_pipeline.images.download import CACHED, DOWNLOADED, Downloader, DownloadPolicy
+from stl_pipeline.images.download import CACHED, DOWNLOADED, Downloader
+from stl_pipeline.images.policy import DownloadPolicy
 
 
 def free_port() -> int:

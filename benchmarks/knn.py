@@ -16,7 +16,8 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 from tabulate import tabulate
 
-from stl_pipeline.graph.knn import KnnConfig, recall, self_neighbours
+from stl_pipeline.graph.config import KnnConfig
+from stl_pipeline.graph.knn import recall, self_neighbours
 
 
 def vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -38,10 +38,11 @@ from stl_pipeline.catalogue import asset_path
 from stl_pipeline.device import describe, effective_precision, resolve_device
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
+from stl_pipeline.models.queries import Queries
 from stl_pipeline.registry import MODELS
-from stl_pipeline.training.assets import CONFIGS
-from stl_pipeline.training.data import QUERY_ASSETS, split_queries
-from stl_pipeline.training.loop import BEST, Queries, TrainConfig, load_checkpoint, train
+from stl_pipeline.training.config import TrainConfig
+from stl_pipeline.training.data import CONTEXT_ASSET, QUERY_ASSETS, split_queries
+from stl_pipeline.training.loop import BEST, load_checkpoint, train
 from stl_pipeline.training.models import build_model, schema
 from stl_pipeline.training.ranking import mrr, true_ranks
 from stl_pipeline.vectors import Embeddings
@@ -51,8 +52,9 @@ def load(data_dir: Path, copies: int = 1):
     graph, graph.info = load_graph(asset_path(data_dir, "stl_graph"))
     pairs = pd.read_parquet(asset_path(data_dir, "stl_pairs"))
     queries = {task: Embeddings.load(asset_path(data_dir, name)) for task, name in QUERY_ASSETS.items()}
-    train_q, _ = split_queries(graph, pairs, queries, "train")
-    val_q, _ = split_queries(graph, pairs, queries, "val")
+    context = Embeddings.load(asset_path(data_dir, CONTEXT_ASSET))
+    train_q, _ = split_queries(graph, pairs, queries, "train", context)
+    val_q, _ = split_queries(graph, pairs, queries, "val", context)
     if copies > 1:
         return *tile(graph, train_q, val_q, copies), queries["stl"].dim
     return graph, train_q, val_q, queries["stl"].dim
@@ -73,7 +75,10 @@ def tile(graph: HeteroData, train_q: dict, val_q: dict, copies: int):
     def repeat(split: dict) -> dict:
         return {
             task: Queries(
-                q.x.repeat(copies, 1), torch.cat([q.product + k * sizes["product"] for k in range(copies)])
+                q.x.repeat(copies, 1),
+                torch.cat([q.product + k * sizes["product"] for k in range(copies)]),
+                None if q.category is None else q.category.repeat(copies),
+                None if q.context is None else q.context.repeat(copies, 1, 1),
             )
             for task, q in split.items()
         }
@@ -81,20 +86,18 @@ def tile(graph: HeteroData, train_q: dict, val_q: dict, copies: int):
     return big, repeat(train_q), repeat(val_q)
 
 
-KNOBS = {spec.kind: CONFIGS[spec.method] for spec in MODELS}  # the training assets' own knobs
+DEFAULTS = {spec.kind: spec.defaults for spec in MODELS}  # the training assets' own knobs
 
 
 def run(kind: str, device: torch.device, precision: str, data, epochs: int, overrides: dict):
     """Seconds per epoch, the training result, and the validation MRRs with the fitted prior."""
     graph, train_q, val_q, query_dim = data
-    knobs = KNOBS[kind]().model_dump() | {"epochs": epochs, "patience": epochs, "checkpoint_every": epochs}
+    knobs = {**DEFAULTS[kind], "epochs": epochs, "patience": epochs, "checkpoint_every": epochs}
     config = TrainConfig(kind=kind, **(knobs | overrides))
     graph = graph.to(device)
-    for split in (train_q, val_q):
-        for q in split.values():
-            q.x, q.product = q.x.to(device), q.product.to(device)
+    train_q, val_q = ({task: q.to(device) for task, q in split.items()} for split in (train_q, val_q))
     torch.manual_seed(0)
-    model = build_model(*schema(graph), query_dim, config).to(device)
+    model = build_model(schema(graph), query_dim, config).to(device)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         result = train(model, graph, train_q, val_q, config, Path(folder), precision=precision)

@@ -4,6 +4,8 @@ the demo and the benchmarks share, so that a moved folder or a new format change
 
 from pathlib import Path
 
+from stl_pipeline.registry import MODEL_ASSETS
+
 # IO manager key -> (folder under STL_DATA_DIR, file suffix)
 STORES = {
     "io_manager": ("tables", ".parquet"),
@@ -15,10 +17,14 @@ STORES = {
 # The IO manager of every asset read outside Dagster (test_definitions checks these against
 # the assets' own declarations).
 ASSET_STORES = {
-    **dict.fromkeys(("stl_pairs", "stl_products", "retrieval_report", "recommendations"), "io_manager"),
-    **dict.fromkeys(("stl_crop_embeddings", "ctl_scene_embeddings"), "embedding_io_manager"),
+    **dict.fromkeys(
+        ("stl_pairs", "stl_products", "scene_images", "retrieval_report", "recommendations"), "io_manager"
+    ),
+    **dict.fromkeys(
+        ("stl_crop_embeddings", "ctl_scene_embeddings", "ctl_scene_context"), "embedding_io_manager"
+    ),
     "stl_graph": "graph_io_manager",
-    **dict.fromkeys(("gat_model", "sage_model", "triplet_head"), "model_io_manager"),
+    **dict.fromkeys(MODEL_ASSETS.values(), "model_io_manager"),
     "product_index": "index_io_manager",
 }
 

@@ -17,6 +17,8 @@ from pydantic import Field
 
 from stl_pipeline.device import Precision, effective_precision, resolve_device
 from stl_pipeline.features.spec import BackboneSpec, WeightsSource
+from stl_pipeline.images.policy import DownloadPolicy
+from stl_pipeline.run_config import config_class, to_dataclass
 from stl_pipeline.storage import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
 MAX_LOADER_WORKERS = 16
 
 
+RELEASE_TEST_FRACTION = 0.1
+
+
 class StlFiles(dg.ConfigurableResource):
     """The raw release files, or the generated demo dataset created on first use."""
 
@@ -37,8 +42,17 @@ class StlFiles(dg.ConfigurableResource):
     categories_path: str = Field(description="fashion-cat.json: id -> category path (STL_CATEGORIES_PATH).")
     demo: bool = Field(description="The paths are the generated demo, made on first use.")
     demo_products: int = 400
-    demo_scenes: int = 250
+    demo_scenes: int = 300
     demo_seed: int = 0
+    # A release's 10% of scenes is thousands of test queries; the demo's would be about 90,
+    # too few to rank methods. 30% of its 300 scenes gives over 250.
+    demo_test_fraction: float = 0.3
+
+    def test_fraction(self, asked: float | None) -> float:
+        """The share of scenes held out for test: ``asked``, else 0.1, or the demo's."""
+        if asked is not None:
+            return asked
+        return self.demo_test_fraction if self.demo else RELEASE_TEST_FRACTION
 
     def ensure(self, log: dg.DagsterLogManager | None = None) -> tuple[Path, Path]:
         """Return the pairs and categories paths, generating the demo if it is missing."""
@@ -73,23 +87,7 @@ class StlFiles(dg.ConfigurableResource):
         }
 
 
-class ImageSource(dg.ConfigurableResource):
-    """Where images come from and how politely and defensively they are fetched."""
-
-    url_template: str = Field(
-        description="URL of an image with {signature} and optional {shard} (STL_IMAGE_URL_TEMPLATE); "
-        "http(s):// or file://."
-    )
-    allowed_hosts: list[str] = Field(description="Hosts the downloader may contact (STL_ALLOWED_HOSTS).")
-    concurrency: int = 16
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 15.0
-    total_timeout_s: float = 60.0
-    max_attempts: int = 4
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
-    max_bytes: int = 8 * 1024 * 1024
-    max_pixels: int = 25_000_000
+class _ImageSource(dg.ConfigurableResource):
     min_success_rate: float = Field(
         default=0.99,
         description="Blocking check: the share of images that must be on disk. Lower it for the real "
@@ -97,22 +95,19 @@ class ImageSource(dg.ConfigurableResource):
     )
 
     def downloader(self, store: Path) -> Downloader:
-        from stl_pipeline.images.download import Downloader, DownloadPolicy
+        from stl_pipeline.images.download import Downloader
 
-        policy = DownloadPolicy(
-            url_template=self.url_template,
-            allowed_hosts=frozenset(h.lower() for h in self.allowed_hosts),
-            concurrency=self.concurrency,
-            connect_timeout_s=self.connect_timeout_s,
-            read_timeout_s=self.read_timeout_s,
-            total_timeout_s=self.total_timeout_s,
-            max_attempts=self.max_attempts,
-            backoff_base_s=self.backoff_base_s,
-            backoff_max_s=self.backoff_max_s,
-            max_bytes=self.max_bytes,
-            max_pixels=self.max_pixels,
-        )
-        return Downloader(policy, store)
+        return Downloader(to_dataclass(DownloadPolicy, self.model_dump()), store)
+
+
+ImageSource = config_class(
+    "ImageSource",
+    DownloadPolicy,
+    _ImageSource,
+    __name__,
+    "Where images come from and how politely and defensively they are fetched "
+    "(images/policy.py), and the share that must arrive.",
+)
 
 
 class TorchDevice(dg.ConfigurableResource):

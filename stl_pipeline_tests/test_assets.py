@@ -139,7 +139,7 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
     result, data_dir = run(environ, groups=groups)
     assert result.success
     evaluated = checks(result)
-    assert len(evaluated) == 31 and all(evaluated.values()), evaluated
+    assert len(evaluated) == 35 and all(evaluated.values()), evaluated
 
     pairs = pd.read_parquet(data_dir / "tables" / "stl_pairs.parquet")
     products = Embeddings.load(data_dir / "embeddings" / "product_embeddings.parquet")
@@ -167,8 +167,14 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
     rank = (sims > sims[np.arange(len(truth)), truth][:, None]).sum(axis=1)
     assert np.median(rank) < len(products) / 5
 
+    context = Embeddings.load(data_dir / "embeddings" / "ctl_scene_context.parquet")
+    regions = Embeddings.load(data_dir / "embeddings" / "ctl_scene_embeddings.parquet")
+    assert context.info["source"] == "largest" and context.info["grid"] == "2"
+    assert set(context.keys) == {f"{pair}/{t}" for pair in regions.keys for t in range(4)}
+
     again, _ = run(environ, groups=("features",))
     assert again.success and metadata(again, "scene_embeddings")["computed"] == 0
+    assert metadata(again, "ctl_scene_context")["computed"] == 0
 
 
 def test_training_and_report_materialize_and_track_runs_in_mlflow(
@@ -196,7 +202,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     evaluated = checks(result)
     # Six epochs leave the learned embeddings bunched together: the warning may fire here.
     blocking = {k: v for k, v in evaluated.items() if k != "embedding_report_not_collapsed"}
-    assert len(evaluated) == 41 and all(blocking.values()), evaluated
+    assert len(evaluated) == 45 and all(blocking.values()), evaluated
 
     report = pd.read_parquet(settings.data_dir / "tables" / "retrieval_report.parquet")
     methods = {"random", "popularity", "frozen_knn", "triplet_head", "two_tower", "gat", "sage", "oracle"}

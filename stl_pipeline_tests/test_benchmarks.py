@@ -16,6 +16,7 @@ ASSETS = {
     "scene_embeddings",
     "stl_crop_embeddings",
     "ctl_scene_embeddings",
+    "ctl_scene_context",
     "stl_graph",
     "gat_model",
     "sage_model",

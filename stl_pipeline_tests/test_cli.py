@@ -71,7 +71,7 @@ def test_stl_demo_records_its_run_for_the_ui(
     assert main() == 0
     out = capsys.readouterr().out
     assert "of stl_full_pipeline: succeeded" in out
-    assert out.count("  pass  ") == 41 and "FAIL" not in out  # the quality gate holds on the demo
+    assert out.count("  pass  ") == 45 and "FAIL" not in out  # the quality gate holds on the demo
     assert "Retrieval report, held-out test scenes" in out and "| gat " in out
     # It ends with the gallery and one sample list of each kind.
     tail = out[out.index("\nGallery: ") :]

@@ -18,6 +18,7 @@ ASSETS = {
     "scene_embeddings": "features",
     "stl_crop_embeddings": "features",
     "ctl_scene_embeddings": "features",
+    "ctl_scene_context": "features",
     "stl_graph": "graph",
     "gat_model": "training",
     "sage_model": "training",

@@ -12,10 +12,10 @@ from stl_pipeline.images.download import (
     DOWNLOADED,
     FAILED,
     Downloader,
-    DownloadPolicy,
     Progress,
     parse_retry_after,
 )
+from stl_pipeline.images.policy import DownloadPolicy
 from stl_pipeline.images.verify import verify_image
 from stl_pipeline.storage import PART_SUFFIX
 from stl_pipeline_tests.http_server import ImageServer, Reply

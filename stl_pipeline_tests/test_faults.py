@@ -25,7 +25,8 @@ from stl_pipeline.definitions import MODULES, build_definitions
 from stl_pipeline.generate import generate_dataset
 from stl_pipeline.generate.dataset import signature
 from stl_pipeline.graph.store import load_graph
-from stl_pipeline.images.download import CACHED, DOWNLOADED, FAILED, Downloader, DownloadPolicy
+from stl_pipeline.images.download import CACHED, DOWNLOADED, FAILED, Downloader
+from stl_pipeline.images.policy import DownloadPolicy
 from stl_pipeline.images.verify import verify_image
 from stl_pipeline.ingest.tables import ingest
 from stl_pipeline.lineage import MismatchedInputError
@@ -172,6 +173,15 @@ def test_training_refuses_a_graph_or_queries_made_from_other_pairs(
     stale = Embeddings([f"{i:032x}" for i in range(len(pairs))], queries["ctl"].vectors[: len(pairs)])
     with pytest.raises(MismatchedInputError, match="ctl_scene_embeddings was made from other tables"):
         split_queries(graph, pairs, queries | {"ctl": stale}, "val")
+
+    ids = list(pairs["pair_id"])
+    tokens = np.eye(len(ids) + 1, 8, dtype=np.float32)
+    context = Embeddings([f"{p}/0" for p in ids] + [f"{ids[0]}/1"], tokens)
+    ctl = split_queries(graph, pairs, queries, "train", context)[0]["ctl"]
+    assert ctl.context.shape == (len(ctl), 2, 8)  # padded to the most tokens a pair has
+    foreign = Embeddings([*context.keys[:-1], "not-a-pair/0"], tokens)
+    with pytest.raises(MismatchedInputError, match="ctl_scene_context holds tokens of 1 pairs"):
+        split_queries(graph, pairs, queries, "train", foreign)
 
 
 def _file_mirror(tmp_path: Path, count: int = 3) -> tuple[Path, list[str]]:
@@ -521,11 +531,17 @@ def test_a_model_trained_on_another_graph_is_not_evaluated_or_served(tmp_path: P
     model, graph, train_q, val_q = setup()
     graph.info = {PAIRS_DIGEST: "built-from-these-pairs"}
     train(model, graph, train_q, val_q, CONFIG, tmp_path)
-    record = model_record(load_checkpoint(tmp_path / BEST), graph, train_q["stl"].x.shape[1], "run")
-    assert set(vector_methods(graph, 4, {"gat": record})) == {"frozen_knn", "gat"}
+    info = {"source": "masked", "grid": "2", "model": "m", "weights": "w"}
+    context = Embeddings(["p/0"], np.ones((1, 4), dtype=np.float32) / 2, info)
+    best = load_checkpoint(tmp_path / BEST)
+    record = model_record(best, graph, train_q["stl"].x.shape[1], "run", context)
+    assert set(vector_methods(graph, 4, {"gat": record}, context)) == {"frozen_knn", "gat"}
+    regridded = Embeddings(context.keys, context.vectors, info | {"grid": "3"})
+    with pytest.raises(MismatchedInputError, match="grid '2' in training, '3' now"):
+        vector_methods(graph, 4, {"gat": record}, regridded)
     graph.info = {PAIRS_DIGEST: "rebuilt-from-other-pairs"}
     with pytest.raises(MismatchedInputError, match="gat_model was trained on another stl_graph"):
-        vector_methods(graph, 4, {"gat": record})
+        vector_methods(graph, 4, {"gat": record}, context)
 
 
 WRITE_CHILD = """

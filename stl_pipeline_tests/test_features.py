@@ -10,8 +10,8 @@ from PIL import Image
 from stl_pipeline.device import effective_precision, resolve_device
 from stl_pipeline.features.backbone import load_backbone
 from stl_pipeline.features.embed import COMPACT_AFTER, EmbeddingCache, batches, embed_items
-from stl_pipeline.features.queries import ImageItem
-from stl_pipeline.features.regions import MIN_REGION_SIDE, ctl_box, stl_box
+from stl_pipeline.features.queries import ImageItem, token_keys
+from stl_pipeline.features.regions import MIN_REGION_SIDE, context_views, ctl_box, stl_box
 from stl_pipeline.features.spec import BackboneSpec
 from stl_pipeline.features.transform import Letterbox, decode_batch
 
@@ -52,6 +52,34 @@ def test_letterbox_keeps_the_whole_crop_and_pads_with_the_mean() -> None:
     assert out[:, 0, 0].tolist() == [128, 128, 128]  # the top band is padding
     cropped = transform(image, (0, 0, 10, 100))  # a tall narrow strip
     assert cropped[0, :, 16].tolist() == [255] * 32 and cropped[:, 16, 0].tolist() == [128, 128, 128]
+
+
+def test_context_views_never_show_the_product() -> None:
+    bbox = (0.4, 0.3, 0.6, 0.7)
+    product = stl_box(bbox, W, H)
+    assert context_views(bbox, W, H, "largest") == [(ctl_box(bbox, W, H), None)]
+    four = context_views(bbox, W, H, "four")
+    assert len(four) == 4 and all(mask is None for _, mask in four)
+    for region, _ in four:
+        overlap_x = min(region[2], product[2]) - max(region[0], product[0])
+        overlap_y = min(region[3], product[3]) - max(region[1], product[1])
+        assert overlap_x <= 0 or overlap_y <= 0
+    assert context_views(bbox, W, H, "masked") == [((0, 0, W, H), product)]
+    assert context_views((0.0, 0.0, 1.0, 1.0), W, H, "masked") == []  # no context to complete
+    with pytest.raises(ValueError, match="use one of largest, four, masked"):
+        context_views(bbox, W, H, "everything")
+
+
+def test_a_masked_box_becomes_the_mean_colour() -> None:
+    transform = Letterbox(W, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "nearest")
+    image = Image.new("RGB", (W, W), (255, 0, 0))
+    out = transform(image, None, (0, 0, W // 2, W))  # the left half
+    assert out[:, 10, 10].tolist() == [128, 128, 128] and out[:, 10, W - 10].tolist() == [255, 0, 0]
+
+
+def test_tokens_are_numbered_across_a_pairs_views() -> None:
+    items = [ImageItem(f"{p}/{v}", "x", "s") for p, v in [("a", 0), ("a", 1), ("b", 0)]]
+    assert token_keys(items, 2) == ["a/0", "a/1", "a/2", "a/3", "b/0", "b/1"]
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +125,29 @@ def test_cache_computes_only_new_images(tmp_path: Path, tiny_backbone) -> None:
     assert stats.computed == 5
 
 
+def test_grid_tokens_are_unit_cells_of_the_feature_map(tmp_path: Path) -> None:
+    """A 1x1 grid is the pooled vector itself; a 2x2 grid's cells see their own quarter."""
+    backbone, cpu = load_backbone(BackboneSpec("resnet18", "none", image_size=64)), torch.device("cpu")
+    items = []
+    for i in range(3):
+        image = np.zeros((64, 64, 3), dtype=np.uint8)
+        image[:, :32] = (200, 40 * i, 0)  # left half and right half differ
+        image[:, 32:] = (0, 90, 250)
+        Image.fromarray(image).save(path := tmp_path / f"{i}.png")
+        items.append(ImageItem(f"k{i}", str(path), f"{i:064x}"))
+    pooled, _ = embed_items(items, backbone, cpu, workers=0)
+    one, _ = embed_items(items, backbone, cpu, workers=0, grid=1)
+    np.testing.assert_allclose(one.vectors, pooled.vectors, atol=1e-5)
+    pooled_cache = EmbeddingCache(tmp_path / "pooled", backbone)
+    four, _ = embed_items(items, backbone, cpu, workers=0, grid=2, pooled_cache=pooled_cache)
+    again, stats = embed_items(items, backbone, cpu, workers=0, cache=pooled_cache)
+    assert stats.computed == 0  # the token pass left the pooled vectors for the global asset
+    np.testing.assert_allclose(again.vectors, pooled.vectors, atol=1e-5)
+    cells = four.vectors.reshape(3, 4, backbone.dim)
+    np.testing.assert_allclose(np.linalg.norm(cells, axis=2), 1.0, atol=1e-5)
+    assert not np.allclose(cells[:, 0], cells[:, 1], atol=1e-3)  # top left and top right
+
+
 def test_worker_processes_give_the_same_vectors(tmp_path: Path, tiny_backbone) -> None:
     items = write_images(tmp_path / "img", 6)
     serial, _ = embed_items(items, tiny_backbone, torch.device("cpu"), batch_size=4, workers=0)
@@ -117,7 +168,7 @@ def test_decoding_processes_keep_the_order_and_load_no_torch(tmp_path: Path) -> 
     serial = torch.cat(list(batches(items, transform, 3, workers=0)))
     parallel = torch.cat(list(batches(items, transform, 3, workers=2)))
     assert torch.equal(serial, parallel) and serial.shape == (7, 3, 16, 16)
-    probe = [(f"k{i}", __file__, None) for i in range(1)]
+    probe = [(f"k{i}", __file__, None, None) for i in range(1)]
     with pytest.raises(RuntimeError, match="cannot read the image of k0"):
         decode_batch(probe, transform)  # not an image
     loaded = subprocess.run(

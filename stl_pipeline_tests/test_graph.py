@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from stl_pipeline.graph.build import GraphConfig, build_graph, summary
+from stl_pipeline.graph.build import build_graph, summary
 from stl_pipeline.graph.checks import isolated, leakage, out_of_range
-from stl_pipeline.graph.knn import KnnConfig, recall, search, self_neighbours
+from stl_pipeline.graph.config import GraphConfig, KnnConfig
+from stl_pipeline.graph.knn import recall, search, self_neighbours
 from stl_pipeline.graph.schema import (
     BELONGS_TO,
     CO_OCCURS,

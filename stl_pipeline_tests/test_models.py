@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
+from stl_pipeline.models.context import ContextAttention
 from stl_pipeline.models.encoders import HeteroEncoder
 from stl_pipeline.models.heads import Projection, TripletHead
 from stl_pipeline.models.losses import (
@@ -14,7 +15,8 @@ from stl_pipeline.models.losses import (
     sampling_log_q,
     triplet,
 )
-from stl_pipeline.training.loop import TrainConfig
+from stl_pipeline.models.queries import Queries
+from stl_pipeline.training.config import TrainConfig
 from stl_pipeline.training.models import build_model, schema
 
 
@@ -164,7 +166,7 @@ def test_a_few_steps_lower_the_loss(kind: str, loss_name: str) -> None:
     torch.manual_seed(0)
     data = tiny_graph()
     config = TrainConfig(kind=kind, hidden=16, heads=4, dropout=0.0, out_dim=8)
-    model = build_model(*schema(data), 6, config)
+    model = build_model(schema(data), 6, config)
     queries = data["product"].x[:6] + 0.1 * torch.randn(6, 6)  # a noisy view of each positive
     positives = torch.arange(6)
     negatives = sample_negatives(positives, data["product"].category, same_category=4)
@@ -184,7 +186,7 @@ def test_the_two_tower_baseline_reads_frozen_vectors_through_its_own_towers() ->
     visual_dim = graph["scene"].x.shape[1]
     torch.manual_seed(0)
     config = TrainConfig(kind="two_tower", hidden=16, out_dim=8)
-    model = build_model(*schema(graph), visual_dim, config).eval()
+    model = build_model(schema(graph), visual_dim, config).eval()
     x = torch.randn(5, visual_dim)
     stl, ctl = model.queries(x, "stl"), model.queries(x, "ctl")
     assert stl.shape == (5, 8) and not torch.allclose(stl, ctl)  # one query tower per task
@@ -196,3 +198,53 @@ def test_the_two_tower_baseline_reads_frozen_vectors_through_its_own_towers() ->
     assert torch.equal(model.products(rewired), products)
     expected = model.product_tower(graph["product"].x[:, :visual_dim])
     assert torch.equal(products, expected)
+
+
+def test_context_attention_weighs_tokens_by_the_category_it_completes() -> None:
+    torch.manual_seed(0)
+    attention = ContextAttention(dim=6, categories=3, out_dim=4, hidden=8)
+    tokens = torch.randn(2, 3, 6)
+    tokens[1, 2] = 0  # padding
+    weights = attention.weights(tokens.expand(3, 2, 3, 6)[:, 0], torch.tensor([0, 1, 2]))
+    assert torch.allclose(weights.sum(dim=1), torch.ones(3))
+    assert not torch.allclose(weights[0], weights[1])  # another category, another attention
+    padded = attention.weights(tokens, torch.tensor([0, 0]))
+    assert padded[1, 2] == 0 and torch.isclose(padded[1].sum(), torch.tensor(1.0))
+    empty = attention(torch.zeros(1, 3, 6), torch.tensor([0]))
+    assert torch.equal(empty, torch.zeros(1, 4))  # nothing to attend over: nothing added
+
+
+def test_a_context_model_reads_context_tokens_for_complete_the_look_only() -> None:
+    graph = tiny_graph()
+    torch.manual_seed(0)
+    config = TrainConfig(kind="gat", hidden=16, out_dim=8, context=True)
+    model = build_model(schema(graph), 6, config).eval()
+    x, product = torch.randn(4, 6), torch.arange(4)
+    category = graph["product"].category[product]
+    tokens = torch.randn(4, 2, 6)
+    ctl = model.encode(Queries(x, product, category, tokens), "ctl")
+    assert torch.allclose(ctl.norm(dim=1), torch.ones(4))
+    other = model.encode(Queries(x, product, category, tokens.flip(0)), "ctl")
+    assert not torch.allclose(ctl, other)  # the tokens change the query
+    stl = model.encode(Queries(x, product), "stl")
+    assert torch.equal(stl, model.queries(x, "stl"))
+    with pytest.raises(ValueError, match="ctl_scene_context"):
+        model.encode(Queries(x, product), "ctl")
+
+
+def test_gat_attention_reads_edge_features_when_asked() -> None:
+    graph = tiny_graph()
+    similar = ("product", "similar", "product")
+    graph[similar].edge_attr = torch.rand(graph[similar].edge_index.shape[1], 1)
+    torch.manual_seed(0)
+    plain = build_model(schema(graph), 6, TrainConfig(kind="gat", hidden=16, out_dim=8)).eval()
+    torch.manual_seed(0)
+    reading = build_model(
+        schema(graph), 6, TrainConfig(kind="gat", hidden=16, out_dim=8, edge_features=True)
+    ).eval()
+    before, plain_before = reading.products(graph), plain.products(graph)
+    graph[similar].edge_attr = graph[similar].edge_attr * 50
+    assert not torch.allclose(reading.products(graph), before)
+    assert torch.equal(plain.products(graph), plain_before)  # edge features unread
+    with pytest.raises(ValueError, match="sage layers read no edge features"):
+        build_model(schema(graph), 6, TrainConfig(kind="sage", hidden=16, out_dim=8, edge_features=True))

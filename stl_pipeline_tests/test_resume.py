@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 from stl_pipeline.generate.dataset import signature
-from stl_pipeline.images.download import CACHED, DOWNLOADED, Downloader, DownloadPolicy
+from stl_pipeline.images.download import CACHED, DOWNLOADED, Downloader
+from stl_pipeline.images.policy import DownloadPolicy
 from stl_pipeline.images.verify import verify_image
 from stl_pipeline.storage import PART_SUFFIX
 from stl_pipeline_tests.http_server import ImageServer, Reply
@@ -14,7 +15,8 @@ from stl_pipeline_tests.images import encoded
 
 CHILD = """
 import sys
-from stl_pipeline.images.download import Downloader, DownloadPolicy
+from stl_pipeline.images.download import Downloader
+from stl_pipeline.images.policy import DownloadPolicy
 template, store, *signatures = sys.argv[1:]
 policy = DownloadPolicy(template, frozenset({"127.0.0.1"}), concurrency=4)
 Downloader(policy, store).run(signatures)

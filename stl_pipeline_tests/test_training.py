@@ -5,13 +5,13 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
+from stl_pipeline.models.queries import Queries
+from stl_pipeline.training.config import TrainConfig
 from stl_pipeline.training.loop import (
     BEST,
     LAST,
     PRIOR_WEIGHTS,
     NonFiniteLoss,
-    Queries,
-    TrainConfig,
     batches,
     fit_popularity_prior,
     load_checkpoint,
@@ -37,7 +37,7 @@ def queries(seed: int, products: torch.Tensor, graph) -> Queries:
 def setup(config: TrainConfig = CONFIG):
     graph = tiny_graph()
     torch.manual_seed(config.seed)
-    model = build_model(*schema(graph), 6, config)
+    model = build_model(schema(graph), 6, config)
     train_q = {"stl": queries(1, torch.arange(8), graph), "ctl": queries(2, torch.arange(8), graph)}
     val_q = {"stl": queries(3, torch.arange(8, 12), graph)}
     return model, graph, train_q, val_q
@@ -90,7 +90,7 @@ def test_the_popularity_prior_is_fitted_on_validation_and_stays_zero_where_it_hu
     scenes = torch.arange(5).repeat(2)
     graph["scene", "contains", "product"].edge_index = torch.stack([scenes, torch.arange(10) // 5])
     torch.manual_seed(0)
-    model = build_model(*schema(graph), 6, CONFIG)
+    model = build_model(schema(graph), 6, CONFIG)
     popular = {"stl": queries(3, torch.tensor([0, 1] * 4), graph)}
     before = validation_mrr(model, graph, popular)["val_mrr_stl"]
     fitted = fit_popularity_prior(model, graph, popular)
@@ -105,9 +105,9 @@ def test_records_load_with_their_prior_and_older_ones_without_it(tmp_path: Path)
     model, graph, train_q, val_q = setup()
     train(model, graph, train_q, val_q, CONFIG, tmp_path)
     best = load_checkpoint(tmp_path / BEST)
-    node_dims, edge_types = schema(graph)
-    record = {"config": best["config"], "state_dict": best["model"], "node_dims": node_dims}
-    record |= {"edge_types": [list(e) for e in edge_types], "query_dim": 6}
+    shape = schema(graph)
+    record = {"config": best["config"], "state_dict": best["model"], "node_dims": shape.node_dims}
+    record |= {"edge_types": [list(e) for e in shape.edge_types], "query_dim": 6}
     loaded = load_model(record)
     assert torch.equal(loaded.prior.weight, best["model"]["prior.weight"])
     # A model trained before the prior existed: no such key in its config or its weights.
@@ -270,7 +270,7 @@ def test_the_same_data_and_config_train_the_same_model(kind: str, tmp_path: Path
         runs = []
         for attempt in range(2):
             torch.manual_seed(config.seed)
-            model = build_model(*schema(graph), dim, config)
+            model = build_model(schema(graph), dim, config)
             runs.append(train(model, graph, train_q, val_q, config, tmp_path / str(attempt)).history)
     finally:
         torch.set_num_threads(threads)

@@ -20,13 +20,20 @@ BASELINES = ("random", "popularity", "frozen_knn")
 
 
 def _queries(
-    graph: HeteroData, pairs: pd.DataFrame, stl: Embeddings, ctl: Embeddings, splits: tuple[str, ...]
+    graph: HeteroData,
+    pairs: pd.DataFrame,
+    stl: Embeddings,
+    ctl: Embeddings,
+    context: Embeddings,
+    splits: tuple[str, ...],
 ) -> tuple[dict, dict]:
     from stl_pipeline.training.data import split_queries
 
     split_q, split_rows = {}, {}
     for split in splits:
-        split_q[split], split_rows[split] = split_queries(graph, pairs, {"stl": stl, "ctl": ctl}, split)
+        split_q[split], split_rows[split] = split_queries(
+            graph, pairs, {"stl": stl, "ctl": ctl}, split, context
+        )
     return split_q, split_rows
 
 
@@ -85,6 +92,7 @@ def retrieval_report(
     stl_products: pd.DataFrame,
     stl_crop_embeddings: Embeddings,
     ctl_scene_embeddings: Embeddings,
+    ctl_scene_context: Embeddings,
     stl_files: StlFiles,
     mlflow: MlflowTracker,
     **models: dict,
@@ -102,12 +110,12 @@ def retrieval_report(
     )
 
     split_q, split_rows = _queries(
-        stl_graph, stl_pairs, stl_crop_embeddings, ctl_scene_embeddings, ("val", "test")
+        stl_graph, stl_pairs, stl_crop_embeddings, ctl_scene_embeddings, ctl_scene_context, ("val", "test")
     )
     ids = stl_graph["product"].ids
     popularity = torch.tensor(stl_products.set_index("product").loc[ids, "popularity"].to_numpy())
     records = by_method(models)
-    vectors = vector_methods(stl_graph, stl_crop_embeddings.dim, records)
+    vectors = vector_methods(stl_graph, stl_crop_embeddings.dim, records, ctl_scene_context)
     methods = {"random": random_scorer(len(ids)), "popularity": popularity_scorer(popularity)}
     methods |= {name: vector_scorer(method) for name, method in vectors.items()}
     oracle = _oracle(stl_files, stl_graph, popularity)
@@ -137,6 +145,7 @@ def embedding_report(
     stl_pairs: pd.DataFrame,
     stl_crop_embeddings: Embeddings,
     ctl_scene_embeddings: Embeddings,
+    ctl_scene_context: Embeddings,
     mlflow: MlflowTracker,
     **models: dict,
 ) -> dg.Output[pd.DataFrame]:
@@ -146,18 +155,20 @@ def embedding_report(
     from stl_pipeline.evaluation.embedding import embedding_quality, graph_density, list_quality
     from stl_pipeline.evaluation.report import vector_methods
 
-    split_q, _ = _queries(stl_graph, stl_pairs, stl_crop_embeddings, ctl_scene_embeddings, ("test",))
+    split_q, _ = _queries(
+        stl_graph, stl_pairs, stl_crop_embeddings, ctl_scene_embeddings, ctl_scene_context, ("test",)
+    )
     records = by_method(models)
     category = stl_graph["product"].category
     density = graph_density(stl_graph)
     rows = []
-    vectors = vector_methods(stl_graph, stl_crop_embeddings.dim, records)
+    vectors = vector_methods(stl_graph, stl_crop_embeddings.dim, records, ctl_scene_context)
     for name, method in vectors.items():
         row = {"embedding": name, "dim": int(method.products.shape[1])}
         row |= embedding_quality(method.products, category)
         row["graph_density"] = density if name in GRAPH_METHODS else float("nan")
         for task, queries in split_q["test"].items():
-            scores = method.scores(task, queries.x)
+            scores = method.scores(task, queries)
             row |= {f"{task}_{k}": v for k, v in list_quality(scores, category).items()}
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -16,14 +16,15 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.evaluation.retrieval import POOLS, RetrievalTask, metrics, sample_auc_negatives
 from stl_pipeline.lineage import require_trained_on
+from stl_pipeline.models.queries import Queries
 from stl_pipeline.models.recommender import TASKS
-from stl_pipeline.training.loop import Queries
-from stl_pipeline.training.models import load_model
+from stl_pipeline.training.models import load_model, require_context
+from stl_pipeline.vectors import Embeddings
 
 # (task, queries, the pairs they come from) -> (Q, P) scores
 Scorer = Callable[[str, Queries, pd.DataFrame], torch.Tensor]
 OF_ORACLE = "of_oracle_HR@10"
-QueryFn = Callable[[str, torch.Tensor], torch.Tensor]
+QueryFn = Callable[[str, Queries], torch.Tensor]
 
 
 def random_scorer(products: int, seed: int = 0) -> Scorer:
@@ -54,15 +55,15 @@ class VectorMethod:
     queries: QueryFn
     bias: dict[str, torch.Tensor]  # task -> (P,)
 
-    def scores(self, task: str, x: torch.Tensor) -> torch.Tensor:
-        """(Q, P) what the method ranks the catalogue by for queries ``x`` of ``task``."""
+    def scores(self, task: str, queries: Queries) -> torch.Tensor:
+        """(Q, P) what the method ranks the catalogue by for ``queries`` of ``task``."""
         with torch.no_grad():
-            return self.queries(task, x) @ self.products.T + self.bias[task]
+            return self.queries(task, queries) @ self.products.T + self.bias[task]
 
 
 def vector_scorer(method: VectorMethod) -> Scorer:
     def score(task: str, queries: Queries, rows: pd.DataFrame) -> torch.Tensor:
-        return method.scores(task, queries.x)
+        return method.scores(task, queries)
 
     return score
 
@@ -80,18 +81,24 @@ def oracle_scorer(
     return score
 
 
-def vector_methods(graph: HeteroData, visual_dim: int, records: dict[str, dict]) -> dict[str, VectorMethod]:
-    """Frozen kNN and each trained model, as vectors and popularity biases."""
+def vector_methods(
+    graph: HeteroData, visual_dim: int, records: dict[str, dict], context: Embeddings
+) -> dict[str, VectorMethod]:
+    """Frozen kNN and each trained model, as vectors and popularity biases; refuses a model
+    whose CTL queries attended over other context tokens than ``context``."""
     frozen = graph["product"].x[:, :visual_dim]
     none = {task: torch.zeros(len(frozen)) for task in TASKS}
-    methods = {"frozen_knn": VectorMethod(frozen, lambda task, x: x, none)}
+    methods = {"frozen_knn": VectorMethod(frozen, lambda task, queries: queries.x, none)}
     for method, record in records.items():
         require_trained_on(method, record, getattr(graph, "info", {}))
+        require_context(method, record, context)
         model = load_model(record)
         with torch.no_grad():
             products = model.products(graph)
             bias = {task: model.popularity_bias(graph, task) for task in TASKS}
-        methods[method] = VectorMethod(products, lambda task, x, model=model: model.queries(x, task), bias)
+        methods[method] = VectorMethod(
+            products, lambda task, queries, model=model: model.encode(queries, task), bias
+        )
     return methods
 
 

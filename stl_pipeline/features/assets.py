@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from stl_pipeline.features.queries import ImageItem, image_items, query_items
+from stl_pipeline.features.queries import ImageItem, context_items, image_items, query_items, token_keys
 from stl_pipeline.guards import not_shrunk
 from stl_pipeline.plots import embedding_map
 from stl_pipeline.resources import BackboneResource, StlFiles, TorchDevice
@@ -20,6 +20,7 @@ def _embed(
     torch_device: TorchDevice,
     backbone: BackboneResource,
     stl_files: StlFiles,
+    grid: int = 0,
 ) -> tuple[Embeddings, dict]:
     from stl_pipeline.device import describe
     from stl_pipeline.features.embed import EmbeddingCache, embed_items
@@ -38,8 +39,10 @@ def _embed(
         precision,
         batch_size=torch_device.batch_size,
         workers=torch_device.loader_workers(),
-        cache=EmbeddingCache(stl_files.path("cache", "embeddings"), model),
+        cache=EmbeddingCache(stl_files.path("cache", f"tokens-{grid}" if grid else "embeddings"), model),
         progress=lambda done, total: context.log.debug(f"{name}: {done}/{total}"),
+        grid=grid,
+        pooled_cache=EmbeddingCache(stl_files.path("cache", "embeddings"), model) if grid else None,
     )
     metadata = {
         "model": model.spec.model,
@@ -129,6 +132,56 @@ ctl_scene_embeddings = _query_asset(
 )
 
 
+class ContextConfig(dg.Config):
+    """Where the context tokens come from (``regions.CONTEXT_SOURCES``) and the grid each
+    view's last feature map is pooled to; ``benchmarks/ctl_context.py`` compares them on
+    validation."""
+
+    source: str = "largest"
+    grid: int = 2
+
+
+@dg.asset(group_name=GROUP, pool=POOL, io_manager_key=IO)
+def ctl_scene_context(
+    context: dg.AssetExecutionContext,
+    config: ContextConfig,
+    stl_pairs: pd.DataFrame,
+    scene_images: pd.DataFrame,
+    torch_device: TorchDevice,
+    backbone: BackboneResource,
+    stl_files: StlFiles,
+) -> dg.Output[Embeddings]:
+    """Complete-the-Look context tokens: each pair's scene, seen without its product, as a
+    grid of backbone feature-map cells, keyed ``<pair id>/<token>``. A graph model with
+    ``context`` on (GAT by default) attends over them by the category its CTL query
+    completes (Kang et al.)."""
+    from stl_pipeline.features.regions import CONTEXT_SOURCES
+
+    if config.source not in CONTEXT_SOURCES or not 1 <= config.grid <= 4:
+        raise ValueError(
+            f"ctl_scene_context: source {config.source!r}, grid {config.grid}: use a source of "
+            f"{', '.join(CONTEXT_SOURCES)} and a grid of 1 to 4"
+        )
+    items = context_items(stl_pairs, scene_images, config.source)
+    views, metadata = _embed(context, items, torch_device, backbone, stl_files, grid=config.grid)
+    per_view = config.grid**2
+    tokens = Embeddings(
+        token_keys(items, per_view),
+        views.vectors.reshape(-1, views.dim // per_view),
+        views.info | {"source": config.source, "grid": str(config.grid)},
+    )
+    pairs = {key.rsplit("/", 1)[0] for key in tokens.keys}
+    metadata |= {
+        "source": config.source,
+        "grid": config.grid,
+        "count": len(tokens),
+        "pairs": len(pairs),
+        "tokens_per_pair": round(len(tokens) / max(1, len(pairs)), 2),
+        "dimension": tokens.dim,
+    }
+    return dg.Output(tokens, metadata=metadata)
+
+
 def _completeness(embeddings: Embeddings, expected: set[str]) -> dg.AssetCheckResult:
     keys = list(embeddings.keys)
     missing, extra = expected - set(keys), set(keys) - expected
@@ -174,7 +227,23 @@ def _checks_for(asset: str, manifest: str | None = None, kind: str = "") -> list
         )
 
     name, description = f"{asset}_complete", "Exactly one vector per verified image or pair query."
-    if manifest:
+    if kind == "context":
+
+        @dg.asset_check(
+            asset=asset,
+            name=name,
+            blocking=True,
+            additional_ins={"stl_pairs": dg.AssetIn("stl_pairs"), "scene_images": dg.AssetIn("scene_images")},
+            description="Exactly the tokens of every view of every pair with context, for the "
+            "source and grid the tokens record.",
+        )
+        def complete(
+            embeddings: Embeddings, stl_pairs: pd.DataFrame, scene_images: pd.DataFrame
+        ) -> dg.AssetCheckResult:
+            items = context_items(stl_pairs, scene_images, embeddings.info.get("source", "largest"))
+            return _completeness(embeddings, set(token_keys(items, int(embeddings.info.get("grid", 1)) ** 2)))
+
+    elif manifest:
 
         @dg.asset_check(
             asset=asset,
@@ -209,4 +278,5 @@ embedding_checks = [
     *_checks_for("scene_embeddings", manifest="scene_images"),
     *_checks_for("stl_crop_embeddings", kind="stl"),
     *_checks_for("ctl_scene_embeddings", kind="ctl"),
+    *_checks_for("ctl_scene_context", kind="context"),
 ]

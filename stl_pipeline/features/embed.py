@@ -35,21 +35,45 @@ READ_BATCH = 8192  # cached vectors read at a time
 
 
 class Embedder:
-    """The backbone on its device: uint8 batches in, L2-normalized float32 vectors out."""
+    """The backbone on its device: uint8 batches in, L2-normalized float32 vectors out.
 
-    def __init__(self, backbone: Backbone, device: torch.device, precision: Precision = "fp32") -> None:
-        self.device, self.precision = device, precision
+    With ``grid`` set, each image also gives ``grid * grid`` tokens: its last feature map
+    average-pooled to a grid, each cell L2-normalized, row after row, flattened into one
+    row. The pooled vector is the head over that map (its mean, for the usual average
+    pool), so a token is what the one vector says about its part of the image."""
+
+    def __init__(
+        self, backbone: Backbone, device: torch.device, precision: Precision = "fp32", grid: int = 0
+    ) -> None:
+        self.device, self.precision, self.grid = device, precision, grid
         self.model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
         self.offset, self.scale = backbone.transform.normalizer(device)
 
-    @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+    def _normalized(self, batch: torch.Tensor) -> torch.Tensor:
         # Reorder while still uint8 (a quarter of the bytes), then normalize in place.
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        x = x.float().sub_(self.offset).div_(self.scale)
+        return x.float().sub_(self.offset).div_(self.scale)
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
         with autocast(self.device, self.precision):
-            features = self.model(x)
+            features = self.model(self._normalized(batch))
         return F.normalize(features.float(), dim=1).cpu().numpy()
+
+    @torch.inference_mode()
+    def with_tokens(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The pooled vectors and the tokens of ``batch`` from one pass: a timm model is its
+        last feature map (``forward_features``) then its head."""
+        with autocast(self.device, self.precision):
+            features = self.model.forward_features(self._normalized(batch))
+            pooled = self.model.forward_head(features)
+        if features.dim() != 4:
+            raise ValueError(
+                f"context tokens need a convolutional feature map, got shape {tuple(features.shape)}"
+            )
+        cells = F.adaptive_avg_pool2d(features.float(), self.grid).flatten(2).transpose(1, 2)
+        tokens = F.normalize(cells, dim=2).flatten(1).cpu().numpy()
+        return F.normalize(pooled.float(), dim=1).cpu().numpy(), tokens
 
 
 def batches(
@@ -64,7 +88,8 @@ def batches(
     flight, so a slow device never lets decoded images pile up.
     """
     jobs = [
-        [(i.key, i.path, i.box) for i in items[s : s + batch_size]] for s in range(0, len(items), batch_size)
+        [(i.key, i.path, i.box, i.mask) for i in items[s : s + batch_size]]
+        for s in range(0, len(items), batch_size)
     ]
     if workers <= 0:
         for chunk in jobs:
@@ -179,33 +204,42 @@ def embed_items(
     workers: int = 2,
     cache: EmbeddingCache | None = None,
     progress: Callable[[int, int], None] | None = None,
+    grid: int = 0,
+    pooled_cache: EmbeddingCache | None = None,
 ) -> tuple[Embeddings, EmbedStats]:
-    """Embeddings of ``items`` in their order, computing only what the cache lacks.
+    """Embeddings of ``items`` in their order, computing only what the cache lacks; with
+    ``grid``, each row holds an item's ``grid * grid`` tokens (``Embedder``), ``cache`` must
+    be one of rows that wide, and the pooled vector the same pass gives goes to
+    ``pooled_cache``: an asset that embeds the same views finds it there.
 
     Cached and new vectors go straight into the result's rows: one copy of the
     vectors is held, whatever the size of the run."""
     rows_of: dict[str, list[int]] = {}
     for row, item in enumerate(items):
         rows_of.setdefault(item.cache_key, []).append(row)
-    vectors = np.empty((len(items), backbone.dim), dtype=np.float32)
+    vectors = np.empty((len(items), backbone.dim * max(1, grid) ** 2), dtype=np.float32)
     found = cache.fill(rows_of, vectors) if cache else set()
     todo = [items[rows[0]] for key, rows in rows_of.items() if key not in found]
     start = time.perf_counter()
     if todo:
-        embedder = Embedder(backbone, device, precision)
+        embedder = Embedder(backbone, device, precision, grid)
         done = 0
         for batch in batches(todo, backbone.transform, batch_size, workers):
-            computed = embedder(batch)
+            pooled, tokens = embedder.with_tokens(batch) if grid else (embedder(batch), None)
+            computed = pooled if tokens is None else tokens
             chunk = todo[done : done + len(computed)]
             for item, vector in zip(chunk, computed, strict=True):
                 vectors[rows_of[item.cache_key]] = vector
             if cache:
                 cache.add([item.cache_key for item in chunk], computed)
+            if pooled_cache and tokens is not None:
+                pooled_cache.add([item.cache_key for item in chunk], pooled)
             done += len(computed)
             if progress:
                 progress(done, len(todo))
-        if cache:
-            cache.compact()
+        for used in (cache, pooled_cache):
+            if used:
+                used.compact()
     seconds = time.perf_counter() - start
     cached = sum(len(rows_of[key]) for key in found)
     info = {**backbone.describe(), "device": str(device), "precision": precision}

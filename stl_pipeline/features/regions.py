@@ -21,12 +21,9 @@ def stl_box(bbox: tuple[float, float, float, float], width: int, height: int) ->
     return left, top, right, bottom
 
 
-def ctl_box(bbox: tuple[float, float, float, float], width: int, height: int) -> Box | None:
-    """The largest of the regions left of, right of, above and below the bbox.
-
-    None when every region is thinner than ``MIN_REGION_SIDE``: the product
-    fills the scene and there is no context to complete.
-    """
+def regions_around(bbox: tuple[float, float, float, float], width: int, height: int) -> list[Box]:
+    """The regions left of, right of, above and below the bbox, each at least
+    ``MIN_REGION_SIDE`` on both sides; empty when the product fills the scene."""
     left, top, right, bottom = stl_box(bbox, width, height)
     regions = [
         (0, 0, left, height),  # left of the bbox
@@ -34,9 +31,37 @@ def ctl_box(bbox: tuple[float, float, float, float], width: int, height: int) ->
         (0, 0, width, top),  # above
         (0, bottom, width, height),  # below
     ]
-    usable = [
+    return [
         box for box in regions if box[2] - box[0] >= MIN_REGION_SIDE and box[3] - box[1] >= MIN_REGION_SIDE
     ]
+
+
+def ctl_box(bbox: tuple[float, float, float, float], width: int, height: int) -> Box | None:
+    """The largest region around the bbox: the Complete-the-Look query's global view. None
+    when there is no context to complete."""
+    usable = regions_around(bbox, width, height)
     if not usable:
         return None
     return max(usable, key=lambda box: (box[2] - box[0]) * (box[3] - box[1]))
+
+
+# Where a Complete-the-Look query's context tokens come from (features/assets.py):
+# the largest region around the bbox, each of the four, or the whole scene with the bbox
+# masked out. Each view's last backbone feature map is pooled to a grid of tokens.
+CONTEXT_SOURCES = ("largest", "four", "masked")
+
+
+def context_views(
+    bbox: tuple[float, float, float, float], width: int, height: int, source: str
+) -> list[tuple[Box, Box | None]]:
+    """The (crop box, masked box) of each view of ``source``; empty when there is no context."""
+    usable = regions_around(bbox, width, height)
+    if not usable:
+        return []
+    if source == "largest":
+        return [(max(usable, key=lambda box: (box[2] - box[0]) * (box[3] - box[1])), None)]
+    if source == "four":
+        return [(box, None) for box in usable]
+    if source == "masked":
+        return [((0, 0, width, height), stl_box(bbox, width, height))]
+    raise ValueError(f"unknown context source {source!r}: use one of {', '.join(CONTEXT_SOURCES)}")

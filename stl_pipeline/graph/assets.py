@@ -4,52 +4,35 @@ import time
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
 from stl_pipeline.artifacts import HeteroData
-from stl_pipeline.graph.schema import CONTAINS, EDGE_FAMILIES
+from stl_pipeline.graph.config import GraphConfig
+from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.guards import not_shrunk
-from stl_pipeline.lineage import MAX_MISSING_SHARE, PAIRS_DIGEST, pairs_digest
+from stl_pipeline.lineage import PAIRS_DIGEST, pairs_digest
 from stl_pipeline.reporting import markdown
+from stl_pipeline.run_config import config_class, to_dataclass
 from stl_pipeline.vectors import Embeddings
 
-
-class GraphBuildConfig(dg.Config):
-    edges: list[str] = Field(
-        default=list(EDGE_FAMILIES), description=f"Edge families to build, of {list(EDGE_FAMILIES)}."
-    )
-    product_k: int = Field(default=10, description="Visual neighbours per product.")
-    scene_k: int = Field(default=10, description="Visual neighbours (train scenes) per scene.")
-    knn_method: str = Field(default="auto", description="auto, exact or clustered (FAISS).")
-    knn_exact_limit: int = Field(default=10_000, description="auto searches exactly up to this many vectors.")
-    max_missing: float = Field(
-        default=MAX_MISSING_SHARE,
-        description="Share of products or scenes without an embedding (failed images) accepted; past it "
-        "the embeddings were made from other tables and the build is refused.",
-    )
+GraphBuildConfig = config_class(
+    "GraphBuildConfig", GraphConfig, dg.Config, __name__, "How stl_graph is built (graph/config.py)."
+)
 
 
 @dg.asset(group_name="graph", io_manager_key="graph_io_manager")
 def stl_graph(
     context: dg.AssetExecutionContext,
-    config: GraphBuildConfig,
+    config: GraphBuildConfig,  # type: ignore[valid-type]
     stl_pairs: pd.DataFrame,
     stl_products: pd.DataFrame,
     product_embeddings: Embeddings,
     scene_embeddings: Embeddings,
 ) -> dg.Output[HeteroData]:
     """Products, scenes and categories with train-only label edges and visual kNN edges (PyG HeteroData)."""
-    from stl_pipeline.graph.build import GraphConfig, build_graph, summary
-    from stl_pipeline.graph.knn import KnnConfig
+    from stl_pipeline.graph.build import build_graph, summary
 
     start = time.perf_counter()
-    graph_config = GraphConfig(
-        edges=tuple(config.edges),
-        product_k=config.product_k,
-        scene_k=config.scene_k,
-        knn=KnnConfig(method=config.knn_method, exact_limit=config.knn_exact_limit),  # type: ignore[arg-type]
-        max_missing=config.max_missing,
-    )
+    graph_config = to_dataclass(GraphConfig, config.model_dump())
     data, report = build_graph(stl_products, stl_pairs, product_embeddings, scene_embeddings, graph_config)
     data.info = {
         "config": config.model_dump(),

@@ -6,7 +6,7 @@ message passing. Scene kNN edges point from train scenes to every scene, so a
 held-out scene receives context but never sends its content into the graph.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -14,14 +14,14 @@ import torch
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.categories import LEAVES
-from stl_pipeline.graph.knn import KnnConfig, search, self_neighbours
+from stl_pipeline.graph.config import GraphConfig
+from stl_pipeline.graph.knn import search, self_neighbours
 from stl_pipeline.graph.schema import (
     BBOX,
     BELONGS_TO,
     CATEGORY,
     CO_OCCURS,
     CONTAINS,
-    EDGE_FAMILIES,
     PRODUCT,
     PRODUCT_SIMILAR,
     REV_BELONGS_TO,
@@ -31,22 +31,8 @@ from stl_pipeline.graph.schema import (
     SPLITS,
     edge_type_name,
 )
-from stl_pipeline.lineage import MAX_MISSING_SHARE, require_made_from
+from stl_pipeline.lineage import require_made_from
 from stl_pipeline.vectors import Embeddings
-
-
-@dataclass(frozen=True)
-class GraphConfig:
-    edges: tuple[str, ...] = tuple(EDGE_FAMILIES)
-    product_k: int = 10
-    scene_k: int = 10
-    knn: KnnConfig = field(default_factory=KnnConfig)
-    max_missing: float = MAX_MISSING_SHARE
-
-    def __post_init__(self) -> None:
-        unknown = set(self.edges) - set(EDGE_FAMILIES)
-        if unknown:
-            raise ValueError(f"unknown edge families {sorted(unknown)}; choose from {list(EDGE_FAMILIES)}")
 
 
 @dataclass

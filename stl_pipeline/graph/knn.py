@@ -10,21 +10,11 @@ search is estimated on a sample and reported, never assumed.
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import faiss
 import numpy as np
 
-Method = Literal["auto", "exact", "clustered"]
-
-
-@dataclass(frozen=True)
-class KnnConfig:
-    method: Method = "auto"
-    exact_limit: int = 10_000  # vectors; above this ``auto`` clusters
-    cells: int | None = None  # default: sqrt(n) / 6, at least 2
-    probes: int | None = None  # default: cells / 8, at least 2
-    seed: int = 0
+from stl_pipeline.graph.config import KnnConfig
 
 
 @dataclass

@@ -24,7 +24,8 @@ import pandas as pd
 import requests
 
 from stl_pipeline import __version__
-from stl_pipeline.ids import check_url_template, image_url, is_signature
+from stl_pipeline.ids import image_url, is_signature
+from stl_pipeline.images.policy import DownloadPolicy
 from stl_pipeline.images.verify import EXTENSIONS, BadImageError, sniff, verify_image
 from stl_pipeline.storage import atomic_write_bytes, remove_stale_parts
 
@@ -44,27 +45,6 @@ MANIFEST_COLUMNS = [
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
-
-
-@dataclass(frozen=True)
-class DownloadPolicy:
-    url_template: str
-    allowed_hosts: frozenset[str] = frozenset()  # http(s) hosts; file:// needs none
-    concurrency: int = 16
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 15.0  # longest silence between two reads
-    total_timeout_s: float = 60.0  # longest whole transfer, against slow-drip servers
-    max_attempts: int = 4
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0  # also the longest Retry-After we wait for
-    max_bytes: int = 8 * 1024 * 1024
-    max_pixels: int = 25_000_000
-    max_redirects: int = 3
-
-    def __post_init__(self) -> None:
-        check_url_template(self.url_template)
-        if self.concurrency < 1 or self.max_attempts < 1:
-            raise ValueError("concurrency and max_attempts must be at least 1")
 
 
 class PermanentError(Exception):

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from stl_pipeline.guards import not_shrunk
 from stl_pipeline.ingest.parse import reason_kinds
@@ -27,7 +28,11 @@ class IngestConfig(dg.Config):
     max_quarantine_share: float = 0.01
     split_seed: int = 0
     val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    test_fraction: float | None = Field(
+        default=None,
+        description="Share of scenes held out for test; empty: 0.1, or 0.3 on the generated demo "
+        "(StlFiles.demo_test_fraction), so that its report has enough queries to rank methods.",
+    )
 
 
 @dg.multi_asset(
@@ -44,7 +49,8 @@ def stl_tables(
     start = time.perf_counter()
     pairs_path, categories_path = stl_files.ensure(context.log)
     raw_sha256 = files_digest([pairs_path, categories_path])
-    result = ingest(pairs_path, categories_path, config.split_seed, config.val_fraction, config.test_fraction)
+    test_fraction = stl_files.test_fraction(config.test_fraction)
+    result = ingest(pairs_path, categories_path, config.split_seed, config.val_fraction, test_fraction)
     quarantine_path = stl_files.path("quarantine", "stl_pairs.parquet")
     atomic_write_with(quarantine_path, lambda tmp: result.quarantine.to_parquet(tmp, index=False))
     check_quarantine(result, config.max_quarantine_share, quarantine_path)

@@ -30,11 +30,17 @@ class HeteroEncoder(nn.Module):
         layers: int = 2,
         heads: int = 4,
         dropout: float = 0.3,
+        edge_dims: dict[EdgeType, int] | None = None,
     ) -> None:
+        """``edge_dims``: the ``edge_attr`` width of the edge types whose features GAT's
+        attention reads (GraphSAGE has no place for them)."""
         super().__init__()
         if kind == "gat" and hidden % heads:
             raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
         self.kind, self.dropout = kind, dropout
+        if edge_dims and kind != "gat":
+            raise ValueError(f"{kind} layers read no edge features: use gat, or no edge_dims")
+        self.edge_dims = dict(edge_dims or {})
         self.incoming = {t: [e for e in edge_types if e[2] == t] for t in node_dims}
         self.inputs = nn.ModuleDict(
             {t: nn.Linear(d + len(self.incoming[t]), hidden) for t, d in node_dims.items()}
@@ -45,7 +51,12 @@ class HeteroEncoder(nn.Module):
             for edge_type in edge_types:
                 if kind == "gat":
                     per_edge[edge_type] = GATConv(
-                        (hidden, hidden), hidden // heads, heads=heads, dropout=dropout, add_self_loops=False
+                        (hidden, hidden),
+                        hidden // heads,
+                        heads=heads,
+                        dropout=dropout,
+                        add_self_loops=False,
+                        edge_dim=self.edge_dims.get(edge_type),
                     )
                 elif kind == "sage":
                     per_edge[edge_type] = SAGEConv((hidden, hidden), hidden)
@@ -57,11 +68,21 @@ class HeteroEncoder(nn.Module):
         )
 
     def forward(
-        self, x_dict: dict[str, torch.Tensor], edge_index_dict: dict[EdgeType, torch.Tensor]
+        self,
+        x_dict: dict[str, torch.Tensor],
+        edge_index_dict: dict[EdgeType, torch.Tensor],
+        edge_attr_dict: dict[EdgeType, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         h = {t: self.inputs[t](self._with_degrees(t, x, edge_index_dict)) for t, x in x_dict.items()}
+        # Counts run to the hundreds where similarities and boxes stay within 1: a signed log
+        # keeps them on one scale and the order of each.
+        attrs = {
+            e: torch.sign(a) * torch.log1p(a.abs())
+            for e, a in (edge_attr_dict or {}).items()
+            if e in self.edge_dims
+        }
         for conv, norms in zip(self.convs, self.norms, strict=True):
-            out = conv(h, edge_index_dict)
+            out = conv(h, edge_index_dict, edge_attr_dict=attrs) if attrs else conv(h, edge_index_dict)
             h = {
                 t: norms[t](h[t] + F.dropout(F.elu(out[t]), self.dropout, self.training))
                 if t in out

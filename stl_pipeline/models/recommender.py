@@ -8,20 +8,25 @@ a cosine trained against popularity-drawn negatives.
 
 ``GraphRecommender`` encodes products with a GNN over the training graph and
 projects an STL query (the bbox crop) and a CTL query (the region around it)
-from their frozen backbone embeddings with a head per task.
+from their frozen backbone embeddings with a head per task; its CTL query adds
+a category-conditioned attention over the scene's context tokens
+(``models/context.py``) when it is built with them.
 ``TripletRecommender`` is the seed projects' baseline: one triplet head over
 frozen features for queries and products alike, with no message passing.
-Both expose ``products(graph)``, ``queries(x, task)`` and
+All expose ``products(graph)``, ``encode(queries, task)`` and
 ``popularity_bias(graph, task)``, so training and evaluation treat them the same.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.graph.schema import CONTAINS
+from stl_pipeline.models.context import ContextAttention
 from stl_pipeline.models.encoders import EdgeType, HeteroEncoder, Kind
 from stl_pipeline.models.heads import Projection, TripletHead
+from stl_pipeline.models.queries import Queries
 
 TASKS = ("stl", "ctl")
 
@@ -58,6 +63,13 @@ class _Scored(nn.Module):
 
     prior: PopularityPrior | None
 
+    def queries(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode(self, queries: Queries, task: str) -> torch.Tensor:
+        """(Q, out_dim) unit query vectors of ``task``."""
+        return self.queries(queries.x, task)
+
     def popularity_bias(self, data: HeteroData, task: str) -> torch.Tensor:
         """(P,) what the model adds to each product's cosine for a query of ``task``."""
         return self.bias_of(log_popularity(data), task)
@@ -82,22 +94,39 @@ class GraphRecommender(_Scored):
         dropout: float = 0.3,
         out_dim: int = 128,
         popularity_prior: bool = False,
+        categories: int = 0,
+        edge_dims: dict[EdgeType, int] | None = None,
     ) -> None:
+        """``categories`` > 0 gives the CTL query the context attention over that many
+        product categories; its tokens have ``query_dim`` columns, like the global vector."""
         super().__init__()
         self.prior = PopularityPrior() if popularity_prior else None
-        self.encoder = HeteroEncoder(node_dims, edge_types, kind, hidden, layers, heads, dropout)
+        self.encoder = HeteroEncoder(node_dims, edge_types, kind, hidden, layers, heads, dropout, edge_dims)
         self.product_out = Projection(hidden, out_dim)
         self.query_heads = nn.ModuleDict(
             {task: Projection(query_dim, out_dim, hidden=hidden, dropout=dropout) for task in TASKS}
         )
+        self.context = ContextAttention(query_dim, categories, out_dim, hidden) if categories else None
 
     def products(self, data: HeteroData) -> torch.Tensor:
         """(P, out_dim) product vectors after message passing over ``data``'s edges."""
-        h = self.encoder(data.x_dict, data.edge_index_dict)
+        attrs = {e: data[e].edge_attr for e in self.encoder.edge_dims if "edge_attr" in data[e]}
+        h = self.encoder(data.x_dict, data.edge_index_dict, attrs)
         return self.product_out(h["product"])
 
     def queries(self, x: torch.Tensor, task: str) -> torch.Tensor:
         return self.query_heads[task](x)
+
+    def encode(self, queries: Queries, task: str) -> torch.Tensor:
+        if task != "ctl" or self.context is None:
+            return self.queries(queries.x, task)
+        if queries.context is None or queries.category is None:
+            raise ValueError(
+                "this model's CTL queries attend over context tokens: pass ctl_scene_context "
+                "and the category each query completes"
+            )
+        head = self.query_heads[task].net(queries.x)
+        return F.normalize(head + self.context(queries.context, queries.category), dim=-1)
 
 
 class _OnFrozenVectors(_Scored):

@@ -242,6 +242,7 @@ def recommendation_gallery(
     scene_images: pd.DataFrame,
     stl_crop_embeddings: Embeddings,
     ctl_scene_embeddings: Embeddings,
+    ctl_scene_context: Embeddings,
     stl_files: StlFiles,
     **models: dict,
 ) -> dg.Output[pd.DataFrame]:
@@ -250,6 +251,7 @@ def recommendation_gallery(
     Its value is the table of what it shows: per pair, method and task, the true product's rank."""
     import torch
 
+    from stl_pipeline.models.queries import Queries
     from stl_pipeline.serving.gallery import (
         Thumbnails,
         build_samples,
@@ -260,6 +262,7 @@ def recommendation_gallery(
         shown_table,
         strips_of,
     )
+    from stl_pipeline.training.data import context_tokens
 
     ids, category = stl_graph["product"].ids, stl_graph["product"].category
     position = {p: i for i, p in enumerate(ids)}
@@ -269,8 +272,17 @@ def recommendation_gallery(
     truth = torch.tensor([position[p] for p in chosen["product"]], dtype=torch.long)
     popularity = torch.tensor(stl_products.set_index("product").loc[ids, "popularity"].to_numpy())
     records = by_method(models)
-    x = {task: torch.from_numpy(e.take(list(chosen["pair_id"]))) for task, e in queries.items()}
-    lists = ranked_lists(stl_graph, records, popularity, x, truth, GALLERY_METHODS, config.k)
+    pair_ids = list(chosen["pair_id"])
+    x = {
+        task: Queries(
+            torch.from_numpy(e.take(pair_ids)),
+            truth,
+            category[truth],
+            context_tokens(ctl_scene_context, pair_ids) if task == "ctl" else None,
+        )
+        for task, e in queries.items()
+    }
+    lists = ranked_lists(stl_graph, records, popularity, x, ctl_scene_context, GALLERY_METHODS, config.k)
     samples = build_samples(
         chosen, on_disk(scene_images), [LEAVES[c] for c in category[truth].tolist()], lists
     )

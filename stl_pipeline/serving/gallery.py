@@ -19,7 +19,8 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.evaluation.report import popularity_scorer, vector_methods
 from stl_pipeline.features.regions import Box, ctl_box, stl_box
-from stl_pipeline.training.loop import Queries
+from stl_pipeline.models.queries import Queries
+from stl_pipeline.vectors import Embeddings
 
 STL_COLOUR, CTL_COLOUR, HIT_COLOUR = (255, 122, 0), (30, 120, 255), (0, 170, 80)
 TASK_TITLES = {
@@ -79,23 +80,23 @@ def ranked_lists(
     graph: HeteroData,
     records: dict[str, dict],
     popularity: torch.Tensor,
-    queries: dict[str, torch.Tensor],
-    truth: torch.Tensor,
+    queries: dict[str, Queries],
+    context: Embeddings,
     methods: dict[str, str],
     k: int,
 ) -> dict[str, dict[str, list[Ranked]]]:
     """task -> method label -> each query's same-category top-K, for popularity, frozen kNN
     and the trained models (``records``)."""
     ids, category = graph["product"].ids, graph["product"].category
-    dim = next(iter(queries.values())).shape[1]
-    vectors = vector_methods(graph, dim, records)
+    dim = next(iter(queries.values())).x.shape[1]
+    vectors = vector_methods(graph, dim, records, context)
     lists = {}
-    for task, x in queries.items():
+    for task, q in queries.items():
         # The report's popularity scorer: ties broken at random, never by index in the truth's favour.
-        scores = {"popularity": popularity_scorer(popularity)(task, Queries(x, truth), pd.DataFrame())}
-        scores |= {name: method.scores(task, x) for name, method in vectors.items()}
+        scores = {"popularity": popularity_scorer(popularity)(task, q, pd.DataFrame())}
+        scores |= {name: method.scores(task, q) for name, method in vectors.items()}
         lists[task] = {
-            label: rank_same_category(scores[m], truth, category, ids, k) for m, label in methods.items()
+            label: rank_same_category(scores[m], q.product, category, ids, k) for m, label in methods.items()
         }
     return lists
 

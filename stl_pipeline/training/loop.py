@@ -20,65 +20,13 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.device import Precision, autocast, effective_precision
 from stl_pipeline.models.losses import LOSSES, sample_negatives, sampling_log_q
+from stl_pipeline.models.queries import Queries
 from stl_pipeline.models.recommender import TASKS, Recommender, log_popularity
 from stl_pipeline.storage import CorruptArtifactError, atomic_write_with, read_artifact
+from stl_pipeline.training.config import TrainConfig
 from stl_pipeline.training.ranking import mrr, ranks_in_category
 
 LAST, BEST = "last.pt", "best.pt"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    kind: str = "gat"  # gat, sage, triplet or two_tower
-    hidden: int = 128
-    heads: int = 4
-    layers: int = 2
-    dropout: float = 0.3
-    out_dim: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    epochs: int = 150
-    loss: str = "infonce"
-    in_batch_negatives: bool = True
-    category_negatives: int = 8  # uniform within the positive's category, as the evaluation's pool
-    # In-batch negatives are the batch's distinct positives, a random subset past this many: a
-    # step scores B x (shared + category) pairs, so this bounds its memory and time once batches
-    # grow (28,900 queries a step at the release's size). At 3,811 products a batch holds about
-    # 2,000 distinct positives, so the cap changes nothing there.
-    shared_negatives: int = 2048
-    # The batch's other positives are drawn by popularity, so a popular product is a negative for
-    # nearly every query and the model learns to rank popular products down. Correcting for it
-    # (with 64 category negatives) lifts the bare cosine's validation CTL MRR at 3,811 products,
-    # but adds nothing once the popularity prior is fitted, and cost 0.06 of test CTL HR@10 at
-    # 600 products: off.
-    logq_correction: bool = False
-    # After training, fit per task a weight on log train popularity, added to each cosine, on
-    # validation MRR. At 3,811 products it lifted GAT's test CTL HR@10 from 0.075 to 0.149, past
-    # popularity's 0.139; weight 0 (the bare cosine) is among the candidates.
-    popularity_prior: bool = True
-    # Message passing sums messages in parallel on the CPU, in an order that varies from run to
-    # run: the last bits of the first loss differ, and 150 epochs later GAT's test CTL HR@10 on
-    # the demo was 0.305 in one run and 0.254 in the next. PyTorch's deterministic kernels
-    # remove that for about 10% more time an epoch (benchmarks/train.py at demo size).
-    deterministic: bool = True
-    batch_size: int = 512  # queries per task and optimizer step; 0: all at once (full batch)
-    # Every step encodes the whole graph, so steps, not queries, are what an epoch costs. Past
-    # batch_size * max_steps queries the batches grow instead: at the release's size an epoch
-    # is 2 encodings, not 113. At 3,811 products two steps of 2,890 queries cost 0.77 of four
-    # steps of 1,445 an epoch and ended level or ahead on test over whole runs; one step fell
-    # behind on Shop the Look (README). The triplet head keeps four (training/assets.py).
-    max_steps: int = 2
-    patience: int = 30  # epochs without a better validation MRR before stopping
-    checkpoint_every: int = 10
-    seed: int = 0
-
-
-@dataclass
-class Queries:
-    """Query vectors of one task and split, and the index of each one's true product."""
-
-    x: torch.Tensor  # (Q, backbone dim)
-    product: torch.Tensor  # (Q,)
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -103,7 +51,7 @@ def validation_mrr(model: Recommender, graph: HeteroData, val: dict[str, Queries
         result = {}
         for task, queries in val.items():
             bias = model.popularity_bias(graph, task)
-            vectors = model.queries(queries.x, task)
+            vectors = model.encode(queries, task)
             (ranks,) = ranks_in_category(vectors, products, queries.product, category, [bias])
             result[f"val_mrr_{task}"] = mrr(ranks)
     model.train()
@@ -127,7 +75,7 @@ def fit_popularity_prior(model: Recommender, graph: HeteroData, val: dict[str, Q
             category = graph["product"].category
             for task, queries in val.items():
                 biases = [log_pop * w for w in PRIOR_WEIGHTS]
-                vectors = model.queries(queries.x, task)
+                vectors = model.encode(queries, task)
                 ranks = ranks_in_category(vectors, products, queries.product, category, biases)
                 found = [mrr(r) for r in ranks]
                 # max() keeps the first of equals, and the candidates rise from 0
@@ -313,7 +261,7 @@ def train(
                             sampler,
                             config.shared_negatives,
                         ).to(products.device)
-                        predicted = model.queries(queries.x[chosen], task).float()
+                        predicted = model.encode(queries.rows(chosen), task).float()
                         loss = loss + loss_fn(predicted, products, positives, negatives, **corrections[task])
                 if not torch.isfinite(loss):
                     raise NonFiniteLoss(

@@ -1,0 +1,165 @@
+"""Which context the Complete-the-Look query encoder reads: the ablation it is chosen by.
+
+For each context (``regions.CONTEXT_SOURCES``: the largest region around the bbox, all
+four, or the whole scene with the bbox masked; each view's last feature map pooled to a
+grid of tokens), computes ``ctl_scene_context``'s tokens with the pipeline's backbone
+(sharing the asset's embedding cache), trains each graph model with its asset's knobs,
+and prints validation and test CTL MRR and HR@10 (same-category pool, popularity prior
+fitted) against the global vector alone (``none``). The asset's default is the row with
+the best validation MRR; the test columns only show what that choice is worth.
+
+On a generated dataset, the ``style probe`` column says how much each context can tell at
+all: the accuracy of a logistic regression from a query's features (the global vector and
+its context tokens) to its scene's latent style, fitted on train pairs and scored on the
+others. It bounds what any query encoder over these frozen features can reach.
+
+    .venv/bin/python benchmarks/ctl_context.py [--sources none,largest:2,four:1,masked:2]
+        [--kinds gat,sage] [--seeds 0,1,2] [--knobs '{"edge_features": true}']
+
+Run it with the environment the lineage ran with (``STL_DATA_DIR`` and the ``STL_*``
+settings), after the lineage has materialized ``stl_graph`` and the query embeddings.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tabulate import tabulate
+
+from stl_pipeline.catalogue import asset_path
+from stl_pipeline.features.backbone import load_backbone
+from stl_pipeline.features.embed import EmbeddingCache, embed_items
+from stl_pipeline.features.queries import context_items, token_keys
+from stl_pipeline.features.spec import BackboneSpec
+from stl_pipeline.generate import STYLES_FILE
+from stl_pipeline.graph.store import load_graph
+from stl_pipeline.registry import MODELS
+from stl_pipeline.settings import load_settings
+from stl_pipeline.training.config import TrainConfig
+from stl_pipeline.training.data import QUERY_ASSETS, split_queries
+from stl_pipeline.training.loop import train
+from stl_pipeline.training.models import build_model, schema
+from stl_pipeline.training.ranking import hit_rate, mrr, ranks_in_category
+from stl_pipeline.vectors import Embeddings
+
+
+def tokens(source: str, grid: int, pairs: pd.DataFrame, data_dir: Path) -> Embeddings:
+    """``ctl_scene_context`` for this source and grid, as the asset computes it."""
+    settings = load_settings()
+    spec = BackboneSpec(
+        settings.backbone, settings.backbone_weights, settings.backbone_checkpoint, settings.image_size
+    )
+    backbone = load_backbone(spec)
+    items = context_items(pairs, pd.read_parquet(asset_path(data_dir, "scene_images")), source)
+    cache = EmbeddingCache(data_dir / "cache" / f"tokens-{grid}", backbone)
+    views, _ = embed_items(items, backbone, torch.device("cpu"), cache=cache, grid=grid)
+    return Embeddings(
+        token_keys(items, grid * grid),
+        views.vectors.reshape(-1, views.dim // grid**2),
+        views.info | {"source": source, "grid": str(grid)},
+    )
+
+
+def style_probe(pairs: pd.DataFrame, ctl: Embeddings, context: Embeddings | None) -> str:
+    """Held-out accuracy of the scene's style from the CTL query's features; empty without
+    the generator's ground truth."""
+    from sklearn.linear_model import LogisticRegression
+
+    from stl_pipeline.training.data import context_tokens
+
+    path = load_settings().pairs_path.parent / STYLES_FILE
+    if not path.is_file():
+        return ""
+    style = json.loads(path.read_text())["scenes"]
+    rows = pairs[pairs["pair_id"].isin(ctl.positions())]
+    x = ctl.take(list(rows["pair_id"]))
+    if context is not None:
+        x = np.hstack([x, context_tokens(context, list(rows["pair_id"])).flatten(1).numpy()])
+    y, train = rows["scene"].map(style).to_numpy(), (rows["split"] == "train").to_numpy()
+    probe = LogisticRegression(max_iter=2000).fit(x[train], y[train])
+    return f"{probe.score(x[~train], y[~train]):.3f}"
+
+
+def ctl_scores(model, graph, queries) -> tuple[float, float]:
+    """CTL MRR and HR@10 over the same-category pool, with the model's fitted prior."""
+    model.eval()
+    with torch.no_grad():
+        q = queries["ctl"]
+        (ranks,) = ranks_in_category(
+            model.encode(q, "ctl"),
+            model.products(graph),
+            q.product,
+            graph["product"].category,
+            [model.popularity_bias(graph, "ctl")],
+        )
+    return mrr(ranks), hit_rate(ranks, 10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sources", default="none,largest:2,four:1,masked:1,masked:2")
+    parser.add_argument("--kinds", default="gat,sage")
+    parser.add_argument("--seeds", default="0", help="training seeds, one row each")
+    parser.add_argument("--knobs", default="{}", help="JSON object of training knobs for every row")
+    args = parser.parse_args()
+    data_dir = load_settings().data_dir
+    graph, graph.info = load_graph(asset_path(data_dir, "stl_graph"))
+    pairs = pd.read_parquet(asset_path(data_dir, "stl_pairs"))
+    queries = {task: Embeddings.load(asset_path(data_dir, name)) for task, name in QUERY_ASSETS.items()}
+    specs = {spec.kind: spec for spec in MODELS}
+    rows = []
+    for choice in args.sources.split(","):
+        source, _, grid = choice.partition(":")
+        start = time.perf_counter()
+        context = None if source == "none" else tokens(source, int(grid or 1), pairs, data_dir)
+        embed_seconds = time.perf_counter() - start
+        probe = style_probe(pairs, queries["ctl"], context)
+        split = {s: split_queries(graph, pairs, queries, s, context)[0] for s in ("train", "val", "test")}
+        for kind, seed in [(k, int(s)) for k in args.kinds.split(",") for s in args.seeds.split(",")]:
+            knobs = {
+                **specs[kind].defaults,
+                **json.loads(args.knobs),
+                "context": context is not None,
+                "seed": seed,
+            }
+            config = TrainConfig(kind=kind, **knobs)
+            torch.manual_seed(config.seed)
+            model = build_model(schema(graph), queries["stl"].dim, config)
+            start = time.perf_counter()
+            with tempfile.TemporaryDirectory() as folder:
+                result = train(model, graph, split["train"], split["val"], config, Path(folder))
+                model.load_state_dict(torch.load(Path(folder) / "best.pt", weights_only=True)["model"])
+            val, test = ctl_scores(model, graph, split["val"]), ctl_scores(model, graph, split["test"])
+            rows.append(
+                [
+                    choice,
+                    kind,
+                    seed,
+                    len(context) // max(1, len(split["train"]["ctl"])) if context else 0,
+                    f"{embed_seconds:.1f}",
+                    probe,
+                    f"{time.perf_counter() - start:.1f}",
+                    result.best_epoch,
+                    f"{val[0]:.3f}",
+                    f"{val[1]:.3f}",
+                    f"{test[0]:.3f}",
+                    f"{test[1]:.3f}",
+                    len(split["test"]["ctl"]),
+                ]
+            )
+            print(rows[-1], flush=True)
+    headers = ["context", "model", "seed", "tokens/pair", "embed s", "train s", "best epoch"]
+    print(
+        tabulate(rows, headers=[*headers, "val MRR", "val HR@10", "test MRR", "test HR@10", "test queries"])
+    )
+
+
+if __name__ == "__main__":
+    main()
