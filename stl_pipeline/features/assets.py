@@ -199,6 +199,15 @@ def _completeness(embeddings: Embeddings, expected: set[str]) -> dg.AssetCheckRe
     )
 
 
+def _pair_keys(kind: str, embeddings: Embeddings, pairs: pd.DataFrame, scenes: pd.DataFrame) -> set[str]:
+    """The keys a pair-keyed asset should hold: one per query (``stl``, ``ctl``), or every
+    token of every view (``context``, for the source and grid the tokens record)."""
+    if kind == "context":
+        items = context_items(pairs, scenes, embeddings.info.get("source", "largest"))
+        return set(token_keys(items, int(embeddings.info.get("grid", 1)) ** 2))
+    return {item.key for item in query_items(pairs, scenes, kind)[0]}
+
+
 def _checks_for(asset: str, manifest: str | None = None, kind: str = "") -> list[dg.AssetChecksDefinition]:
     """Four blocking checks per embedding asset: finite, unit norm, one per verified image
     (``manifest``) or per pair query (``kind``), not shrunk."""
@@ -227,23 +236,7 @@ def _checks_for(asset: str, manifest: str | None = None, kind: str = "") -> list
         )
 
     name, description = f"{asset}_complete", "Exactly one vector per verified image or pair query."
-    if kind == "context":
-
-        @dg.asset_check(
-            asset=asset,
-            name=name,
-            blocking=True,
-            additional_ins={"stl_pairs": dg.AssetIn("stl_pairs"), "scene_images": dg.AssetIn("scene_images")},
-            description="Exactly the tokens of every view of every pair with context, for the "
-            "source and grid the tokens record.",
-        )
-        def complete(
-            embeddings: Embeddings, stl_pairs: pd.DataFrame, scene_images: pd.DataFrame
-        ) -> dg.AssetCheckResult:
-            items = context_items(stl_pairs, scene_images, embeddings.info.get("source", "largest"))
-            return _completeness(embeddings, set(token_keys(items, int(embeddings.info.get("grid", 1)) ** 2)))
-
-    elif manifest:
+    if manifest:
 
         @dg.asset_check(
             asset=asset,
@@ -267,8 +260,7 @@ def _checks_for(asset: str, manifest: str | None = None, kind: str = "") -> list
         def complete(
             embeddings: Embeddings, stl_pairs: pd.DataFrame, scene_images: pd.DataFrame
         ) -> dg.AssetCheckResult:
-            items, _ = query_items(stl_pairs, scene_images, kind)
-            return _completeness(embeddings, {item.key for item in items})
+            return _completeness(embeddings, _pair_keys(kind, embeddings, stl_pairs, scene_images))
 
     return [finite, unit_norm, complete, not_shrunk(asset, ("count",))]
 
