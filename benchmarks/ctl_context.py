@@ -85,17 +85,17 @@ def style_probe(pairs: pd.DataFrame, ctl: Embeddings, context: Embeddings | None
     return f"{probe.score(x[~train], y[~train]):.3f}"
 
 
-def ctl_scores(model, graph, queries) -> tuple[float, float]:
-    """CTL MRR and HR@10 over the same-category pool, with the model's fitted prior."""
+def scores(model, graph, queries, task: str = "ctl") -> tuple[float, float]:
+    """MRR and HR@10 of ``task`` over the same-category pool, with the model's fitted prior."""
     model.eval()
     with torch.no_grad():
-        q = queries["ctl"]
+        q = queries[task]
         (ranks,) = ranks_in_category(
-            model.encode(q, "ctl"),
+            model.encode(q, task),
             model.products(graph),
             q.product,
             graph["product"].category,
-            [model.popularity_bias(graph, "ctl")],
+            [model.popularity_bias(graph, task)],
         )
     return mrr(ranks), hit_rate(ranks, 10)
 
@@ -136,13 +136,14 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as folder:
                 result = train(model, graph, split["train"], split["val"], config, Path(folder))
                 model.load_state_dict(torch.load(Path(folder) / "best.pt", weights_only=True)["model"])
-            val, test = ctl_scores(model, graph, split["val"]), ctl_scores(model, graph, split["test"])
+            val, test = scores(model, graph, split["val"]), scores(model, graph, split["test"])
+            stl = scores(model, graph, split["test"], "stl")
             rows.append(
                 [
                     choice,
                     kind,
                     seed,
-                    len(context) // max(1, len(split["train"]["ctl"])) if context else 0,
+                    len(context) // len({k.rsplit("/", 1)[0] for k in context.keys}) if context else 0,
                     f"{embed_seconds:.1f}",
                     probe,
                     f"{time.perf_counter() - start:.1f}",
@@ -151,14 +152,14 @@ def main() -> None:
                     f"{val[1]:.3f}",
                     f"{test[0]:.3f}",
                     f"{test[1]:.3f}",
+                    f"{stl[1]:.3f}",
                     len(split["test"]["ctl"]),
                 ]
             )
             print(rows[-1], flush=True)
-    headers = ["context", "model", "seed", "tokens/pair", "embed s", "train s", "best epoch"]
-    print(
-        tabulate(rows, headers=[*headers, "val MRR", "val HR@10", "test MRR", "test HR@10", "test queries"])
-    )
+    headers = ["context", "model", "seed", "tokens/pair", "embed s", "style probe", "train s", "best epoch"]
+    metrics = ["val MRR", "val HR@10", "test MRR", "test HR@10", "test STL HR@10", "test queries"]
+    print(tabulate(rows, headers=[*headers, *metrics]))
 
 
 if __name__ == "__main__":

@@ -248,3 +248,21 @@ def test_gat_attention_reads_edge_features_when_asked() -> None:
     assert torch.equal(plain.products(graph), plain_before)  # edge features unread
     with pytest.raises(ValueError, match="sage layers read no edge features"):
         build_model(schema(graph), 6, TrainConfig(kind="sage", hidden=16, out_dim=8, edge_features=True))
+
+
+def test_the_visual_skip_adds_a_tower_over_the_frozen_vector() -> None:
+    graph = tiny_graph()
+    torch.manual_seed(0)
+    model = build_model(schema(graph), 4, TrainConfig(kind="sage", hidden=16, out_dim=8, visual_skip=True))
+    model.eval()
+
+    def graph_only() -> torch.Tensor:
+        return model.product_out(model.encoder(graph.x_dict, graph.edge_index_dict)["product"])
+
+    with torch.no_grad():
+        products = model.products(graph)
+        assert torch.allclose(products.norm(dim=1), torch.ones(12))
+        assert not torch.allclose(products, graph_only())  # the tower adds its part
+        model.visual.net[-1].weight.zero_()
+        model.visual.net[-1].bias.zero_()
+        assert torch.allclose(model.products(graph), graph_only(), atol=1e-6)  # and only adds

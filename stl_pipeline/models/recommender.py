@@ -96,6 +96,7 @@ class GraphRecommender(_Scored):
         popularity_prior: bool = False,
         categories: int = 0,
         edge_dims: dict[EdgeType, int] | None = None,
+        visual_skip: bool = False,
     ) -> None:
         """``categories`` > 0 gives the CTL query the context attention over that many
         product categories; its tokens have ``query_dim`` columns, like the global vector."""
@@ -107,12 +108,17 @@ class GraphRecommender(_Scored):
             {task: Projection(query_dim, out_dim, hidden=hidden, dropout=dropout) for task in TASKS}
         )
         self.context = ContextAttention(query_dim, categories, out_dim, hidden) if categories else None
+        # The frozen visual vector through its own tower, added to the graph's product vector.
+        self.visual = Projection(query_dim, out_dim, hidden=512, dropout=dropout) if visual_skip else None
 
     def products(self, data: HeteroData) -> torch.Tensor:
         """(P, out_dim) product vectors after message passing over ``data``'s edges."""
         attrs = {e: data[e].edge_attr for e in self.encoder.edge_dims if "edge_attr" in data[e]}
         h = self.encoder(data.x_dict, data.edge_index_dict, attrs)
-        return self.product_out(h["product"])
+        if self.visual is None:
+            return self.product_out(h["product"])
+        visual = data["product"].x[:, : self.visual.net[0].in_features]
+        return F.normalize(self.product_out.net(h["product"]) + self.visual.net(visual), dim=-1)
 
     def queries(self, x: torch.Tensor, task: str) -> torch.Tensor:
         return self.query_heads[task](x)

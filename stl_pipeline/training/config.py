@@ -52,6 +52,9 @@ class TrainConfig:
     context: bool = knob(
         False, "Graph models: the CTL query attends over ctl_scene_context by the category it completes."
     )
+    visual_skip: bool = knob(
+        False, "Graph models: add the frozen visual vector's own tower to each product vector."
+    )
     edge_features: bool = knob(
         False, "GAT: attention reads each edge's stored features (bbox, kNN similarity, co-occurrence)."
     )
