@@ -1,6 +1,7 @@
 """The query side of one task and split, as every recommender and metric takes it."""
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -19,21 +20,20 @@ class Queries:
     def __len__(self) -> int:
         return len(self.product)
 
+    def _each(self, change: "Change") -> "Queries":
+        """The same queries with ``change`` applied to every field that is set."""
+        return replace(self, **{f.name: _maybe(change, getattr(self, f.name)) for f in fields(self)})
+
     def rows(self, index: torch.Tensor) -> "Queries":
         """The queries at ``index``, every field alike."""
-        return replace(
-            self,
-            x=self.x[index],
-            product=self.product[index],
-            category=None if self.category is None else self.category[index],
-            context=None if self.context is None else self.context[index],
-        )
+        return self._each(lambda tensor: tensor[index])
 
     def to(self, device: torch.device | str) -> "Queries":
-        return replace(
-            self,
-            x=self.x.to(device),
-            product=self.product.to(device),
-            category=None if self.category is None else self.category.to(device),
-            context=None if self.context is None else self.context.to(device),
-        )
+        return self._each(lambda tensor: tensor.to(device))
+
+
+Change = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _maybe(change: Change, tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else change(tensor)
