@@ -6,6 +6,8 @@ source: a state dict and its config, loadable with ``weights_only=True``,
 rather than a pickled model.
 """
 
+import fcntl
+import hashlib
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -67,11 +69,52 @@ class TrackedRun:
         return str(version.version)
 
 
+@contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold a lock that every process creating this database store takes: a file lock beside
+    a SQLite file, an advisory lock inside PostgreSQL."""
+    scheme = urlsplit(tracking_uri).scheme.split("+")[0]
+    if scheme == "sqlite":
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+        with open(database.with_name(database.name + ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        return
+    if scheme == "postgresql":
+        from sqlalchemy import create_engine, text
+
+        key = int.from_bytes(hashlib.sha256(b"stl-pipeline:mlflow-store").digest()[:8], "big", signed=True)
+        engine = create_engine(tracking_uri, poolclass=None)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                try:
+                    yield
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        finally:
+            engine.dispose()
+        return
+    yield  # another database: MLflow's own creation, unguarded
+
+
+def create_store(tracking_uri: str) -> MlflowClient:
+    """A client whose store exists. MLflow creates and migrates an empty database on a process's
+    first use of it; two processes doing that at once (parallel training steps on a fresh
+    store) break the migration's bookkeeping, so the first use happens under a lock."""
+    if urlsplit(tracking_uri).scheme in ("http", "https", "file", ""):
+        return MlflowClient(tracking_uri=tracking_uri)
+    with _store_lock(tracking_uri):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client.search_experiments(max_results=1)  # the tracking store, created or checked
+        client.search_registered_models(max_results=1)  # the model registry's tables
+    return client
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None) -> None:
-        if tracking_uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = create_store(tracking_uri)
         self.tracking_uri, self.experiment, self.artifact_root = tracking_uri, experiment, artifact_root
 
     def check_reachable(self) -> None:

@@ -1,3 +1,4 @@
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,27 @@ def test_a_failing_block_marks_the_run_failed(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), tracker.run("broken") as run:
         raise RuntimeError("boom")
     assert MlflowClient(tracking_uri=tracker.tracking_uri).get_run(run.run_id).info.status == "FAILED"
+
+
+def _start_run(uri: str, barrier: object, name: str) -> None:
+    barrier.wait()  # type: ignore[attr-defined]
+    with Tracker(uri, "stl-pipeline").run(name) as run:
+        run.log_metrics({"loss": 1.0})
+
+
+def test_processes_starting_together_on_a_fresh_store_all_track(tmp_path: Path) -> None:
+    """Parallel training steps each open the store first thing; MLflow migrates an empty
+    database on first use, and doing that three times at once broke the run."""
+    context = multiprocessing.get_context("spawn")
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    barrier = context.Barrier(3)
+    processes = [context.Process(target=_start_run, args=(uri, barrier, f"r{i}")) for i in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("stl-pipeline")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["r0", "r1", "r2"]
