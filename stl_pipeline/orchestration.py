@@ -52,6 +52,12 @@ def _ingested_digest(instance: dg.DagsterInstance) -> str | None:
     return None if value is None else str(value.value)
 
 
+def _parse_cursor(cursor: str) -> tuple[int, str]:
+    """``<changes>:<digest>``; a bare digest is a cursor written before changes were counted."""
+    count, _, digest = cursor.rpartition(":")
+    return (int(count) if count.isdigit() else 0), digest
+
+
 @dg.sensor(
     name="stl_raw_files_sensor",
     job=stl_ingest,
@@ -72,8 +78,15 @@ def stl_raw_files_sensor(
     digest = files_digest(paths)
     # The first tick compares with what was last ingested, so switching the sensor on
     # does not re-ingest unchanged files.
-    seen = context.cursor or _ingested_digest(context.instance)
+    if context.cursor:
+        changes, seen = _parse_cursor(context.cursor)
+    else:  # a new or reset cursor counts on from this sensor's earlier runs, so keys stay new
+        started = dg.RunsFilter(tags={"dagster/sensor_name": "stl_raw_files_sensor"})
+        changes, seen = context.instance.get_runs_count(started), _ingested_digest(context.instance)
     if digest == seen:
         return dg.SkipReason(f"raw files unchanged (sha256 {digest[:12]})")
-    context.update_cursor(digest)
-    return dg.RunRequest(run_key=digest, tags={"stl/raw_sha256": digest})
+    # Dagster starts one run per run key ever, so the key counts changes: files that go back
+    # to earlier contents (A -> B -> A) are a change too, and are ingested again.
+    cursor = f"{changes + 1}:{digest}"
+    context.update_cursor(cursor)
+    return dg.RunRequest(run_key=cursor, tags={"stl/raw_sha256": digest})

@@ -66,8 +66,10 @@ def test_sensor_starts_ingestion_only_when_contents_change(small_dataset: Path, 
     with dg.DagsterInstance.ephemeral() as instance:
         first = tick(instance, environ)
         (request,) = first.run_requests
+        original = pairs.read_text()
         digest = files_digest([pairs, Path(environ["STL_CATEGORIES_PATH"])])
-        assert request.run_key == digest and first.cursor == digest
+        assert request.run_key == first.cursor == f"1:{digest}"
+        assert request.tags["stl/raw_sha256"] == digest
 
         pairs.touch()  # a new mtime, the same bytes
         unchanged = tick(instance, environ, cursor=first.cursor)
@@ -77,7 +79,16 @@ def test_sensor_starts_ingestion_only_when_contents_change(small_dataset: Path, 
         pairs.write_text("\n".join(lines[:-1]) + "\n")  # one pair fewer
         changed = tick(instance, environ, cursor=first.cursor)
         (request,) = changed.run_requests
-        assert request.run_key == changed.cursor != digest
+        assert request.run_key == changed.cursor and changed.cursor.startswith("2:")
+
+        pairs.write_text(original)  # back to the first contents: A -> B -> A is a change too
+        reverted = tick(instance, environ, cursor=changed.cursor)
+        (request,) = reverted.run_requests
+        assert request.run_key == reverted.cursor == f"3:{digest}" != first.cursor
+        assert not tick(instance, environ, cursor=reverted.cursor).run_requests
+
+        # A cursor from before changes were counted is read as the digest it is.
+        assert not tick(instance, environ, cursor=digest).run_requests
 
 
 def test_sensor_skips_files_already_ingested(small_dataset: Path, tmp_path: Path) -> None:
