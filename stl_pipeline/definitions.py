@@ -82,7 +82,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "quality_gate": QualityGate(),
             "mlflow": MlflowTracker(
                 tracking_uri=settings.mlflow_tracking_uri,
-                artifact_root=str(settings.data_dir / "mlflow" / "artifacts"),
+                artifact_root=settings.mlflow_artifact_root,
             ),
         },
     )

@@ -46,6 +46,14 @@ class Settings:
     def demo_dir(self) -> Path:
         return self.data_dir / DEMO_DIR
 
+    @property
+    def mlflow_artifact_root(self) -> str | None:
+        """Artifacts of a local store go under STL_DATA_DIR; a tracking server keeps its own
+        (``mlflow server --serve-artifacts``), so runs logged over HTTP upload to it."""
+        if urlsplit(self.mlflow_tracking_uri).scheme in ("http", "https"):
+            return None
+        return str(self.data_dir / "mlflow" / "artifacts")
+
 
 def default_allowed_hosts(template: str) -> tuple[str, ...]:
     host = urlsplit(template).hostname
