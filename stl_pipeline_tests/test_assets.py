@@ -8,11 +8,12 @@ import torch
 from mlflow import MlflowClient
 
 from stl_pipeline.definitions import MODULES, build_definitions
+from stl_pipeline.demo import full_pipeline
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.images.download import DOWNLOADED, FAILED
 from stl_pipeline.registry import MODELS
-from stl_pipeline.resources import QualityGate, StlFiles
+from stl_pipeline.resources import StlFiles
 from stl_pipeline.serving.index import load_index
 from stl_pipeline.settings import load_settings
 from stl_pipeline.vectors import Embeddings
@@ -45,12 +46,12 @@ def run(
     return result, settings.data_dir
 
 
-def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+def metadata(result: dg.ExecuteInProcessResult | dg.JobExecutionResult, asset: str) -> dict:
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
     return {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
 
 
-def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+def checks(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
@@ -178,14 +179,14 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
 
 
 def test_training_and_report_materialize_and_track_runs_in_mlflow(
-    tmp_path: Path, small_dataset: Path
+    tmp_path: Path, small_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The full job through Dagster's multiprocess executor on an instance without pool limits,
+    so the four training steps start together on a fresh MLflow store."""
     environ = generated_environ(tmp_path, small_dataset)
+    for name, value in environ.items():  # the step processes load the definitions from these
+        monkeypatch.setenv(name, value)
     settings = load_settings(environ)
-    resources = dict(build_definitions(settings).resources)
-    resources["quality_gate"] = QualityGate(
-        ctl_hr10_margin=-1.0
-    )  # a smoke test: the gate is tested elsewhere
     few = {"epochs": 6, "hidden": 32, "checkpoint_every": 2}
     run_config = {
         "ops": {
@@ -193,12 +194,25 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
             "sage_model": {"config": {**few, "lr": 0.01}},
             "triplet_head": {"config": {**few, "hidden": 64}},
             "two_tower": {"config": {**few, "hidden": 64}},
-        }
+        },
+        # a smoke test: the gate is tested elsewhere
+        "resources": {"quality_gate": {"config": {"ctl_hr10_margin": -1.0}}},
+        "execution": {"config": {"multiprocess": {"max_concurrent": 4}}},
     }
-    result = dg.materialize(
-        [*ASSETS, *CHECKS], resources=resources, run_config=run_config, raise_on_error=False
-    )
-    assert result.success
+    with dg.instance_for_test() as instance:
+        result = dg.execute_job(
+            dg.reconstructable(full_pipeline), instance, run_config=run_config, raise_on_error=False
+        )
+        assert result.success
+        steps = [e for e in instance.all_logs(result.run_id) if e.dagster_event and e.step_key]
+    training = {spec.asset for spec in MODELS}
+    started = {e.step_key: e.timestamp for e in steps if e.dagster_event.is_step_start}
+    ended = {e.step_key: e.timestamp for e in steps if e.dagster_event.is_step_success}
+    started, ended = ({k: v for k, v in d.items() if k in training} for d in (started, ended))
+    assert set(started) == set(ended) == training
+    running_together = [s for s in training if started[s] < min(ended.values())]
+    assert len(running_together) >= 3, (started, ended)
+
     evaluated = checks(result)
     # Six epochs leave the learned embeddings bunched together: the warning may fire here.
     blocking = {k: v for k, v in evaluated.items() if k != "embedding_report_not_collapsed"}
