@@ -8,7 +8,7 @@ STL_DATA_DIR ?= $(CURDIR)/.stl_data
 DAGSTER_HOME ?= $(STL_DATA_DIR)/dagster_home
 export STL_DATA_DIR DAGSTER_HOME
 
-.PHONY: install browser demo test lint format ui mlflow bench lock clean
+.PHONY: install browser postgres demo test lint format ui mlflow bench lock clean
 
 install: $(STAMP)
 
@@ -21,15 +21,21 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/stl-demo
 
-# The gallery test renders pages in Debian's Chromium; with it required, a missing browser fails.
-test: install lint browser
-	STL_TEST_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
+# The gallery test renders pages in Debian's Chromium and the deployment test runs a throwaway
+# PostgreSQL server; with both required, a missing one fails rather than skips.
+test: install lint browser postgres
+	STL_TEST_REQUIRE_BROWSER=1 STL_TEST_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
 
 # Debian's chromium, for the browser tests (as root, or through sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+# Debian's PostgreSQL server binaries, for the deployment test (no cluster is started here).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check stl_pipeline stl_pipeline_tests benchmarks

@@ -1,0 +1,262 @@
+"""The deployment in docker/, run for real without Docker: PostgreSQL for Dagster and MLflow,
+the code server started with the image's command, the daemon with the deployment's own
+dagster.yaml (the default run launcher in place of the Docker one), an MLflow server with
+proxied artifacts; then the schedule, the sensor and tracking do their jobs. The compose
+file is checked against dagster.yaml and the workspace statically."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+import yaml
+from mlflow import MlflowClient
+
+from stl_pipeline.registry import MODELS
+from stl_pipeline.storage import files_digest
+from stl_pipeline_tests.lineage import generated_environ
+from stl_pipeline_tests.services import Processes, free_port, postgres_server, wait_until
+
+DOCKER = Path(__file__).resolve().parents[1] / "docker"
+BIN = Path(sys.executable).parent
+SETTINGS = Path(__file__).resolve().parents[1] / "stl_pipeline" / "settings.py"
+
+
+def compose() -> dict:
+    return yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+
+
+def code_server_command(host: str, port: int) -> list[str]:
+    """The compose file's (and the image's) code server command, on another address."""
+    command = compose()["services"]["code"]["command"]
+    swapped = {"0.0.0.0": host, "4000": str(port)}
+    return [str(BIN / command[0]), *(swapped.get(arg, arg) for arg in command[1:])]
+
+
+def deployment_home(root: Path) -> Path:
+    """docker/dagster.yaml with the default run launcher: nothing else changes."""
+    config = yaml.safe_load((DOCKER / "dagster.yaml").read_text())
+    del config["run_launcher"]
+    home = root / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return home
+
+
+def deployment_workspace(root: Path, port: int) -> Path:
+    workspace = yaml.safe_load((DOCKER / "workspace.yaml").read_text())
+    (location,) = workspace["load_from"]
+    location["grpc_server"].update(host="127.0.0.1", port=port)
+    path = root / "workspace.yaml"
+    path.write_text(yaml.safe_dump(workspace))
+    return path
+
+
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def next_run(
+    instance: dg.DagsterInstance,
+    job: str,
+    seen: set[str],
+    processes: Processes,
+    timeout: float,
+    finished: bool = True,
+) -> dg.DagsterRun:
+    """The next run of ``job`` not in ``seen`` once it exists, or (``finished``) has ended
+    successfully; a run that failed fails the test with its errors."""
+
+    def found() -> dg.DagsterRun | None:
+        processes.check_alive()
+        for run in instance.get_runs(filters=dg.RunsFilter(job_name=job)):
+            if run.run_id not in seen and (run.is_finished or not finished):
+                return run
+        return None
+
+    logs = [processes.log_dir / f"{name}.log" for name in ("daemon", "code-server")]
+    run = wait_until(found, timeout, f"a {'finished ' if finished else ''}{job} run", logs)
+    if not finished:
+        return run
+    if run.status != dg.DagsterRunStatus.SUCCESS:
+        errors = [e.message for e in instance.all_logs(run.run_id) if e.level >= 40]
+        pytest.fail(f"{job} run {run.run_id} ended {run.status}: {errors[-5:]}")
+    seen.add(run.run_id)
+    return run
+
+
+def dagster(args: list[str], env: dict[str, str], workspace: Path) -> None:
+    subprocess.run([str(BIN / "dagster"), *args, "-w", str(workspace)], env=env, check=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_schedule_sensor_and_tracking_on_postgres(
+    tmp_path: Path, small_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("fashion.json", "fashion-cat.json"):
+        shutil.copy(small_dataset / name, raw / name)
+    stl = generated_environ(tmp_path, raw) | {
+        "STL_IMAGE_URL_TEMPLATE": (small_dataset / "images").as_uri() + "/{signature}.jpg",
+        "STL_RETRAIN_CRON": "* * * * *",  # the next tick is less than a minute away
+    }
+    with ExitStack() as stack:
+        postgres = stack.enter_context(postgres_server())
+        for database in ("dagster", "mlflow"):
+            postgres.create_database(database)
+        mlflow_port, code_port = free_port(), free_port()
+        mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+        storage = {
+            "DAGSTER_POSTGRES_HOST": "127.0.0.1",
+            "DAGSTER_POSTGRES_PORT": str(postgres.port),
+            "DAGSTER_POSTGRES_USER": postgres.user,
+            "DAGSTER_POSTGRES_PASSWORD": "",
+            "DAGSTER_POSTGRES_DB": "dagster",
+        }
+        home = deployment_home(tmp_path)
+        for name, value in (storage | {"DAGSTER_HOME": str(home)}).items():
+            monkeypatch.setenv(name, value)
+        env = {**os.environ, **stl, "MLFLOW_TRACKING_URI": mlflow_url, "PATH": f"{BIN}:{os.environ['PATH']}"}
+        workspace = deployment_workspace(tmp_path, code_port)
+
+        processes = Processes(tmp_path)
+        stack.callback(processes.stop_all)
+        artifacts = tmp_path / "mlflow-artifacts"
+        mlflow_log = processes.start(
+            "mlflow",
+            [
+                *(str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port)),
+                *("--backend-store-uri", postgres.url("mlflow"), "--workers", "1"),
+                *("--serve-artifacts", "--artifacts-destination", str(artifacts)),
+            ],
+            env,
+            tmp_path,
+        )
+        code_log = processes.start("code-server", code_server_command("127.0.0.1", code_port), env, tmp_path)
+        health = [
+            str(BIN / "dagster"),
+            "api",
+            "grpc-health-check",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(code_port),
+        ]
+        wait_until(
+            lambda: subprocess.run(health, capture_output=True, env=env).returncode == 0,
+            180,
+            "the code server answering",
+            [code_log],
+        )
+        wait_until(lambda: answers(f"{mlflow_url}/health"), 120, "the MLflow server answering", [mlflow_log])
+        processes.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], env, tmp_path)
+
+        instance = stack.enter_context(dg.DagsterInstance.get())
+        seen: set[str] = set()
+        # The sensor's first tick finds raw files nothing has ingested yet.
+        dagster(["sensor", "start", "stl_raw_files_sensor"], env, workspace)
+        first = next_run(instance, "stl_ingest", seen, processes, timeout=420)
+        assert first.tags["dagster/sensor_name"] == "stl_raw_files_sensor"
+
+        dagster(["schedule", "start", "stl_retrain_schedule"], env, workspace)
+        launched = next_run(instance, "stl_retrain", seen, processes, timeout=120, finished=False)
+        dagster(["schedule", "stop", "stl_retrain_schedule"], env, workspace)  # one tick is enough
+        retrain = next_run(instance, "stl_retrain", seen, processes, timeout=600)
+        assert retrain.run_id == launched.run_id
+        assert retrain.tags["dagster/schedule_name"] == "stl_retrain_schedule"
+
+        pairs = raw / "fashion.json"
+        pairs.write_text("".join(pairs.read_text().splitlines(keepends=True)[:-1]))  # one pair fewer
+        second = next_run(instance, "stl_ingest", seen, processes, timeout=420)
+        assert second.tags["stl/raw_sha256"] == files_digest([pairs, raw / "fashion-cat.json"])
+        assert second.tags["stl/raw_sha256"] != first.tags["stl/raw_sha256"]
+
+        import psycopg2
+
+        address = {"host": "127.0.0.1", "port": postgres.port, "user": postgres.user, "dbname": "dagster"}
+        with psycopg2.connect(**address) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT run_id, status FROM runs")
+            stored = dict(cursor.fetchall())
+        assert {r.run_id: "SUCCESS" for r in (first, retrain, second)}.items() <= stored.items()
+
+        client = MlflowClient(tracking_uri=mlflow_url)
+        experiment = client.get_experiment_by_name("stl-pipeline")
+        runs = client.search_runs([experiment.experiment_id], f"tags.dagster_run_id = '{retrain.run_id}'")
+        assert {r.data.tags["asset"] for r in runs} == {spec.asset for spec in MODELS}
+        for run in runs:
+            assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
+            assert "checkpoint/best.pt" in {
+                a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")
+            }
+            # uploaded through the server's artifact proxy, onto the server's disk
+            path = artifacts / experiment.experiment_id / run.info.run_id / "artifacts/checkpoint/best.pt"
+            assert path.stat().st_size > 0
+        assert {m.name for m in client.search_registered_models()} >= {spec.registered for spec in MODELS}
+
+
+def test_compose_agrees_with_dagster_yaml_and_the_workspace() -> None:
+    services = compose()["services"]
+    assert {"postgres", "mlflow", "code", "webserver", "daemon"} <= set(services)
+    dagster_yaml = yaml.safe_load((DOCKER / "dagster.yaml").read_text())
+    (location,) = yaml.safe_load((DOCKER / "workspace.yaml").read_text())["load_from"]
+
+    # The workspace points at the code service, on the port its command serves.
+    code = services["code"]["command"]
+    assert location["grpc_server"]["host"] == "code"
+    assert code[code.index("--port") + 1] == str(location["grpc_server"]["port"])
+    assert code[code.index("--module-name") + 1] == "stl_pipeline.definitions"
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert all(f'"{arg}"' in dockerfile for arg in code), "the image's CMD and the compose command differ"
+    for name in ("webserver", "daemon"):
+        assert "workspace.yaml" in services[name]["entrypoint"]
+
+    # Storage, run launcher and the environment every run container gets.
+    assert set(dagster_yaml["storage"]["postgres"]["postgres_db"]) == {
+        "scheme",
+        "hostname",
+        "port",
+        "username",
+        "password",
+        "db_name",
+    }
+    assert dagster_yaml["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    launcher = dagster_yaml["run_launcher"]["config"]
+    assert launcher["network"] in {n.get("name") for n in compose()["networks"].values()}
+    volume, mount = launcher["container_kwargs"]["volumes"][0].split(":")
+    assert volume in {v.get("name") for v in compose()["volumes"].values() if v}
+    assert f"stl_data:{mount}" in services["code"]["volumes"]
+    for name in ("daemon", "code"):
+        environment = services[name]["environment"]
+        assert set(launcher["env_vars"]) <= set(environment), name
+    settings_vars = {
+        line.split('"')[1] for line in SETTINGS.read_text().splitlines() if 'environ.get("' in line
+    }
+    assert settings_vars <= set(launcher["env_vars"]), "a setting does not reach the run containers"
+    database = dagster_yaml["storage"]["postgres"]["postgres_db"]
+    postgres_env = {v["env"] for v in database.values() if isinstance(v, dict)}
+    assert postgres_env <= set(services["webserver"]["environment"])
+
+    # Every service that others wait on has a health check; every variable has an example.
+    for service in services.values():
+        for dependency, condition in service.get("depends_on", {}).items():
+            if condition["condition"] == "service_healthy":
+                assert "healthcheck" in services[dependency], dependency
+    example = (DOCKER / ".env.example").read_text()
+    text = (DOCKER / "docker-compose.yml").read_text()
+
+    for variable in set(re.findall(r"(?<!\$)\$\{([A-Z_]+)", text)):
+        assert f"\n{variable}=" in f"\n{example}", f"{variable} is missing from .env.example"
+    gpu = yaml.safe_load((DOCKER / "docker-compose.gpu.yml").read_text())
+    context = yaml.safe_load(gpu["services"]["code"]["environment"]["DAGSTER_CONTAINER_CONTEXT"])
+    (request,) = context["docker"]["container_kwargs"]["device_requests"]
+    assert request["capabilities"] == [["gpu"]]
