@@ -4,7 +4,7 @@ import dagster as dg
 
 from stl_pipeline.catalogue import store_dir
 from stl_pipeline.evaluation import assets as evaluation_assets
-from stl_pipeline.executor import STEP_EXECUTOR
+from stl_pipeline.executor import step_executor
 from stl_pipeline.features import assets as feature_assets
 from stl_pipeline.graph import assets as graph_assets
 from stl_pipeline.images import assets as image_assets
@@ -52,7 +52,7 @@ MODULES = [
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
-        executor=STEP_EXECUTOR,
+        executor=step_executor(settings.executor),
         assets=dg.load_assets_from_modules(MODULES),
         asset_checks=dg.load_asset_checks_from_modules(MODULES),
         jobs=[stl_full_pipeline, stl_ingest, stl_retrain],

@@ -13,6 +13,14 @@ import dagster as dg
 import psutil
 from dagster._core.storage.runs import SqliteRunStorage
 
+# GPU-bound assets (embeddings, training) hold a slot of this pool while they run: one slot
+# per card keeps two of them off one card, across all runs.
+GPU_POOL = "gpu"
+# Under the Kubernetes executor each step is a pod of its own: a GPU-bound one asks for a card.
+GPU_STEP_TAGS = {
+    "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}
+}
+
 # Dagster's executors announce the orchestrating process of a run in an engine event
 # "Executing steps in process (pid: N)" / "Executing steps using multiprocess executor: ...".
 ORCHESTRATOR_EVENT = "Executing steps"
@@ -87,3 +95,13 @@ def _steps(context: dg.InitExecutorContext) -> dg.Executor:
 
 
 STEP_EXECUTOR = _steps.configured(_forkserver_steps, config_schema=_DEFAULT.config_schema.as_field())
+
+
+def step_executor(kind: str) -> dg.ExecutorDefinition:
+    """``multiprocess``: the steps above, on the run's machine. ``k8s``: a Kubernetes job per
+    step (dagster-k8s, in the deploy extra), so GPU-bound steps get pods with a card each."""
+    if kind == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return STEP_EXECUTOR

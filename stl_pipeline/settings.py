@@ -22,6 +22,8 @@ REAL_BACKBONE = ("resnet50", "hub", None)
 DEMO_BACKBONE = ("tf_efficientnet_lite0", "packaged", 128)
 WEIGHTS_KEYWORDS = ("hub", "packaged", "none")
 WEEKLY = "0 3 * * 1"  # Mondays 03:00 UTC: the retraining schedule's default
+# How a run executes its steps: processes on the run's machine, or a Kubernetes job per step.
+EXECUTORS = ("multiprocess", "k8s")
 # Past 1,024 pixels a side, a batch of scene crops would take gigabytes for no gain in recall.
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 
@@ -41,6 +43,7 @@ class Settings:
     device: str = "auto"
     mlflow_tracking_uri: str = ""
     retrain_cron: str = WEEKLY
+    executor: str = EXECUTORS[0]
 
     @property
     def demo_dir(self) -> Path:
@@ -120,7 +123,14 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         mlflow_tracking_uri=environ.get("MLFLOW_TRACKING_URI")
         or f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
         retrain_cron=_cron(environ.get("STL_RETRAIN_CRON") or WEEKLY),
+        executor=_executor(environ.get("STL_EXECUTOR") or EXECUTORS[0]),
     )
+
+
+def _executor(text: str) -> str:
+    if text not in EXECUTORS:
+        raise ValueError(f"STL_EXECUTOR={text[:20]!r}: use one of {', '.join(EXECUTORS)}")
+    return text
 
 
 def _device(text: str) -> str:

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -6,8 +7,9 @@ import dagster as dg
 import pytest
 
 from stl_pipeline.catalogue import ASSET_STORES, STORES, asset_path
-from stl_pipeline.definitions import IO_MANAGERS, defs
+from stl_pipeline.definitions import IO_MANAGERS, build_definitions, defs
 from stl_pipeline.executor import _forkserver_steps
+from stl_pipeline.settings import load_settings
 
 ASSETS = {
     "stl_pairs": "ingest",
@@ -86,6 +88,23 @@ def test_gpu_bound_assets_share_the_gpu_pool() -> None:
     pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
     gpu = {name for name, assigned in pools.items() if assigned and "gpu" in assigned}
     assert gpu == {name for name, group in ASSETS.items() if group in ("features", "training")}
+    # and, as Kubernetes jobs (STL_EXECUTOR=k8s), a card each
+    for node in defs.resolve_job_def("stl_full_pipeline").graph.node_dict.values():
+        k8s = json.loads(node.tags.get("dagster-k8s/config", "{}"))
+        limits = k8s.get("container_config", {}).get("resources", {}).get("limits", {})
+        assert (limits.get("nvidia.com/gpu") == "1") == (node.name in gpu), node.name
+
+
+def test_the_executor_is_chosen_by_the_environment() -> None:
+    from dagster_k8s import k8s_job_executor
+
+    from stl_pipeline.executor import STEP_EXECUTOR
+
+    assert build_definitions(load_settings({})).executor is STEP_EXECUTOR
+    kubernetes = build_definitions(load_settings({"STL_EXECUTOR": "k8s"}))
+    assert kubernetes.executor is k8s_job_executor
+    with pytest.raises(ValueError, match="STL_EXECUTOR='celery'"):
+        load_settings({"STL_EXECUTOR": "celery"})
 
 
 def test_resources_show_the_environment_contract() -> None:

@@ -260,3 +260,17 @@ def test_compose_agrees_with_dagster_yaml_and_the_workspace() -> None:
     context = yaml.safe_load(gpu["services"]["code"]["environment"]["DAGSTER_CONTAINER_CONTEXT"])
     (request,) = context["docker"]["container_kwargs"]["device_requests"]
     assert request["capabilities"] == [["gpu"]]
+
+
+def test_helm_values_run_the_same_code_location_on_kubernetes() -> None:
+    values = yaml.safe_load((DOCKER / "helm" / "values.yaml").read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    code = compose()["services"]["code"]["command"]
+    arguments = deployment["codeServerArgs"]
+    for flag in ("--module-name", "--location-name"):
+        assert arguments[arguments.index(flag) + 1] == code[code.index(flag) + 1]
+    env = {item["name"]: item["value"] for item in deployment["env"]}
+    assert env["STL_EXECUTOR"] == "k8s" and deployment["includeConfigInLaunchedRuns"]["enabled"]
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert not values["postgresql"]["enabled"] and values["postgresql"]["postgresqlDatabase"] == "dagster"

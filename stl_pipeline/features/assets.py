@@ -4,13 +4,14 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from stl_pipeline.executor import GPU_POOL, GPU_STEP_TAGS
 from stl_pipeline.features.queries import ImageItem, context_items, image_items, query_items, token_keys
 from stl_pipeline.guards import not_shrunk
 from stl_pipeline.plots import embedding_map
 from stl_pipeline.resources import BackboneResource, StlFiles, TorchDevice
 from stl_pipeline.vectors import Embeddings
 
-GROUP, POOL, IO = "features", "gpu", "embedding_io_manager"
+GROUP, IO = "features", "embedding_io_manager"
 NORM_TOLERANCE = 1e-3
 
 
@@ -62,7 +63,9 @@ def _embed(
 
 
 def _asset(description: str):
-    return dg.asset(group_name=GROUP, pool=POOL, io_manager_key=IO, description=description)
+    return dg.asset(
+        group_name=GROUP, pool=GPU_POOL, op_tags=GPU_STEP_TAGS, io_manager_key=IO, description=description
+    )
 
 
 @_asset("Backbone embedding of every product image on disk, keyed by signature.")
@@ -101,7 +104,14 @@ def scene_embeddings(
 def _query_asset(name: str, kind: str, description: str) -> dg.AssetsDefinition:
     """The two scene-query assets differ only in the region they crop."""
 
-    @dg.asset(name=name, group_name=GROUP, pool=POOL, io_manager_key=IO, description=description)
+    @dg.asset(
+        name=name,
+        group_name=GROUP,
+        pool=GPU_POOL,
+        op_tags=GPU_STEP_TAGS,
+        io_manager_key=IO,
+        description=description,
+    )
     def query_embeddings(
         context: dg.AssetExecutionContext,
         stl_pairs: pd.DataFrame,
@@ -141,7 +151,7 @@ class ContextConfig(dg.Config):
     grid: int = 2
 
 
-@dg.asset(group_name=GROUP, pool=POOL, io_manager_key=IO)
+@dg.asset(group_name=GROUP, pool=GPU_POOL, op_tags=GPU_STEP_TAGS, io_manager_key=IO)
 def ctl_scene_context(
     context: dg.AssetExecutionContext,
     config: ContextConfig,

@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from stl_pipeline.artifacts import HeteroData
+from stl_pipeline.executor import GPU_POOL, GPU_STEP_TAGS
 from stl_pipeline.plots import training_curves
 from stl_pipeline.registry import MODELS, ModelSpec
 from stl_pipeline.resources import MlflowTracker, StlFiles, TorchDevice
@@ -16,7 +17,7 @@ from stl_pipeline.storage import atomic_write_bytes
 from stl_pipeline.training.config import TrainConfig
 from stl_pipeline.vectors import Embeddings
 
-GROUP, POOL, IO = "training", "gpu", "model_io_manager"
+GROUP, IO = "training", "model_io_manager"
 
 
 def _prior(best: dict) -> dict[str, float]:
@@ -39,7 +40,14 @@ def _ended(instance: dg.DagsterInstance, run_id: str) -> bool:
 def _train_asset(spec: ModelSpec, config_class: type[dg.Config]) -> dg.AssetsDefinition:
     name, kind, registered = spec.asset, spec.kind, spec.registered
 
-    @dg.asset(name=name, group_name=GROUP, pool=POOL, io_manager_key=IO, description=spec.description)
+    @dg.asset(
+        name=name,
+        group_name=GROUP,
+        pool=GPU_POOL,
+        op_tags=GPU_STEP_TAGS,
+        io_manager_key=IO,
+        description=spec.description,
+    )
     def trained(
         context: dg.AssetExecutionContext,
         config: config_class,  # type: ignore[valid-type]
