@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
-from stl_pipeline.catalogue import asset_path
+from stl_pipeline.catalogue import asset_path, read_embeddings
 from stl_pipeline.features.backbone import load_backbone
 from stl_pipeline.features.embed import EmbeddingCache, embed_items
 from stl_pipeline.features.queries import context_items, token_keys
@@ -112,7 +112,7 @@ def main() -> None:
     data_dir = load_settings().data_dir
     graph, graph.info = load_graph(asset_path(data_dir, "stl_graph"))
     pairs = pd.read_parquet(asset_path(data_dir, "stl_pairs"))
-    queries = {task: Embeddings.load(asset_path(data_dir, name)) for task, name in QUERY_ASSETS.items()}
+    queries = {task: read_embeddings(data_dir, name) for task, name in QUERY_ASSETS.items()}
     specs = {spec.kind: spec for spec in MODELS}
     rows = []
     for choice in args.sources.split(","):

@@ -73,7 +73,7 @@ def main() -> None:
         scenes = max(50, count // 3)
         generate_dataset(GeneratorConfig(products=200, scenes=scenes, seed=11), Path(tmp) / "data")
         paths = sorted((Path(tmp) / "data" / "images").glob("*.jpg"))[:count]
-        items = [ImageItem(p.stem, str(p), p.stem) for p in paths]
+        items = [ImageItem(p.stem, p.stem, str(p), p.stem) for p in paths]
         decoded = list(batches(items, backbone.transform, args.batch_size, args.workers))
 
         embedder = Embedder(backbone, device, precision)

@@ -34,6 +34,7 @@ from tabulate import tabulate
 
 from stl_pipeline.catalogue import asset_path
 from stl_pipeline.evaluation.report import shown
+from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.generate import FULL_SCALE, GeneratorConfig, generate_dataset
 
 JOB = "stl_full_pipeline"
@@ -135,7 +136,19 @@ def command(executor: str, config_path: Path) -> list[str]:
     if executor == "in_process":
         return [sys.executable, "-c", IN_PROCESS, str(config_path)]
     dagster = str(Path(sys.executable).with_name("dagster"))
-    return [dagster, "job", "execute", "-m", "stl_pipeline.definitions", "-j", JOB, "-c", str(config_path)]
+    every_partition = ["--tags", json.dumps(ALL_PARTITIONS)]
+    return [
+        dagster,
+        "job",
+        "execute",
+        "-m",
+        "stl_pipeline.definitions",
+        "-j",
+        JOB,
+        "-c",
+        str(config_path),
+        *every_partition,
+    ]
 
 
 def step_windows(
@@ -154,8 +167,10 @@ def step_windows(
             windows[step] = [entry.timestamp, entry.timestamp]
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and step in windows:
             windows[step][1] = entry.timestamp
-        elif kind == "ASSET_MATERIALIZATION":
-            made.setdefault(step, []).append(event.asset_key.to_user_string())
+        elif kind == "ASSET_MATERIALIZATION":  # once per partition of a partitioned asset
+            assets = made.setdefault(step, [])
+            if event.asset_key.to_user_string() not in assets:
+                assets.append(event.asset_key.to_user_string())
         elif kind == "ASSET_CHECK_EVALUATION":
             checked[step] = event.event_specific_data.asset_key.to_user_string()
     return windows, made, checked

@@ -34,7 +34,7 @@ import torch
 from tabulate import tabulate
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.catalogue import asset_path
+from stl_pipeline.catalogue import asset_path, read_embeddings
 from stl_pipeline.device import describe, effective_precision, resolve_device
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
@@ -45,14 +45,13 @@ from stl_pipeline.training.data import CONTEXT_ASSET, QUERY_ASSETS, split_querie
 from stl_pipeline.training.loop import BEST, load_checkpoint, train
 from stl_pipeline.training.models import build_model, schema
 from stl_pipeline.training.ranking import mrr, true_ranks
-from stl_pipeline.vectors import Embeddings
 
 
 def load(data_dir: Path, copies: int = 1):
     graph, graph.info = load_graph(asset_path(data_dir, "stl_graph"))
     pairs = pd.read_parquet(asset_path(data_dir, "stl_pairs"))
-    queries = {task: Embeddings.load(asset_path(data_dir, name)) for task, name in QUERY_ASSETS.items()}
-    context = Embeddings.load(asset_path(data_dir, CONTEXT_ASSET))
+    queries = {task: read_embeddings(data_dir, name) for task, name in QUERY_ASSETS.items()}
+    context = read_embeddings(data_dir, CONTEXT_ASSET)
     train_q, _ = split_queries(graph, pairs, queries, "train", context)
     val_q, _ = split_queries(graph, pairs, queries, "val", context)
     if copies > 1:

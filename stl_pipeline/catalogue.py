@@ -3,8 +3,12 @@ the demo and the benchmarks share, so that a moved folder or a new format change
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stl_pipeline.registry import MODEL_ASSETS
+
+if TYPE_CHECKING:
+    from stl_pipeline.vectors import Embeddings
 
 # IO manager key -> (folder under STL_DATA_DIR, file suffix)
 STORES = {
@@ -21,7 +25,8 @@ ASSET_STORES = {
         ("stl_pairs", "stl_products", "scene_images", "retrieval_report", "recommendations"), "io_manager"
     ),
     **dict.fromkeys(
-        ("stl_crop_embeddings", "ctl_scene_embeddings", "ctl_scene_context"), "embedding_io_manager"
+        ("product_embeddings", "stl_crop_embeddings", "ctl_scene_embeddings", "ctl_scene_context"),
+        "embedding_io_manager",
     ),
     "stl_graph": "graph_io_manager",
     **dict.fromkeys(MODEL_ASSETS.values(), "model_io_manager"),
@@ -29,11 +34,33 @@ ASSET_STORES = {
 }
 
 
+# Assets stored as one file per partition (features/partitions.py) in a folder of their own.
+PARTITIONED = frozenset(
+    (
+        "product_embeddings",
+        "scene_embeddings",
+        "stl_crop_embeddings",
+        "ctl_scene_embeddings",
+        "ctl_scene_context",
+    )
+)
+
+
 def store_dir(data_dir: Path, io_manager_key: str) -> Path:
     return Path(data_dir) / STORES[io_manager_key][0]
 
 
+def read_embeddings(data_dir: Path, asset: str) -> "Embeddings":
+    """A partitioned embedding asset, every partition, as one set (what its readers in Dagster get)."""
+    from stl_pipeline.features.partitions import PARTITIONS
+    from stl_pipeline.vectors import load_partitions
+
+    return load_partitions(asset_path(data_dir, asset), PARTITIONS)
+
+
 def asset_path(data_dir: Path, asset: str) -> Path:
-    """The file that holds ``asset``'s latest materialized value."""
+    """The file that holds ``asset``'s latest materialized value; for a partitioned asset, the
+    folder of its partition files (``vectors.load_partitions``)."""
     store = ASSET_STORES[asset]
-    return store_dir(data_dir, store) / f"{asset}{STORES[store][1]}"
+    folder = store_dir(data_dir, store)
+    return folder / asset if asset in PARTITIONED else folder / f"{asset}{STORES[store][1]}"

@@ -18,6 +18,7 @@ from stl_pipeline.io_managers import (
 )
 from stl_pipeline.orchestration import (
     retrain_schedule,
+    stl_embed,
     stl_full_pipeline,
     stl_ingest,
     stl_raw_files_sensor,
@@ -55,7 +56,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         executor=step_executor(settings.executor),
         assets=dg.load_assets_from_modules(MODULES),
         asset_checks=dg.load_asset_checks_from_modules(MODULES),
-        jobs=[stl_full_pipeline, stl_ingest, stl_retrain],
+        jobs=[stl_full_pipeline, stl_ingest, stl_embed, stl_retrain],
         schedules=[retrain_schedule(settings.retrain_cron)],
         sensors=[stl_raw_files_sensor],
         resources={

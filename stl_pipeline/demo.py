@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 
 from stl_pipeline.catalogue import asset_path
+from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.settings import load_settings
 
 STL_FULL_PIPELINE = "stl_full_pipeline"
@@ -58,7 +59,11 @@ def execute_in_this_process(run_config: dict, instance: dg.DagsterInstance) -> d
     and models at once); ``execute_job`` keeps none, so the peak is the largest step's."""
     in_process = {"execution": {"config": {"in_process": {}}}}
     return dg.execute_job(
-        dg.reconstructable(full_pipeline), instance, run_config=run_config | in_process, raise_on_error=False
+        dg.reconstructable(full_pipeline),
+        instance,
+        run_config=run_config | in_process,
+        tags=ALL_PARTITIONS,  # every embedding partition, in one step per asset
+        raise_on_error=False,
     )
 
 
@@ -74,8 +79,13 @@ def _summarize(result: dg.JobExecutionResult, instance: dg.DagsterInstance, seco
 
     print(f"\nRun {result.run_id} of {STL_FULL_PIPELINE}: {'succeeded' if result.success else 'FAILED'}")
     print("\nAssets:")
+    shown_once: set[str] = set()
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
+        name = materialization.asset_key.to_user_string()
+        if name in shown_once:  # a partitioned asset: one line for all its partitions
+            continue
+        shown_once.add(name)
         meta = {k: v.value for k, v in materialization.metadata.items()}
         keys = [k for k in meta if k.startswith(("nodes_", "edges_"))]
         shown = ", ".join(
@@ -92,6 +102,8 @@ def _summarize(result: dg.JobExecutionResult, instance: dg.DagsterInstance, seco
                 "failed",
                 "success_rate",
                 "count",
+                "embedded",
+                "tokens",
                 "computed",
                 "images_per_second",
                 "best_epoch",
@@ -100,7 +112,7 @@ def _summarize(result: dg.JobExecutionResult, instance: dg.DagsterInstance, seco
             )
             if k in meta
         )
-        print(f"  {materialization.asset_key.to_user_string():<21} {shown}")
+        print(f"  {name:<21} {shown}")
     reports = {
         e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
         for e in result.get_asset_materialization_events()

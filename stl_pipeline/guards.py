@@ -16,9 +16,20 @@ def _counts(record: dg.EventLogRecord, names: tuple[str, ...]) -> dict[str, int]
     return {name: int(metadata[name].value) for name in names if name in metadata}
 
 
-def not_shrunk(asset: str, names: tuple[str, ...]) -> dg.AssetChecksDefinition:
+def _latest(instance: dg.DagsterInstance, asset: str, partition: str | None) -> list[dg.EventLogRecord]:
+    """The asset's (or one partition's) last two materializations, newest first."""
+    partitions = None if partition is None else [partition]
+    found = instance.fetch_materializations(dg.AssetRecordsFilter(dg.AssetKey(asset), partitions), limit=2)
+    return list(found.records)
+
+
+def not_shrunk(
+    asset: str, names: tuple[str, ...], partitions: tuple[str, ...] | None = None
+) -> dg.AssetChecksDefinition:
     """A blocking check that the metadata counts ``names`` of ``asset`` are not zero and kept
-    at least ``1 - max_shrink`` of their previous values."""
+    at least ``1 - max_shrink`` of their previous values. An asset of ``partitions`` compares
+    each partition its run wrote with that partition's previous materialization, and its total
+    over every partition materialized so far must not be zero (one partition may be empty)."""
 
     @dg.asset_check(
         asset=asset,
@@ -28,16 +39,26 @@ def not_shrunk(asset: str, names: tuple[str, ...]) -> dg.AssetChecksDefinition:
         "the previous materialization.",
     )
     def check(context: dg.AssetCheckExecutionContext, quality_gate: QualityGate) -> dg.AssetCheckResult:
-        records = context.instance.fetch_materializations(dg.AssetKey(asset), limit=2).records
-        now = _counts(records[0], names) if records else {}
-        before = _counts(records[1], names) if len(records) > 1 else {}
         floor = 1.0 - quality_gate.max_shrink
-        problems = [f"{name} is {now.get(name, 0)}" for name in names if not now.get(name)]
-        problems += [
-            f"{name} fell from {before[name]} to {now[name]}"
-            for name in names
-            if now.get(name) and before.get(name) and now[name] < floor * before[name]
-        ]
+        mine = list(context.partition_keys) if partitions else [None]
+        everywhere = list(partitions) if partitions else [None]
+        pairs = {p: _latest(context.instance, asset, p) for p in everywhere}
+        latest = {p: _counts(r[0], names) if r else {} for p, r in pairs.items()}
+        now = {name: sum(latest[p].get(name, 0) for p in latest) for name in names}
+        before: dict[str, int] = {}
+        problems = [f"{name} is {now[name]}" for name in names if not now[name]]
+        for partition in mine:
+            records = pairs[partition]
+            current = latest[partition]
+            previous = _counts(records[1], names) if len(records) > 1 else {}
+            where = "" if partition is None else f" in partition {partition}"
+            problems += [
+                f"{name} fell from {previous[name]} to {current.get(name, 0)}{where}"
+                for name in names
+                if previous.get(name) and current.get(name, 0) < floor * previous[name]
+            ]
+            for name, value in previous.items():
+                before[name] = before.get(name, 0) + value
         advice = (
             f"; the limit is quality_gate.max_shrink = {quality_gate.max_shrink:.0%}. Check the raw "
             "files and the image source, or raise max_shrink if the catalogue really shrank."

@@ -62,9 +62,34 @@ class ParquetIOManager(_FileIOManager):
 
 
 class EmbeddingIOManager(_FileIOManager):
-    """Embeddings as parquet: a key column and a fixed-size float32 list column."""
+    """Embeddings as parquet: a key column and a fixed-size float32 list column. A partitioned
+    asset is a folder with a file per partition; a run writes its partitions' files (the asset
+    returns partition -> embeddings), and a reader gets the partitions it asks for as one set."""
 
     key: ClassVar[str] = "embedding_io_manager"
+
+    def folder(self, asset: str) -> Path:
+        return Path(self.base_dir) / asset
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if not context.has_asset_partitions:
+            return super().handle_output(context, obj)
+        from stl_pipeline.vectors import save_partitions
+
+        folder = self.folder(context.asset_key.to_user_string())
+        save_partitions(folder, {p: obj[p] for p in context.asset_partition_keys})
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(folder))})
+        return None
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        if not context.has_asset_partitions:
+            return super().load_input(context)
+        return self.load_partitions(context.asset_key.to_user_string(), context.asset_partition_keys)
+
+    def load_partitions(self, asset: str, partitions: list[str]) -> Embeddings:
+        from stl_pipeline.vectors import load_partitions
+
+        return load_partitions(self.folder(asset), partitions)
 
     def write(self, obj: Embeddings, path: Path) -> dict:
         obj.save(path)

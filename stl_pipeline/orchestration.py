@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.ingest.assets import RAW_DIGEST
 from stl_pipeline.resources import StlFiles
 from stl_pipeline.storage import files_digest
@@ -24,6 +25,12 @@ stl_ingest = dg.define_asset_job(
     "stl_ingest",
     selection=dg.AssetSelection.groups("ingest", "images", "features"),
     description="Raw files to validated tables, verified images and embeddings: what retraining reads.",
+)
+stl_embed = dg.define_asset_job(
+    "stl_embed",
+    selection=dg.AssetSelection.groups("features"),
+    description="The embeddings, by partition (leading hex digit of the image signature): a backfill "
+    "of all sixteen fans out into one run per partition.",
 )
 stl_retrain = dg.define_asset_job(
     "stl_retrain",
@@ -89,4 +96,4 @@ def stl_raw_files_sensor(
     # to earlier contents (A -> B -> A) are a change too, and are ingested again.
     cursor = f"{changes + 1}:{digest}"
     context.update_cursor(cursor)
-    return dg.RunRequest(run_key=cursor, tags={"stl/raw_sha256": digest})
+    return dg.RunRequest(run_key=cursor, tags={"stl/raw_sha256": digest, **ALL_PARTITIONS})

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stl_pipeline.storage import atomic_write_with
+from stl_pipeline.storage import atomic_write_with, read_artifact
 
 KEY, VECTOR, INFO = "key", "embedding", b"stl_pipeline.embeddings"
 
@@ -63,3 +63,65 @@ class Embeddings:
     @classmethod
     def load(cls, path: Path) -> "Embeddings":
         return cls.from_table(pq.read_table(path))
+
+    def where(self, mask: np.ndarray) -> "Embeddings":
+        """The rows where ``mask`` is true, in order, with the same info."""
+        return Embeddings(
+            [k for k, m in zip(self.keys, mask, strict=True) if m], self.vectors[mask], self.info
+        )
+
+    @classmethod
+    def concat(cls, parts: dict[str, "Embeddings"]) -> "Embeddings":
+        """One set from the partitions ``parts`` (name -> part), which must have been made alike
+        (same model, weights, transform, source): partitions computed with other settings
+        would mix vectors of different spaces."""
+        infos = {name: part.info for name, part in parts.items()}
+        first = next(iter(infos.values()), {})
+        odd = [name for name, info in infos.items() if info != first]
+        if odd:
+            raise ValueError(
+                f"partitions {', '.join(odd)} were made with other settings than the rest "
+                f"({infos[odd[0]]} against {first}): rematerialize every partition"
+            )
+        dims = {part.dim for part in parts.values() if len(part)}
+        if len(dims) > 1:
+            raise ValueError(
+                f"partitions hold vectors of dimensions {sorted(dims)}: rematerialize every partition"
+            )
+        dim = dims.pop() if dims else max((part.dim for part in parts.values()), default=0)
+        keys = [key for part in parts.values() for key in part.keys]
+        vectors = [part.vectors for part in parts.values() if len(part)]
+        stacked = np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)
+        return cls(keys, stacked, dict(first))
+
+
+def partition_file(folder: Path, partition: str) -> Path:
+    return folder / f"{partition}.parquet"
+
+
+def save_partitions(folder: Path, parts: dict[str, Embeddings]) -> None:
+    """Each partition to its own file, atomically: a run of some partitions leaves the others."""
+    for partition, part in parts.items():
+        part.save(partition_file(folder, partition))
+
+
+def load_partitions(folder: Path, partitions: list[str] | tuple[str, ...]) -> Embeddings:
+    """The partitions' files of an asset's folder as one set; a missing partition is named,
+    with what to run."""
+    asset = folder.name
+    missing = [p for p in partitions if not partition_file(folder, p).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{asset} has no partition {', '.join(missing)} under {folder}: materialize them "
+            "(the stl_embed job, one run per partition, or stl_ingest for all)"
+        )
+    parts = {
+        p: read_artifact(
+            partition_file(folder, p), Embeddings.load, f"rematerialize partition {p} of {asset}"
+        )
+        for p in partitions
+    }
+    try:
+        return Embeddings.concat(parts)
+    except ValueError as error:
+        raise ValueError(f"{asset}: {error}") from None

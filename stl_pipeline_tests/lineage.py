@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from stl_pipeline.definitions import MODULES, build_definitions
+from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.generate import GeneratorConfig, generate_dataset
 from stl_pipeline.settings import Settings, load_settings
 
@@ -44,6 +45,7 @@ def train_everything(root: Path, config: GeneratorConfig = FRESH) -> Trained:
     result = dg.materialize(
         [*dg.load_assets_from_modules(MODULES), *dg.load_asset_checks_from_modules(MODULES)],
         resources=build_definitions(settings).resources,
+        tags=ALL_PARTITIONS,
         raise_on_error=False,
     )
     assert result.success

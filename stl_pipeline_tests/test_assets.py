@@ -7,8 +7,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from stl_pipeline.catalogue import read_embeddings
 from stl_pipeline.definitions import MODULES, build_definitions
 from stl_pipeline.demo import full_pipeline
+from stl_pipeline.features.assets import ALL_PARTITIONS
+from stl_pipeline.features.partitions import PARTITIONS
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.images.download import DOWNLOADED, FAILED
@@ -16,7 +19,6 @@ from stl_pipeline.registry import MODELS
 from stl_pipeline.resources import StlFiles
 from stl_pipeline.serving.index import load_index
 from stl_pipeline.settings import load_settings
-from stl_pipeline.vectors import Embeddings
 from stl_pipeline_tests.http_server import ImageServer
 from stl_pipeline_tests.lineage import generated_environ
 
@@ -41,14 +43,24 @@ def run(
         [*ASSETS, *CHECKS],
         selection=dg.AssetSelection.groups(*groups),
         resources=resources,
+        tags=ALL_PARTITIONS,
         raise_on_error=False,
     )
     return result, settings.data_dir
 
 
 def metadata(result: dg.ExecuteInProcessResult | dg.JobExecutionResult, asset: str) -> dict:
-    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
-    return {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+    """An asset's materialization metadata; for a partitioned asset, the run's values with the
+    partitions' counts summed."""
+    found = [
+        {k: v.value for k, v in e.step_materialization_data.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == asset
+    ]
+    if len(found) > 1:
+        return found[0] | {"count": sum(m["count"] for m in found), "partitions": len(found)}
+    (only,) = found
+    return only
 
 
 def checks(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> dict[str, bool]:
@@ -143,13 +155,17 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
     assert len(evaluated) == 35 and all(evaluated.values()), evaluated
 
     pairs = pd.read_parquet(data_dir / "tables" / "stl_pairs.parquet")
-    products = Embeddings.load(data_dir / "embeddings" / "product_embeddings.parquet")
-    crops = Embeddings.load(data_dir / "embeddings" / "stl_crop_embeddings.parquet")
+    products = read_embeddings(data_dir, "product_embeddings")
+    crops = read_embeddings(data_dir, "stl_crop_embeddings")
     assert products.dim == 1280 and len(products) == 120
     assert set(crops.keys) == set(pairs["pair_id"])
     assert products.info["model"] == "tf_efficientnet_lite0" and "packaged" in products.info["weights"]
     meta = metadata(result, "product_embeddings")
     assert meta["computed"] == 120 and meta["images_per_second"] > 0
+    assert meta["partitions"] == 16 and meta["count"] == meta["embedded"] == 120
+    assert sorted(p.stem for p in (data_dir / "embeddings" / "product_embeddings").iterdir()) == list(
+        PARTITIONS
+    )
     assert (data_dir / "plots" / "product_embedding_map.png").stat().st_size > 1000
     assert {"category_distribution", "bbox_coverage", "category_cooccurrence"} <= set(
         metadata(result, "stl_pairs")
@@ -168,8 +184,8 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
     rank = (sims > sims[np.arange(len(truth)), truth][:, None]).sum(axis=1)
     assert np.median(rank) < len(products) / 5
 
-    context = Embeddings.load(data_dir / "embeddings" / "ctl_scene_context.parquet")
-    regions = Embeddings.load(data_dir / "embeddings" / "ctl_scene_embeddings.parquet")
+    context = read_embeddings(data_dir, "ctl_scene_context")
+    regions = read_embeddings(data_dir, "ctl_scene_embeddings")
     assert context.info["source"] == "largest" and context.info["grid"] == "2"
     assert set(context.keys) == {f"{pair}/{t}" for pair in regions.keys for t in range(4)}
 
@@ -197,11 +213,17 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
         },
         # a smoke test: the gate is tested elsewhere
         "resources": {"quality_gate": {"config": {"ctl_hr10_margin": -1.0}}},
-        "execution": {"config": {"multiprocess": {"max_concurrent": 4}}},
+        # spawn: steps forked from this process's forkserver would have the environment of the
+        # test that started it
+        "execution": {"config": {"multiprocess": {"max_concurrent": 4, "start_method": {"spawn": {}}}}},
     }
     with dg.instance_for_test() as instance:
         result = dg.execute_job(
-            dg.reconstructable(full_pipeline), instance, run_config=run_config, raise_on_error=False
+            dg.reconstructable(full_pipeline),
+            instance,
+            run_config=run_config,
+            tags=ALL_PARTITIONS,
+            raise_on_error=False,
         )
         assert result.success
         steps = [e for e in instance.all_logs(result.run_id) if e.dagster_event and e.step_key]

@@ -21,7 +21,9 @@ import pandas as pd
 import pytest
 import torch
 
+from stl_pipeline.catalogue import read_embeddings
 from stl_pipeline.definitions import MODULES, build_definitions
+from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.generate import generate_dataset
 from stl_pipeline.generate.dataset import signature
 from stl_pipeline.graph.store import load_graph
@@ -92,7 +94,12 @@ def materialize(
 ) -> dg.ExecuteInProcessResult:
     resources = build_definitions(load_settings(environ)).resources
     return dg.materialize(
-        ASSETS, selection=selection, resources=resources, instance=instance, raise_on_error=False
+        ASSETS,
+        selection=selection,
+        resources=resources,
+        instance=instance,
+        tags=ALL_PARTITIONS,
+        raise_on_error=False,
     )
 
 
@@ -161,9 +168,7 @@ def test_training_refuses_a_graph_or_queries_made_from_other_pairs(
     data = Path(environ["STL_DATA_DIR"])
     graph, graph.info = load_graph(data / "graph" / "stl_graph.safetensors")
     pairs = pd.read_parquet(data / "tables" / "stl_pairs.parquet")
-    queries = {
-        task: Embeddings.load(data / "embeddings" / f"{name}.parquet") for task, name in QUERY_ASSETS.items()
-    }
+    queries = {task: read_embeddings(data, name) for task, name in QUERY_ASSETS.items()}
     assert split_queries(graph, pairs, queries, "train")[0]["stl"].x.shape[0] > 0
 
     moved = pairs.copy()
@@ -307,13 +312,13 @@ def _artifacts(data: Path, tmp_path: Path) -> dict[str, tuple[Path, object]]:
     from stl_pipeline.serving.index import build_index, load_index, save_index
     from stl_pipeline.training.loop import load_checkpoint, save_checkpoint
 
-    products = Embeddings.load(data / "embeddings" / "product_embeddings.parquet")
+    products = read_embeddings(data, "product_embeddings")
     index_path, model_path = tmp_path / "product_index.safetensors", tmp_path / "gat_model.pt"
     save_index(build_index(products.vectors, products.keys), index_path)
     save_checkpoint(model_path, {"weights": torch.randn(64, 64)})
     return {
         "table": (data / "tables" / "stl_pairs.parquet", pd.read_parquet),
-        "embeddings": (data / "embeddings" / "product_embeddings.parquet", Embeddings.load),
+        "embeddings": (data / "embeddings" / "product_embeddings" / "0.parquet", Embeddings.load),
         "graph": (data / "graph" / "stl_graph.safetensors", load_graph),
         "index": (index_path, load_index),
         "model": (model_path, load_checkpoint),

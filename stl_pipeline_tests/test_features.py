@@ -78,7 +78,7 @@ def test_a_masked_box_becomes_the_mean_colour() -> None:
 
 
 def test_tokens_are_numbered_across_a_pairs_views() -> None:
-    items = [ImageItem(f"{p}/{v}", "x", "s") for p, v in [("a", 0), ("a", 1), ("b", 0)]]
+    items = [ImageItem(f"{p}/{v}", "0" * 32, "x", "s") for p, v in [("a", 0), ("a", 1), ("b", 0)]]
     assert token_keys(items, 2) == ["a/0", "a/1", "a/2", "a/3", "b/0", "b/1"]
 
 
@@ -93,7 +93,7 @@ def write_images(folder: Path, count: int, start: int = 0) -> list[ImageItem]:
     for i in range(start, start + count):
         path = folder / f"{i}.png"
         Image.new("RGB", (40, 30), (i * 20 % 256, 80, 160)).save(path)
-        items.append(ImageItem(key=f"k{i}", path=str(path), sha256=f"{i:064x}"))
+        items.append(ImageItem(key=f"k{i}", signature=f"{i:032x}", path=str(path), sha256=f"{i:064x}"))
     return items
 
 
@@ -115,7 +115,7 @@ def test_cache_computes_only_new_images(tmp_path: Path, tiny_backbone) -> None:
     assert np.array_equal(second.vectors[:5], first.vectors)
 
     # A crop of the same image is another cache entry; a new transform another namespace.
-    cropped = [ImageItem("c0", items[0].path, items[0].sha256, box=(0, 0, 20, 30))]
+    cropped = [ImageItem("c0", items[0].signature, items[0].path, items[0].sha256, box=(0, 0, 20, 30))]
     _, stats = embed_items(
         cropped, tiny_backbone, cpu, workers=0, cache=EmbeddingCache(cache_root, tiny_backbone)
     )
@@ -134,7 +134,7 @@ def test_grid_tokens_are_unit_cells_of_the_feature_map(tmp_path: Path) -> None:
         image[:, :32] = (200, 40 * i, 0)  # left half and right half differ
         image[:, 32:] = (0, 90, 250)
         Image.fromarray(image).save(path := tmp_path / f"{i}.png")
-        items.append(ImageItem(f"k{i}", str(path), f"{i:064x}"))
+        items.append(ImageItem(f"k{i}", f"{i:032x}", str(path), f"{i:064x}"))
     pooled, _ = embed_items(items, backbone, cpu, workers=0)
     one, _ = embed_items(items, backbone, cpu, workers=0, grid=1)
     np.testing.assert_allclose(one.vectors, pooled.vectors, atol=1e-5)
@@ -157,7 +157,10 @@ def test_worker_processes_give_the_same_vectors(tmp_path: Path, tiny_backbone) -
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_missing_image_is_named(tmp_path: Path, tiny_backbone, workers: int) -> None:
-    items = [*write_images(tmp_path / "img", 5), ImageItem("lost", str(tmp_path / "gone.jpg"), "f" * 64)]
+    items = [
+        *write_images(tmp_path / "img", 5),
+        ImageItem("lost", "f" * 32, str(tmp_path / "gone.jpg"), "f" * 64),
+    ]
     with pytest.raises(RuntimeError, match=r"image of lost at .*gone\.jpg"):
         embed_items(items, tiny_backbone, torch.device("cpu"), batch_size=2, workers=workers)
 

@@ -5,14 +5,23 @@ import numpy as np
 import pandas as pd
 
 from stl_pipeline.executor import GPU_POOL, GPU_STEP_TAGS
+from stl_pipeline.features.partitions import PARTITIONS, in_partitions, partition_of
 from stl_pipeline.features.queries import ImageItem, context_items, image_items, query_items, token_keys
 from stl_pipeline.guards import not_shrunk
+from stl_pipeline.io_managers import EmbeddingIOManager
 from stl_pipeline.plots import embedding_map
 from stl_pipeline.resources import BackboneResource, StlFiles, TorchDevice
 from stl_pipeline.vectors import Embeddings
 
 GROUP, IO = "features", "embedding_io_manager"
 NORM_TOLERANCE = 1e-3
+EMBEDDING_PARTITIONS = dg.StaticPartitionsDefinition(list(PARTITIONS))
+# A run over every partition at once, as one step per asset: the demo, the sensor's ingestion.
+ALL_PARTITIONS = {
+    "dagster/asset_partition_range_start": PARTITIONS[0],
+    "dagster/asset_partition_range_end": PARTITIONS[-1],
+}
+Parts = dict[str, Embeddings]
 
 
 def _embed(
@@ -50,7 +59,7 @@ def _embed(
         "weights": model.weights_id,
         "transform": model.transform.describe(),
         "dimension": model.dim,
-        "count": len(embeddings),
+        "embedded": len(embeddings),
         "computed": stats.computed,
         "cached": stats.cached,
         "device": describe(device),
@@ -62,13 +71,34 @@ def _embed(
     return embeddings, metadata
 
 
-def _asset(description: str):
+def _split(
+    context: dg.AssetExecutionContext, embeddings: Embeddings, row_partitions: list[str], metadata: dict
+) -> Parts:
+    """The run's vectors by partition, each partition's materialization with its own count."""
+    rows = np.asarray(row_partitions, dtype=object)
+    parts = {p: embeddings.where(rows == p) for p in context.partition_keys}
+    for partition, part in parts.items():
+        context.add_asset_metadata({"count": len(part)}, partition_key=partition)
+    context.add_output_metadata(metadata)
+    return parts
+
+
+def _asset(name: str | None = None, description: str | None = None):
+    """A partitioned embedding asset: a backfill runs one partition per run, side by side in
+    the run queue and one at a time on the GPU pool; a run over ``ALL_PARTITIONS`` does all."""
     return dg.asset(
-        group_name=GROUP, pool=GPU_POOL, op_tags=GPU_STEP_TAGS, io_manager_key=IO, description=description
+        name=name,
+        group_name=GROUP,
+        pool=GPU_POOL,
+        op_tags=GPU_STEP_TAGS,
+        io_manager_key=IO,
+        description=description,
+        partitions_def=EMBEDDING_PARTITIONS,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     )
 
 
-@_asset("Backbone embedding of every product image on disk, keyed by signature.")
+@_asset(description="Backbone embedding of every product image on disk, keyed by signature.")
 def product_embeddings(
     context: dg.AssetExecutionContext,
     product_images: pd.DataFrame,
@@ -76,8 +106,9 @@ def product_embeddings(
     torch_device: TorchDevice,
     backbone: BackboneResource,
     stl_files: StlFiles,
-) -> dg.Output[Embeddings]:
-    embeddings, metadata = _embed(context, image_items(product_images), torch_device, backbone, stl_files)
+) -> Parts:
+    items = in_partitions(image_items(product_images), context.partition_keys)
+    embeddings, metadata = _embed(context, items, torch_device, backbone, stl_files)
     category = dict(zip(stl_products["product"], stl_products["category"].astype(str), strict=True))
     if len(embeddings):
         png = embedding_map(
@@ -86,32 +117,26 @@ def product_embeddings(
             f"Product embeddings ({metadata['model']}), PCA",
         )
         metadata |= stl_files.save_plot("product_embedding_map", png)
-    return dg.Output(embeddings, metadata=metadata)
+    return _split(context, embeddings, [partition_of(i) for i in items], metadata)
 
 
-@_asset("Backbone embedding of every scene image on disk, keyed by signature.")
+@_asset(description="Backbone embedding of every scene image on disk, keyed by signature.")
 def scene_embeddings(
     context: dg.AssetExecutionContext,
     scene_images: pd.DataFrame,
     torch_device: TorchDevice,
     backbone: BackboneResource,
     stl_files: StlFiles,
-) -> dg.Output[Embeddings]:
-    embeddings, metadata = _embed(context, image_items(scene_images), torch_device, backbone, stl_files)
-    return dg.Output(embeddings, metadata=metadata)
+) -> Parts:
+    items = in_partitions(image_items(scene_images), context.partition_keys)
+    embeddings, metadata = _embed(context, items, torch_device, backbone, stl_files)
+    return _split(context, embeddings, [partition_of(i) for i in items], metadata)
 
 
 def _query_asset(name: str, kind: str, description: str) -> dg.AssetsDefinition:
     """The two scene-query assets differ only in the region they crop."""
 
-    @dg.asset(
-        name=name,
-        group_name=GROUP,
-        pool=GPU_POOL,
-        op_tags=GPU_STEP_TAGS,
-        io_manager_key=IO,
-        description=description,
-    )
+    @_asset(name=name, description=description)
     def query_embeddings(
         context: dg.AssetExecutionContext,
         stl_pairs: pd.DataFrame,
@@ -119,12 +144,13 @@ def _query_asset(name: str, kind: str, description: str) -> dg.AssetsDefinition:
         torch_device: TorchDevice,
         backbone: BackboneResource,
         stl_files: StlFiles,
-    ) -> dg.Output[Embeddings]:
+    ) -> Parts:
         items, without_region = query_items(stl_pairs, scene_images, kind)
+        items = in_partitions(items, context.partition_keys)
         embeddings, metadata = _embed(context, items, torch_device, backbone, stl_files)
         if kind == "ctl":
             metadata["pairs_without_region"] = without_region
-        return dg.Output(embeddings, metadata=metadata)
+        return _split(context, embeddings, [partition_of(i) for i in items], metadata)
 
     return query_embeddings
 
@@ -151,7 +177,7 @@ class ContextConfig(dg.Config):
     grid: int = 2
 
 
-@dg.asset(group_name=GROUP, pool=GPU_POOL, op_tags=GPU_STEP_TAGS, io_manager_key=IO)
+@_asset()
 def ctl_scene_context(
     context: dg.AssetExecutionContext,
     config: ContextConfig,
@@ -160,7 +186,7 @@ def ctl_scene_context(
     torch_device: TorchDevice,
     backbone: BackboneResource,
     stl_files: StlFiles,
-) -> dg.Output[Embeddings]:
+) -> Parts:
     """Complete-the-Look context tokens: each pair's scene, seen without its product, as a
     grid of backbone feature-map cells, keyed ``<pair id>/<token>``. A graph model with
     ``context`` on (GAT by default) attends over them by the category its CTL query
@@ -172,7 +198,7 @@ def ctl_scene_context(
             f"ctl_scene_context: source {config.source!r}, grid {config.grid}: use a source of "
             f"{', '.join(CONTEXT_SOURCES)} and a grid of 1 to 4"
         )
-    items = context_items(stl_pairs, scene_images, config.source)
+    items = in_partitions(context_items(stl_pairs, scene_images, config.source), context.partition_keys)
     views, metadata = _embed(context, items, torch_device, backbone, stl_files, grid=config.grid)
     per_view = config.grid**2
     tokens = Embeddings(
@@ -184,12 +210,12 @@ def ctl_scene_context(
     metadata |= {
         "source": config.source,
         "grid": config.grid,
-        "count": len(tokens),
+        "tokens": len(tokens),
         "pairs": len(pairs),
         "tokens_per_pair": round(len(tokens) / max(1, len(pairs)), 2),
         "dimension": tokens.dim,
     }
-    return dg.Output(tokens, metadata=metadata)
+    return _split(context, tokens, [partition_of(i) for i in items for _ in range(per_view)], metadata)
 
 
 def _completeness(embeddings: Embeddings, expected: set[str]) -> dg.AssetCheckResult:
@@ -209,21 +235,38 @@ def _completeness(embeddings: Embeddings, expected: set[str]) -> dg.AssetCheckRe
     )
 
 
-def _pair_keys(kind: str, embeddings: Embeddings, pairs: pd.DataFrame, scenes: pd.DataFrame) -> set[str]:
-    """The keys a pair-keyed asset should hold: one per query (``stl``, ``ctl``), or every
-    token of every view (``context``, for the source and grid the tokens record)."""
+def _pair_items(
+    kind: str, embeddings: Embeddings, pairs: pd.DataFrame, scenes: pd.DataFrame
+) -> list[ImageItem]:
+    """The items a pair-keyed asset embeds: one per query (``stl``, ``ctl``), or every view
+    (``context``, for the source the tokens record)."""
     if kind == "context":
-        items = context_items(pairs, scenes, embeddings.info.get("source", "largest"))
+        return context_items(pairs, scenes, embeddings.info.get("source", "largest"))
+    return query_items(pairs, scenes, kind)[0]
+
+
+def _expected_keys(
+    kind: str, embeddings: Embeddings, items: list[ImageItem], partitions: list[str]
+) -> set[str]:
+    items = in_partitions(items, partitions)
+    if kind == "context":
         return set(token_keys(items, int(embeddings.info.get("grid", 1)) ** 2))
-    return {item.key for item in query_items(pairs, scenes, kind)[0]}
+    return {item.key for item in items}
 
 
 def _checks_for(asset: str, manifest: str | None = None, kind: str = "") -> list[dg.AssetChecksDefinition]:
     """Four blocking checks per embedding asset: finite, unit norm, one per verified image
-    (``manifest``) or per pair query (``kind``), not shrunk."""
+    (``manifest``) or per pair query (``kind``), not shrunk. Each reads the partitions its
+    run wrote: a backfill's first run checks its own partition, not sixteen."""
+
+    def run_partitions(context: dg.AssetCheckExecutionContext, io: EmbeddingIOManager) -> Embeddings:
+        return io.load_partitions(asset, list(context.partition_keys))
 
     @dg.asset_check(asset=asset, name=f"{asset}_finite", blocking=True, description="Every value is finite.")
-    def finite(embeddings: Embeddings) -> dg.AssetCheckResult:
+    def finite(
+        context: dg.AssetCheckExecutionContext, embedding_io_manager: dg.ResourceParam[EmbeddingIOManager]
+    ) -> dg.AssetCheckResult:
+        embeddings = run_partitions(context, embedding_io_manager)
         bad = ~np.isfinite(embeddings.vectors).all(axis=1)
         keys = [k for k, b in zip(embeddings.keys, bad, strict=True) if b]
         return dg.AssetCheckResult(
@@ -233,7 +276,10 @@ def _checks_for(asset: str, manifest: str | None = None, kind: str = "") -> list
     @dg.asset_check(
         asset=asset, name=f"{asset}_unit_norm", blocking=True, description="Every vector has length 1."
     )
-    def unit_norm(embeddings: Embeddings) -> dg.AssetCheckResult:
+    def unit_norm(
+        context: dg.AssetCheckExecutionContext, embedding_io_manager: dg.ResourceParam[EmbeddingIOManager]
+    ) -> dg.AssetCheckResult:
+        embeddings = run_partitions(context, embedding_io_manager)
         norms = np.linalg.norm(embeddings.vectors, axis=1)
         off = ~(np.abs(norms - 1) <= NORM_TOLERANCE)
         return dg.AssetCheckResult(
@@ -255,8 +301,16 @@ def _checks_for(asset: str, manifest: str | None = None, kind: str = "") -> list
             additional_ins={"manifest": dg.AssetIn(manifest)},
             description=description,
         )
-        def complete(embeddings: Embeddings, manifest: pd.DataFrame) -> dg.AssetCheckResult:
-            return _completeness(embeddings, {item.key for item in image_items(manifest)})
+        def complete(
+            context: dg.AssetCheckExecutionContext,
+            embedding_io_manager: dg.ResourceParam[EmbeddingIOManager],
+            manifest: pd.DataFrame,
+        ) -> dg.AssetCheckResult:
+            embeddings = run_partitions(context, embedding_io_manager)
+            partitions = list(context.partition_keys)
+            return _completeness(
+                embeddings, _expected_keys("", embeddings, image_items(manifest), partitions)
+            )
 
     else:
 
@@ -268,11 +322,18 @@ def _checks_for(asset: str, manifest: str | None = None, kind: str = "") -> list
             description=description,
         )
         def complete(
-            embeddings: Embeddings, stl_pairs: pd.DataFrame, scene_images: pd.DataFrame
+            context: dg.AssetCheckExecutionContext,
+            embedding_io_manager: dg.ResourceParam[EmbeddingIOManager],
+            stl_pairs: pd.DataFrame,
+            scene_images: pd.DataFrame,
         ) -> dg.AssetCheckResult:
-            return _completeness(embeddings, _pair_keys(kind, embeddings, stl_pairs, scene_images))
+            embeddings = run_partitions(context, embedding_io_manager)
+            items = _pair_items(kind, embeddings, stl_pairs, scene_images)
+            return _completeness(
+                embeddings, _expected_keys(kind, embeddings, items, list(context.partition_keys))
+            )
 
-    return [finite, unit_norm, complete, not_shrunk(asset, ("count",))]
+    return [finite, unit_norm, complete, not_shrunk(asset, ("count",), PARTITIONS)]
 
 
 embedding_checks = [

@@ -16,6 +16,7 @@ class ImageItem:
     backbone's mean colour (``mask``), then cropped to a pixel box."""
 
     key: str  # signature, pair id for scene queries, pair id/view for context views
+    signature: str  # of the image: its partition (features/partitions.py)
     path: str
     sha256: str
     box: Box | None = None
@@ -36,19 +37,20 @@ def on_disk(manifest: pd.DataFrame) -> pd.DataFrame:
 def image_items(manifest: pd.DataFrame) -> list[ImageItem]:
     rows = on_disk(manifest)
     return [
-        ImageItem(key=s, path=p, sha256=h)
+        ImageItem(key=s, signature=s, path=p, sha256=h)
         for s, p, h in zip(rows["signature"], rows["path"], rows["sha256"], strict=True)
     ]
 
 
 def _scenes_of(pairs: pd.DataFrame, scene_manifest: pd.DataFrame) -> zip:
-    """(pair id, bbox, path, sha256, width, height) of each pair whose scene is on disk."""
+    """(pair id, bbox, scene, path, sha256, width, height) of each pair whose scene is on disk."""
     scenes = on_disk(scene_manifest)
     usable = pairs[pairs["scene"].isin(scenes.index)]
     rows = scenes.loc[usable["scene"]]
     return zip(
         usable["pair_id"],
         usable[BBOX].itertuples(index=False, name=None),
+        usable["scene"],
         rows["path"],
         rows["sha256"],
         rows["width"].astype(int),
@@ -63,12 +65,12 @@ def query_items(pairs: pd.DataFrame, scene_manifest: pd.DataFrame, kind: str) ->
     if kind not in ("stl", "ctl"):
         raise ValueError(f"unknown query kind {kind!r}: use stl or ctl")
     items, without_region = [], 0
-    for pair_id, bbox, path, sha, width, height in _scenes_of(pairs, scene_manifest):
+    for pair_id, bbox, scene, path, sha, width, height in _scenes_of(pairs, scene_manifest):
         box = stl_box(bbox, width, height) if kind == "stl" else ctl_box(bbox, width, height)
         if box is None:
             without_region += 1
             continue
-        items.append(ImageItem(key=pair_id, path=path, sha256=sha, box=box))
+        items.append(ImageItem(key=pair_id, signature=scene, path=path, sha256=sha, box=box))
     return items, without_region
 
 
@@ -76,8 +78,8 @@ def context_items(pairs: pd.DataFrame, scene_manifest: pd.DataFrame, source: str
     """The views of each pair's scene that its Complete-the-Look context tokens come from
     (``regions.context_views``), keyed ``<pair id>/<view>``; none for a pair without context."""
     return [
-        ImageItem(key=f"{pair_id}/{view}", path=path, sha256=sha, box=box, mask=mask)
-        for pair_id, bbox, path, sha, width, height in _scenes_of(pairs, scene_manifest)
+        ImageItem(key=f"{pair_id}/{view}", signature=scene, path=path, sha256=sha, box=box, mask=mask)
+        for pair_id, bbox, scene, path, sha, width, height in _scenes_of(pairs, scene_manifest)
         for view, (box, mask) in enumerate(context_views(bbox, width, height, source))
     ]
 
