@@ -4,6 +4,7 @@ dagster.yaml (the default run launcher in place of the Docker one), an MLflow se
 proxied artifacts; then the schedule, the sensor and tracking do their jobs. The compose
 file is checked against dagster.yaml and the workspace statically."""
 
+import itertools
 import os
 import re
 import shutil
@@ -13,13 +14,17 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 import requests
 import yaml
 from mlflow import MlflowClient
 
+from stl_pipeline.catalogue import PARTITIONED, read_embeddings
+from stl_pipeline.features.partitions import PARTITIONS
 from stl_pipeline.registry import MODELS
 from stl_pipeline.storage import files_digest
+from stl_pipeline_tests.conftest import SMALL
 from stl_pipeline_tests.lineage import generated_environ
 from stl_pipeline_tests.services import Processes, free_port, postgres_server, wait_until
 
@@ -37,6 +42,35 @@ def code_server_command(host: str, port: int) -> list[str]:
     command = compose()["services"]["code"]["command"]
     swapped = {"0.0.0.0": host, "4000": str(port)}
     return [str(BIN / command[0]), *(swapped.get(arg, arg) for arg in command[1:])]
+
+
+def webserver_command(host: str, port: int, workspace: Path) -> list[str]:
+    """The compose file's webserver command, on another address and workspace file."""
+    entrypoint = compose()["services"]["webserver"]["entrypoint"]
+    swapped = {"0.0.0.0": host, "3000": str(port), "workspace.yaml": str(workspace)}
+    return [str(BIN / entrypoint[0]), *(swapped.get(arg, arg) for arg in entrypoint[1:])]
+
+
+BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def launch_backfill(ui: str, asset: str, partitions: tuple[str, ...]) -> str:
+    """What the UI's "Materialize all partitions" does: an asset backfill, run by the daemon."""
+    params = {"partitionNames": list(partitions), "assetSelection": [{"path": [asset]}]}
+    answer = requests.post(
+        f"{ui}/graphql", json={"query": BACKFILL, "variables": {"params": params}}, timeout=60
+    )
+    result = answer.json()["data"]["launchPartitionBackfill"]
+    assert result["__typename"] == "LaunchBackfillSuccess", result
+    return result["backfillId"]
 
 
 def deployment_home(root: Path) -> Path:
@@ -67,18 +101,19 @@ def answers(url: str) -> bool:
 
 def next_run(
     instance: dg.DagsterInstance,
-    job: str,
+    job: str | dict[str, str],
     seen: set[str],
     processes: Processes,
     timeout: float,
     finished: bool = True,
 ) -> dg.DagsterRun:
-    """The next run of ``job`` not in ``seen`` once it exists, or (``finished``) has ended
-    successfully; a run that failed fails the test with its errors."""
+    """The next run of ``job`` (a name, or tags its runs carry) not in ``seen`` once it exists,
+    or (``finished``) has ended successfully; a run that failed fails the test with its errors."""
+    runs = dg.RunsFilter(job_name=job) if isinstance(job, str) else dg.RunsFilter(tags=job)
 
     def found() -> dg.DagsterRun | None:
         processes.check_alive()
-        for run in instance.get_runs(filters=dg.RunsFilter(job_name=job)):
+        for run in instance.get_runs(filters=runs):
             if run.run_id not in seen and (run.is_finished or not finished):
                 return run
         return None
@@ -92,6 +127,31 @@ def next_run(
         pytest.fail(f"{job} run {run.run_id} ended {run.status}: {errors[-5:]}")
     seen.add(run.run_id)
     return run
+
+
+def one_partition(run: dg.DagsterRun) -> str:
+    """The partition a run of one partition materialized (a key, or a range of one)."""
+    if "dagster/partition" in run.tags:
+        return run.tags["dagster/partition"]
+    start, end = (run.tags[f"dagster/asset_partition_range_{side}"] for side in ("start", "end"))
+    assert start == end, run.tags
+    return start
+
+
+def gpu_steps(instance: dg.DagsterInstance, run_ids: list[str]) -> list[tuple[float, float]]:
+    """(start, end) of every step of these runs that held the ``gpu`` pool, in start order."""
+    spans = []
+    for run_id in run_ids:
+        started: dict[str, float] = {}
+        for entry in instance.all_logs(run_id):
+            event = entry.dagster_event
+            if event is None or entry.step_key not in PARTITIONED:
+                continue
+            if event.is_step_start:
+                started[entry.step_key] = entry.timestamp
+            elif event.is_step_success:
+                spans.append((started[entry.step_key], entry.timestamp))
+    return sorted(spans)
 
 
 def dagster(args: list[str], env: dict[str, str], workspace: Path) -> None:
@@ -160,6 +220,12 @@ def test_schedule_sensor_and_tracking_on_postgres(
         )
         wait_until(lambda: answers(f"{mlflow_url}/health"), 120, "the MLflow server answering", [mlflow_log])
         processes.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], env, tmp_path)
+        ui_port = free_port()
+        ui = f"http://127.0.0.1:{ui_port}"
+        ui_log = processes.start(
+            "webserver", webserver_command("127.0.0.1", ui_port, workspace), env, tmp_path
+        )
+        wait_until(lambda: answers(f"{ui}/server_info"), 180, "the webserver answering", [ui_log])
 
         instance = stack.enter_context(dg.DagsterInstance.get())
         seen: set[str] = set()
@@ -167,6 +233,23 @@ def test_schedule_sensor_and_tracking_on_postgres(
         dagster(["sensor", "start", "stl_raw_files_sensor"], env, workspace)
         first = next_run(instance, "stl_ingest", seen, processes, timeout=420)
         assert first.tags["dagster/sensor_name"] == "stl_raw_files_sensor"
+
+        # Scaling out: the UI's backfill of every partition of product_embeddings, one run
+        # each, through the queue and the gpu pool; the vectors must equal the one-step run's.
+        data = Path(stl["STL_DATA_DIR"])
+        whole = read_embeddings(data, "product_embeddings")
+        shutil.rmtree(data / "cache")  # so that the backfill computes every vector again
+        backfill_id = launch_backfill(ui, "product_embeddings", PARTITIONS)
+        tag = {"dagster/backfill": backfill_id}
+        backfill = [next_run(instance, tag, seen, processes, timeout=300) for _ in PARTITIONS]
+        assert sorted(one_partition(run) for run in backfill) == list(PARTITIONS)
+        again = read_embeddings(data, "product_embeddings")
+        assert sorted(again.keys) == sorted(whole.keys) and len(again) == SMALL.products
+        assert np.allclose(again.take(whole.keys), whole.vectors, atol=1e-5)
+        steps = gpu_steps(instance, [run.run_id for run in backfill])
+        assert len(steps) == len(PARTITIONS)
+        shared = [(a, b) for a, b in itertools.pairwise(steps) if b[0] < a[1]]
+        assert not shared, f"steps held the gpu pool at once: {shared}"
 
         dagster(["schedule", "start", "stl_retrain_schedule"], env, workspace)
         launched = next_run(instance, "stl_retrain", seen, processes, timeout=120, finished=False)
