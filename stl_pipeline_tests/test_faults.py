@@ -600,3 +600,38 @@ def test_stl_recommend_refuses_a_hostile_list_length_before_loading_anything(
         main(["product", "0" * 32, "-k", k])
     assert exited.value.code == 2
     assert "use a whole number from 1 to 1000" in capsys.readouterr().err
+
+
+def test_one_partition_runs_alone_and_a_partition_that_shrank_fails(
+    graphed: tuple[dict, dg.DagsterInstance],
+) -> None:
+    """A backfill's run computes and checks its own partition; that partition's count is
+    compared with its own past, not with the whole asset's."""
+    environ, instance = graphed
+    resources = build_definitions(load_settings(environ)).resources
+    selection = dg.AssetSelection.assets("product_embeddings")  # with its checks
+
+    def run_partition(partition: str) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            ASSETS,
+            selection=selection,
+            resources=resources,
+            instance=instance,
+            partition_key=partition,
+            raise_on_error=False,
+        )
+
+    alone = run_partition("1")
+    assert alone.success
+    (complete,) = [e for e in alone.get_asset_check_evaluations() if e.check_name.endswith("_complete")]
+    products = read_embeddings(Path(environ["STL_DATA_DIR"]), "product_embeddings")
+    in_one = sum(key.startswith("1") for key in products.keys)
+    assert complete.metadata["expected"].value == in_one < len(products)
+
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("product_embeddings", partition="0", metadata={"count": 1000})
+    )
+    shrunk = run_partition("0")
+    assert not shrunk.success
+    assert "count fell from 1000 to" in failed_checks(shrunk)["product_embeddings_not_shrunk"]
+    assert "in partition 0" in failed_checks(shrunk)["product_embeddings_not_shrunk"]
