@@ -18,22 +18,6 @@ STORES = {
     "model_io_manager": ("models", ".pt"),
     "index_io_manager": ("serving", ".safetensors"),
 }
-# The IO manager of every asset read outside Dagster (test_definitions checks these against
-# the assets' own declarations).
-ASSET_STORES = {
-    **dict.fromkeys(
-        ("stl_pairs", "stl_products", "scene_images", "retrieval_report", "recommendations"), "io_manager"
-    ),
-    **dict.fromkeys(
-        ("product_embeddings", "stl_crop_embeddings", "ctl_scene_embeddings", "ctl_scene_context"),
-        "embedding_io_manager",
-    ),
-    "stl_graph": "graph_io_manager",
-    **dict.fromkeys(MODEL_ASSETS.values(), "model_io_manager"),
-    "product_index": "index_io_manager",
-}
-
-
 # Assets stored as one file per partition (features/partitions.py) in a folder of their own.
 PARTITIONED = frozenset(
     (
@@ -44,6 +28,17 @@ PARTITIONED = frozenset(
         "ctl_scene_context",
     )
 )
+# The IO manager of every asset read outside Dagster (test_definitions checks these against
+# the assets' own declarations).
+ASSET_STORES = {
+    **dict.fromkeys(
+        ("stl_pairs", "stl_products", "scene_images", "retrieval_report", "recommendations"), "io_manager"
+    ),
+    **dict.fromkeys(PARTITIONED, "embedding_io_manager"),
+    "stl_graph": "graph_io_manager",
+    **dict.fromkeys(MODEL_ASSETS.values(), "model_io_manager"),
+    "product_index": "index_io_manager",
+}
 
 
 def store_dir(data_dir: Path, io_manager_key: str) -> Path:
