@@ -63,6 +63,7 @@ bench: install
 	$(BIN)/python benchmarks/download.py
 	$(BIN)/python benchmarks/full_scale.py
 	$(BIN)/python benchmarks/embed.py
+	$(BIN)/python benchmarks/partitions.py
 	$(BIN)/python benchmarks/knn.py
 	$(BIN)/python benchmarks/recommend.py
 

@@ -79,14 +79,15 @@ def _summarize(result: dg.JobExecutionResult, instance: dg.DagsterInstance, seco
 
     print(f"\nRun {result.run_id} of {STL_FULL_PIPELINE}: {'succeeded' if result.success else 'FAILED'}")
     print("\nAssets:")
-    shown_once: set[str] = set()
+    by_asset: dict[str, list[dict]] = {}
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
-        name = materialization.asset_key.to_user_string()
-        if name in shown_once:  # a partitioned asset: one line for all its partitions
-            continue
-        shown_once.add(name)
-        meta = {k: v.value for k, v in materialization.metadata.items()}
+        values = {k: v.value for k, v in materialization.metadata.items()}
+        by_asset.setdefault(materialization.asset_key.to_user_string(), []).append(values)
+    for name, events in by_asset.items():
+        meta = events[0]
+        if len(events) > 1:  # a partitioned asset: one line, its partitions' counts summed
+            meta = meta | {"partitions": len(events), "count": sum(e.get("count", 0) for e in events)}
         keys = [k for k in meta if k.startswith(("nodes_", "edges_"))]
         shown = ", ".join(
             f"{k}={meta[k]:.3g}" if isinstance(meta[k], float) else f"{k}={meta[k]}"
@@ -101,9 +102,8 @@ def _summarize(result: dg.JobExecutionResult, instance: dg.DagsterInstance, seco
                 "cached",
                 "failed",
                 "success_rate",
+                "partitions",
                 "count",
-                "embedded",
-                "tokens",
                 "computed",
                 "images_per_second",
                 "best_epoch",
