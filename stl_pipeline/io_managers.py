@@ -73,13 +73,13 @@ class EmbeddingIOManager(_FileIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if not context.has_asset_partitions:
-            return super().handle_output(context, obj)
+            super().handle_output(context, obj)
+            return
         from stl_pipeline.vectors import save_partitions
 
         folder = self.folder(context.asset_key.to_user_string())
         save_partitions(folder, {p: obj[p] for p in context.asset_partition_keys})
         context.add_output_metadata({"path": dg.MetadataValue.path(str(folder))})
-        return None
 
     def load_input(self, context: dg.InputContext) -> Any:
         if not context.has_asset_partitions:

@@ -85,7 +85,7 @@ def _store_lock(tracking_uri: str) -> Iterator[None]:
         from sqlalchemy import create_engine, text
 
         key = int.from_bytes(hashlib.sha256(b"stl-pipeline:mlflow-store").digest()[:8], "big", signed=True)
-        engine = create_engine(tracking_uri, poolclass=None)
+        engine = create_engine(tracking_uri)
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})

@@ -5,6 +5,7 @@ import pytest
 from mlflow import MlflowClient
 
 from stl_pipeline.tracking import Tracker
+from stl_pipeline_tests.services import postgres_server
 
 
 def test_runs_metrics_artifacts_and_model_versions_land_in_a_sqlite_store(tmp_path: Path) -> None:
@@ -50,11 +51,8 @@ def _start_run(uri: str, barrier: object, name: str) -> None:
         run.log_metrics({"loss": 1.0})
 
 
-def test_processes_starting_together_on_a_fresh_store_all_track(tmp_path: Path) -> None:
-    """Parallel training steps each open the store first thing; MLflow migrates an empty
-    database on first use, and doing that three times at once broke the run."""
+def _three_at_once(uri: str) -> None:
     context = multiprocessing.get_context("spawn")
-    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
     barrier = context.Barrier(3)
     processes = [context.Process(target=_start_run, args=(uri, barrier, f"r{i}")) for i in range(3)]
     for process in processes:
@@ -66,3 +64,17 @@ def test_processes_starting_together_on_a_fresh_store_all_track(tmp_path: Path) 
     experiment = client.get_experiment_by_name("stl-pipeline")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["r0", "r1", "r2"]
+
+
+def test_processes_starting_together_on_a_fresh_store_all_track(tmp_path: Path) -> None:
+    """Parallel training steps each open the store first thing; MLflow migrates an empty
+    database on first use, and doing that three times at once broke the run."""
+    _three_at_once(f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}")
+
+
+@pytest.mark.slow
+def test_processes_starting_together_on_a_fresh_postgres_store_all_track() -> None:
+    """The same on PostgreSQL, where an advisory lock serializes the first use."""
+    with postgres_server() as server:
+        server.create_database("mlflow")
+        _three_at_once(server.url("mlflow"))
