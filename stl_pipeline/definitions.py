@@ -17,6 +17,7 @@ from stl_pipeline.io_managers import (
     ParquetIOManager,
 )
 from stl_pipeline.orchestration import (
+    hm_personalized,
     retrain_schedule,
     stl_embed,
     stl_full_pipeline,
@@ -24,8 +25,10 @@ from stl_pipeline.orchestration import (
     stl_raw_files_sensor,
     stl_retrain,
 )
+from stl_pipeline.personalized import assets as personalized_assets
 from stl_pipeline.resources import (
     BackboneResource,
+    HmFiles,
     ImageSource,
     MlflowTracker,
     QualityGate,
@@ -48,6 +51,7 @@ MODULES = [
     training_assets,
     evaluation_assets,
     serving_assets,
+    personalized_assets,
 ]
 
 
@@ -56,7 +60,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         executor=step_executor(settings.executor),
         assets=dg.load_assets_from_modules(MODULES),
         asset_checks=dg.load_asset_checks_from_modules(MODULES),
-        jobs=[stl_full_pipeline, stl_ingest, stl_embed, stl_retrain],
+        jobs=[stl_full_pipeline, stl_ingest, stl_embed, stl_retrain, hm_personalized],
         schedules=[retrain_schedule(settings.retrain_cron)],
         sensors=[stl_raw_files_sensor],
         resources={
@@ -80,6 +84,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 key: manager(base_dir=str(store_dir(settings.data_dir, key)))
                 for key, manager in IO_MANAGERS.items()
             },
+            "hm_files": HmFiles(
+                data_dir=str(settings.data_dir),
+                transactions_path=str(settings.hm_paths[0]),
+                articles_path=str(settings.hm_paths[1]),
+                customers_path=str(settings.hm_paths[2]),
+                demo=settings.hm_demo,
+            ),
             "quality_gate": QualityGate(),
             "mlflow": MlflowTracker(
                 tracking_uri=settings.mlflow_tracking_uri,

@@ -16,10 +16,17 @@ from stl_pipeline.storage import files_digest
 
 STL_PAIRS = dg.AssetKey("stl_pairs")
 
+PERSONALIZED = "personalized"
 stl_full_pipeline = dg.define_asset_job(
     "stl_full_pipeline",
-    selection=dg.AssetSelection.all(),
-    description="Every asset, from the raw files to the trained models and their reports.",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups(PERSONALIZED),
+    description="Every Shop-the-Look asset, from the raw files to the trained models and their reports.",
+)
+hm_personalized = dg.define_asset_job(
+    "hm_personalized",
+    selection=dg.AssetSelection.groups(PERSONALIZED),
+    description="Purchases to personalized top-12 lists: the H&M-format tables, the graph, "
+    "hm_sage_model, its report against the baselines, and hm_recommendations.",
 )
 stl_ingest = dg.define_asset_job(
     "stl_ingest",

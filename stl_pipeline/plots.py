@@ -118,19 +118,28 @@ def embedding_map(vectors: np.ndarray, categories: list[str], title: str, points
     return _png(figure)
 
 
-def training_curves(history: list[dict[str, float]], best_epoch: int, title: str) -> bytes:
-    """Training loss and validation MRR per epoch, with the kept (best) epoch marked."""
+def training_curves(
+    history: list[dict[str, float]],
+    best_epoch: int,
+    title: str,
+    metric: str = "val_mrr",
+    label: str = "validation MRR",
+) -> bytes:
+    """Training loss and the validation ``metric`` (columns starting so) per epoch, with the
+    kept (best) epoch marked."""
     frame = pd.DataFrame(history)
     figure = _figure(9, 3.5)
     loss_axes, val_axes = figure.subplots(1, 2)
     loss_axes.plot(frame["epoch"], frame["loss"])
     loss_axes.set_xlabel("epoch")
     loss_axes.set_ylabel("training loss")
-    for column in sorted(c for c in frame.columns if c.startswith("val_mrr")):
-        label = column.removeprefix("val_mrr").strip("_") or "mean"
-        val_axes.plot(frame["epoch"], frame[column], label=label)
+    for column in sorted(c for c in frame.columns if c.startswith(metric)):
+        evaluated = frame[["epoch", column]].dropna()
+        val_axes.plot(
+            evaluated["epoch"], evaluated[column], label=column.removeprefix(metric).strip("_") or "mean"
+        )
     val_axes.set_xlabel("epoch")
-    val_axes.set_ylabel("validation MRR")
+    val_axes.set_ylabel(label)
     val_axes.legend()
     for axes in (loss_axes, val_axes):
         axes.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)

@@ -87,6 +87,51 @@ class StlFiles(dg.ConfigurableResource):
         }
 
 
+class HmFiles(dg.ConfigurableResource):
+    """The H&M-format CSVs of the ``personalized`` group, or generated ones made on first use."""
+
+    data_dir: str = Field(description="Where everything the pipeline writes lives (STL_DATA_DIR).")
+    transactions_path: str = Field(description="transactions_train.csv (HM_TRANSACTIONS_PATH).")
+    articles_path: str = Field(description="articles.csv (HM_ARTICLES_PATH).")
+    customers_path: str = Field(description="customers.csv (HM_CUSTOMERS_PATH).")
+    demo: bool = Field(description="The paths are the generated demo, made on first use.")
+    demo_customers: int = 3_000
+    demo_articles: int = 600
+    demo_purchases: int = 60_000
+    demo_seed: int = 0
+
+    def ensure(self, log: dg.DagsterLogManager | None = None) -> tuple[Path, Path, Path]:
+        """The three paths, generating the demo if it is missing."""
+        paths = Path(self.transactions_path), Path(self.articles_path), Path(self.customers_path)
+        if self.demo and not paths[0].exists():
+            from stl_pipeline.personalized.generate import HmConfig, generate_hm
+
+            config = HmConfig(
+                customers=self.demo_customers,
+                articles=self.demo_articles,
+                purchases=self.demo_purchases,
+                seed=self.demo_seed,
+            )
+            if log:
+                log.info(f"Generating the demo purchases into {paths[0].parent} ({config})")
+            with contextlib.suppress(FileExistsError):  # a concurrent run made the same files
+                generate_hm(config, paths[0].parent)
+        from stl_pipeline.settings import HM_VARIABLES
+
+        for path, variable in zip(paths, HM_VARIABLES, strict=True):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist; point {variable} at the H&M-format file")
+        return paths
+
+    @property
+    def truth_dir(self) -> Path | None:
+        """The generated data's folder, whose ground truth the oracle reads; None for real data."""
+        return Path(self.transactions_path).parent if self.demo else None
+
+    def path(self, *parts: str) -> Path:
+        return Path(self.data_dir).joinpath(*parts)
+
+
 class _ImageSource(dg.ConfigurableResource):
     min_success_rate: float = Field(
         default=0.99,
@@ -183,6 +228,10 @@ class QualityGate(dg.ConfigurableResource):
         default=0.5,
         description="An output whose counts (pairs, products, images, vectors, graph nodes) fall by more "
         "than this share against its previous materialization fails its blocking not_shrunk check.",
+    )
+    hm_map_margin: float = Field(
+        default=0.0,
+        description="hm_sage_model's validation MAP@12 must exceed recent popularity's by more than this.",
     )
     max_mean_pairwise_cosine: float = Field(
         default=0.99,

@@ -13,9 +13,12 @@ from urllib.parse import urlsplit
 from stl_pipeline.device import check_device_spec
 from stl_pipeline.generate import CATEGORIES_FILE, IMAGES_DIR, PAIRS_FILE
 from stl_pipeline.ids import check_url_template
+from stl_pipeline.personalized.files import HM_FILES
 
 PINTEREST_TEMPLATE = "http://i.pinimg.com/400x/{shard}/{signature}.jpg"
 DEMO_DIR = "demo"
+HM_DEMO_DIR = "demo_hm"  # the generated H&M-format purchases
+HM_VARIABLES = ("HM_TRANSACTIONS_PATH", "HM_ARTICLES_PATH", "HM_CUSTOMERS_PATH")
 # The real release uses the seed projects' backbone; the demo uses weights that ship in a
 # package (the hub may be out of reach) at the size of its 128-pixel product images.
 REAL_BACKBONE = ("resnet50", "hub", None)
@@ -44,6 +47,9 @@ class Settings:
     mlflow_tracking_uri: str = ""
     retrain_cron: str = WEEKLY
     executor: str = EXECUTORS[0]
+    # The personalized group's three CSVs: transactions, articles, customers.
+    hm_paths: tuple[Path, ...] = ()
+    hm_demo: bool = True  # they are the generated demo under STL_DATA_DIR/demo_hm
 
     @property
     def demo_dir(self) -> Path:
@@ -124,7 +130,22 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         or f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
         retrain_cron=_cron(environ.get("STL_RETRAIN_CRON") or WEEKLY),
         executor=_executor(environ.get("STL_EXECUTOR") or EXECUTORS[0]),
+        hm_paths=_hm_paths(environ) or tuple(data_dir / HM_DEMO_DIR / name for name in HM_FILES),
+        hm_demo=_hm_paths(environ) is None,
     )
+
+
+def _hm_paths(environ: Mapping[str, str]) -> tuple[Path, ...] | None:
+    given = [environ.get(name) for name in HM_VARIABLES]
+    if not any(given):
+        return None
+    if not all(given):
+        missing = ", ".join(name for name, value in zip(HM_VARIABLES, given, strict=True) if not value)
+        raise ValueError(
+            f"set all of {', '.join(HM_VARIABLES)} (your own H&M-format files), or none (the generated "
+            f"demo purchases); missing: {missing}"
+        )
+    return tuple(Path(value).absolute() for value in given)  # type: ignore[arg-type]
 
 
 def _executor(text: str) -> str:

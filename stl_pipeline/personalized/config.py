@@ -1,0 +1,21 @@
+"""How ``hm_sage_model`` trains: a plain dataclass, so the code location loads without torch."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HmTrainConfig:
+    hidden: int = 64
+    layers: int = 2
+    dropout: float = 0.1
+    lr: float = 0.01
+    weight_decay: float = 1e-5
+    epochs: int = 40
+    patience: int = 4  # evaluations without a better validation MAP@12
+    eval_every: int = 4
+    train_windows: int = 8  # training weeks, each with its own snapshot
+    window_days: int = 7
+    max_positives: int = 200_000  # per step; a sample of the week when it has more
+    hard_negatives: bool = True
+    article_embeddings: bool = True
+    seed: int = 0

@@ -1,0 +1,325 @@
+"""Rank every article for a window's customers, by the model and by the baselines, and score it.
+
+Each method is a scorer: ``scores(customers)`` gives a dense row of article scores per
+customer, computed in chunks, from the window's snapshot only (purchases before its start).
+From those rows come the top-12 lists (already-bought articles allowed: repurchase is real),
+MAP@12, Recall@12, HR@12 and NDCG@12 over the customers who bought in the window, and the
+link-prediction view: AUC and AP of the window's purchases against as many sampled
+non-purchases, plus accuracy and F1 at probability 0.5 for a model whose scores are logits.
+"""
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import sparse
+
+from stl_pipeline.personalized.graph import ARTICLE, CUSTOMER, RECENT_DAYS, Snapshot
+
+if TYPE_CHECKING:
+    from stl_pipeline.personalized.generate import Truth
+    from stl_pipeline.personalized.model import HmSage, Window
+
+K = 12
+CHUNK = 2048  # customers scored at once: CHUNK x articles floats
+COPURCHASE_DAYS = 28
+METHODS = ("hm_sage", "popularity", "repurchase", "co_purchase", "oracle")
+
+
+class Scorer(Protocol):
+    logits: bool  # scores are log-odds of a purchase (accuracy and F1 apply)
+
+    def scores(self, customers: torch.Tensor) -> torch.Tensor: ...
+
+
+def _recent_counts(snap: Snapshot, n_articles: int, days: int) -> torch.Tensor:
+    recent = snap.time >= snap.cutoff - days
+    return torch.bincount(snap.edge_index[1, recent].cpu(), minlength=n_articles).float()
+
+
+def _history(
+    snap: Snapshot, n_customers: int, n_articles: int, since: int | None = None
+) -> sparse.csr_matrix:
+    """(customers, articles) purchase counts before the cutoff (and on or after day ``since``)."""
+    edge_index, time = snap.edge_index.cpu().numpy(), snap.time.cpu().numpy()
+    if since is not None:
+        edge_index = edge_index[:, time >= since]
+    ones = np.ones(edge_index.shape[1], np.float32)
+    return sparse.csr_matrix((ones, (edge_index[0], edge_index[1])), shape=(n_customers, n_articles))
+
+
+class PopularityScorer:
+    """Last week's best sellers, for everyone (ties broken by the previous four weeks)."""
+
+    logits = False
+
+    def __init__(self, snap: Snapshot, n_articles: int) -> None:
+        week = _recent_counts(snap, n_articles, RECENT_DAYS[0])
+        month = _recent_counts(snap, n_articles, RECENT_DAYS[1])
+        self.row = week + month / (month.max() + 1)
+
+    def scores(self, customers: torch.Tensor) -> torch.Tensor:
+        return self.row.expand(len(customers), -1)
+
+
+class _FilledScorer:
+    """A customer-specific score, with last week's best sellers filling the rest of the list."""
+
+    logits = False
+
+    def __init__(self, snap: Snapshot, n_articles: int, matrix: sparse.csr_matrix) -> None:
+        popularity = PopularityScorer(snap, n_articles).row
+        self.fill = popularity / (popularity.max() + 1)  # below any own score of 1 or more
+        self.matrix = matrix
+
+    def scores(self, customers: torch.Tensor) -> torch.Tensor:
+        own = torch.from_numpy(self.matrix[customers.numpy()].toarray())
+        return torch.where(own > 0, own + 1, 0) + self.fill
+
+
+class RepurchaseScorer(_FilledScorer):
+    """The customer's own purchases, most bought first, then last week's best sellers."""
+
+    def __init__(self, snap: Snapshot, n_customers: int, n_articles: int) -> None:
+        super().__init__(snap, n_articles, _history(snap, n_customers, n_articles))
+
+
+class CoPurchaseScorer(_FilledScorer):
+    """Item-to-item: articles bought, in the last four weeks, by customers who also bought the
+    customer's articles, weighted by how often; then last week's best sellers."""
+
+    def __init__(self, snap: Snapshot, n_customers: int, n_articles: int) -> None:
+        recent = _history(snap, n_customers, n_articles, since=snap.cutoff - COPURCHASE_DAYS)
+        recent.data[:] = 1
+        together = (recent.T @ recent).tocsr()
+        together.setdiag(0)
+        together.eliminate_zeros()
+        profile = _history(snap, n_customers, n_articles)
+        profile.data[:] = 1
+        super().__init__(snap, n_articles, (profile @ together).tocsr())
+
+
+class SageScorer:
+    """The model's logits: embeddings computed once per snapshot, rows by matrix product."""
+
+    logits = True
+
+    def __init__(self, model: "HmSage", snap: Snapshot) -> None:
+        with torch.no_grad():
+            self.customer, self.article, self.bias = model(snap)
+        self.model, self.snap = model, snap
+
+    def scores(self, customers: torch.Tensor) -> torch.Tensor:
+        customers = customers.to(self.customer.device)
+        with torch.no_grad():
+            rows = self.customer[customers] @ self.article.T + self.bias
+            rows += self.model.repeat(self.snap.bought_rows(customers))
+        return rows.float().cpu()
+
+
+class OracleScorer:
+    """The generator's own purchase probabilities for the window: the customer's style mixture
+    times each article's share of its style's sales that week, plus repurchase of the
+    customer's history at the customer's rate. An upper reference, not a method."""
+
+    logits = False
+
+    def __init__(
+        self,
+        truth: "Truth",
+        snap: Snapshot,
+        customer_ids: pd.Index,
+        article_ids: pd.Index,
+        start: date,
+        days: int,
+    ) -> None:
+        articles = truth.article_index.get_indexer(article_ids)
+        customers = truth.customer_index.get_indexer(customer_ids)
+        if (articles < 0).any() or (customers < 0).any():
+            raise ValueError("the ground truth does not cover these articles and customers: not its dataset")
+        weeks = sorted({(start + timedelta(days=d) - truth.start).days // 7 for d in range(days)})
+        weeks = [w for w in weeks if 0 <= w < len(truth.popularity)]
+        styles = truth.article_style[articles]
+        share = truth.popularity[weeks][:, articles].astype(np.float64)
+        totals = np.zeros((len(weeks), truth.customer_styles.shape[1]))
+        for i in range(len(weeks)):
+            np.add.at(totals[i], styles, share[i])
+        self.article_share = torch.from_numpy((share / totals[:, styles]).mean(0).astype(np.float32))
+        self.style_onehot = torch.nn.functional.one_hot(torch.from_numpy(styles), totals.shape[1]).float()
+        self.tastes = torch.from_numpy(truth.customer_styles[customers])
+        self.repurchase = torch.from_numpy(truth.customer_repurchase[customers])
+        history = _history(snap, len(customer_ids), len(article_ids))
+        totals_c = np.asarray(history.sum(1)).ravel()
+        self.history = sparse.diags(1 / np.maximum(totals_c, 1)) @ history
+
+    def scores(self, customers: torch.Tensor) -> torch.Tensor:
+        new = (self.tastes[customers] @ self.style_onehot.T) * self.article_share
+        again = torch.from_numpy(self.history[customers.numpy()].toarray()).float()
+        rate = torch.where(again.sum(1, keepdim=True) > 0, self.repurchase[customers, None], 0.0)
+        return (1 - rate) * new + rate * again
+
+
+@dataclass
+class WindowResult:
+    metrics: dict[str, float]
+    per_customer_ap: np.ndarray  # AP@12 of each customer of the window, in customer order
+    top: np.ndarray  # (customers, K) article codes
+    customers: np.ndarray
+
+
+def rank(
+    scorer: Scorer, customers: np.ndarray, k: int = K, pairs: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Top-``k`` article codes and their scores per customer (rows in ``customers`` order), and
+    the scores of ``pairs`` (customer, article) whose customers are all in ``customers``."""
+    top = np.empty((len(customers), k), np.int64)
+    values = np.empty((len(customers), k), np.float32)
+    pair_scores = pair_rows = None
+    if pairs is not None:
+        pair_scores = np.empty(len(pairs[0]), np.float32)
+        pair_rows = np.searchsorted(customers, pairs[0])  # customers are sorted and distinct
+    for lo in range(0, len(customers), CHUNK):
+        rows = scorer.scores(torch.from_numpy(customers[lo : lo + CHUNK]))
+        best = torch.topk(rows, min(k, rows.shape[1]), dim=1)
+        top[lo : lo + CHUNK], values[lo : lo + CHUNK] = best.indices.numpy(), best.values.numpy()
+        if pair_rows is not None:
+            mine = np.flatnonzero((pair_rows >= lo) & (pair_rows < lo + CHUNK))
+            pair_scores[mine] = rows[pair_rows[mine] - lo, pairs[1][mine]].numpy()
+    return top, values, pair_scores
+
+
+def ranking_metrics(
+    top: np.ndarray, customers: np.ndarray, bought_c: np.ndarray, bought_a: np.ndarray, n_articles: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """MAP@K, Recall@K, HR@K and NDCG@K of top lists against the distinct purchases
+    (``bought_c``, ``bought_a``, sorted by customer), and each customer's AP@K."""
+    k = top.shape[1]
+    truth = bought_c.astype(np.int64) * n_articles + bought_a
+    hits = np.isin(customers[:, None].astype(np.int64) * n_articles + top, truth)
+    relevant = np.bincount(np.searchsorted(customers, bought_c), minlength=len(customers))
+    precision = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    ap = (precision * hits).sum(1) / np.minimum(relevant, k)
+    discount = 1 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(discount)[np.minimum(relevant, k) - 1]
+    metrics = {
+        f"map@{k}": float(ap.mean()),
+        f"recall@{k}": float((hits.sum(1) / relevant).mean()),
+        f"hr@{k}": float(hits.any(1).mean()),
+        f"ndcg@{k}": float(((hits * discount).sum(1) / ideal).mean()),
+    }
+    return metrics, ap
+
+
+def sample_negatives(window: "Window", seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each purchase of the window, the same customer and an article on sale that the
+    customer did not buy in the window."""
+    generator = torch.Generator().manual_seed(seed)
+    customers = window.customers.cpu().numpy()
+    n_articles = int(window.snap.x[ARTICLE].shape[0])
+    bought = customers.astype(np.int64) * n_articles + window.articles.cpu().numpy()
+    articles = window.negatives.uniform(len(customers), generator).numpy()
+    for _ in range(20):  # redraw collisions with the customer's own purchases
+        clash = np.isin(customers.astype(np.int64) * n_articles + articles, bought)
+        if not clash.any():
+            break
+        articles[clash] = window.negatives.uniform(int(clash.sum()), generator).numpy()
+    keep = ~np.isin(customers.astype(np.int64) * n_articles + articles, bought)
+    return customers[keep], articles[keep]
+
+
+def pair_metrics(positive: np.ndarray, negative: np.ndarray, logits: bool) -> dict[str, float]:
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    labels = np.concatenate([np.ones(len(positive)), np.zeros(len(negative))])
+    scores = np.concatenate([positive, negative]).astype(np.float64)
+    metrics = {
+        "auc": float(roc_auc_score(labels, scores)),
+        "ap": float(average_precision_score(labels, scores)),
+    }
+    if logits:
+        predicted = scores > 0  # probability above 0.5
+        metrics |= {"accuracy": float((predicted == labels).mean()), "f1": float(f1_score(labels, predicted))}
+    return metrics
+
+
+def evaluate(scorer: Scorer, window: "Window", pairs: bool = False, seed: int = 0) -> WindowResult:
+    """Rank for every customer who bought in the window; with ``pairs``, the link-prediction
+    metrics too."""
+    bought_c, bought_a = window.customers.cpu().numpy(), window.articles.cpu().numpy()
+    customers = np.unique(bought_c)
+    n_articles = int(window.snap.x[ARTICLE].shape[0])
+    sampled = None
+    if pairs:
+        neg_c, neg_a = sample_negatives(window, seed)
+        sampled = (np.concatenate([bought_c, neg_c]), np.concatenate([bought_a, neg_a]))
+    top, _, pair_scores = rank(scorer, customers, K, sampled)
+    metrics, ap = ranking_metrics(top, customers, bought_c, bought_a, n_articles)
+    if pair_scores is not None:
+        metrics |= pair_metrics(pair_scores[: len(bought_c)], pair_scores[len(bought_c) :], scorer.logits)
+    metrics["customers"] = len(customers)
+    return WindowResult(metrics, ap, top, customers)
+
+
+def scorers(
+    window: "Window",
+    model: "HmSage",
+    device: torch.device,
+    truth: "Truth | None",
+    customer_ids: pd.Index,
+    article_ids: pd.Index,
+    start: date,
+) -> dict[str, Scorer]:
+    """Every method of the report for one window, the oracle only where the truth is known."""
+    snap = window.snap
+    n_customers, n_articles = int(snap.x[CUSTOMER].shape[0]), int(snap.x[ARTICLE].shape[0])
+    found: dict[str, Scorer] = {
+        "hm_sage": SageScorer(model, snap.to(device)),
+        "popularity": PopularityScorer(snap, n_articles),
+        "repurchase": RepurchaseScorer(snap, n_customers, n_articles),
+        "co_purchase": CoPurchaseScorer(snap, n_customers, n_articles),
+    }
+    if truth is not None:
+        day = start + timedelta(days=window.start)
+        found["oracle"] = OracleScorer(truth, snap, customer_ids, article_ids, day, 7)
+    return found
+
+
+COLUMNS = ("map@12", "recall@12", "hr@12", "ndcg@12", "auc", "ap", "accuracy", "f1", "customers")
+
+
+def report_table(
+    graph,
+    record: dict,
+    customers: pd.DataFrame,
+    articles: pd.DataFrame,
+    truth_dir,
+    device: torch.device,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every method on the validation and test windows: one row per (window, method)."""
+    from stl_pipeline.personalized.files import TRUTH_DIR
+    from stl_pipeline.personalized.generate import load_truth
+    from stl_pipeline.personalized.model import load_model, make_window
+
+    model = load_model(record, graph).to(device)
+    truth = load_truth(truth_dir) if truth_dir is not None and (truth_dir / TRUTH_DIR).is_dir() else None
+    start = date.fromisoformat(graph.info["start"])
+    rows = []
+    for name, key in (("val", "val_start_day"), ("test", "test_start_day")):
+        window = make_window(graph, graph.info[key], 7, torch.device("cpu"))
+        methods = scorers(
+            window,
+            model,
+            device,
+            truth,
+            pd.Index(customers["customer_id"]),
+            pd.Index(articles["article_id"]),
+            start,
+        )
+        for method, scorer in methods.items():
+            metrics = evaluate(scorer, window, pairs=True, seed=seed).metrics
+            rows.append({"window": name, "method": method, **{c: metrics.get(c, np.nan) for c in COLUMNS}})
+    return pd.DataFrame(rows)
