@@ -32,10 +32,22 @@ PARTITIONED = frozenset(
 # the assets' own declarations).
 ASSET_STORES = {
     **dict.fromkeys(
-        ("stl_pairs", "stl_products", "scene_images", "retrieval_report", "recommendations"), "io_manager"
+        (
+            "stl_pairs",
+            "stl_products",
+            "scene_images",
+            "retrieval_report",
+            "recommendations",
+            "hm_transactions",
+            "hm_report",
+            "hm_recommendations",
+        ),
+        "io_manager",
     ),
     **dict.fromkeys(PARTITIONED, "embedding_io_manager"),
     "stl_graph": "graph_io_manager",
+    "hm_graph": "graph_io_manager",
+    "hm_sage_model": "model_io_manager",
     **dict.fromkeys(MODEL_ASSETS.values(), "model_io_manager"),
     "product_index": "index_io_manager",
 }

@@ -5,6 +5,7 @@ materializations and check results afterwards.
 """
 
 import time
+from collections.abc import Callable
 
 import dagster as dg
 import pandas as pd
@@ -14,6 +15,7 @@ from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.settings import load_settings
 
 STL_FULL_PIPELINE = "stl_full_pipeline"
+HM_PERSONALIZED = "hm_personalized"
 
 
 def _failed(severity: dg.AssetCheckSeverity) -> str:
@@ -53,16 +55,26 @@ def full_pipeline() -> dg.JobDefinition:
     return defs.resolve_job_def(STL_FULL_PIPELINE)
 
 
-def execute_in_this_process(run_config: dict, instance: dg.DagsterInstance) -> dg.JobExecutionResult:
-    """Every step of the full job in this process. ``JobDefinition.execute_in_process`` would
-    keep every step's output in memory until the run ends (the release's embeddings, graph
-    and models at once); ``execute_job`` keeps none, so the peak is the largest step's."""
+def personalized() -> dg.JobDefinition:
+    from stl_pipeline.definitions import defs
+
+    return defs.resolve_job_def(HM_PERSONALIZED)
+
+
+def execute_in_this_process(
+    run_config: dict, instance: dg.DagsterInstance, job: Callable[[], dg.JobDefinition] = full_pipeline
+) -> dg.JobExecutionResult:
+    """Every step of a job in this process. ``JobDefinition.execute_in_process`` would keep
+    every step's output in memory until the run ends (the release's embeddings, graph and
+    models at once); ``execute_job`` keeps none, so the peak is the largest step's."""
     in_process = {"execution": {"config": {"in_process": {}}}}
     return dg.execute_job(
-        dg.reconstructable(full_pipeline),
+        dg.reconstructable(job),
         instance,
         run_config=run_config | in_process,
-        tags=ALL_PARTITIONS,  # every embedding partition, in one step per asset
+        tags=ALL_PARTITIONS
+        if job is full_pipeline
+        else None,  # every embedding partition, one step per asset
         raise_on_error=False,
     )
 
@@ -72,7 +84,28 @@ def main() -> int:
     instance = dg.DagsterInstance.get()
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     with execute_in_this_process(run_config, instance) as result:
-        return _summarize(result, instance, time.perf_counter() - start)
+        code = _summarize(result, instance, time.perf_counter() - start)
+    start = time.perf_counter()
+    with execute_in_this_process(run_config, instance, personalized) as result:
+        return max(code, _summarize_personalized(result, time.perf_counter() - start))
+
+
+def _summarize_personalized(result: dg.JobExecutionResult, seconds: float) -> int:
+    print(f"\nRun {result.run_id} of {HM_PERSONALIZED}: {'succeeded' if result.success else 'FAILED'}")
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key.path[-1] == "hm_report":
+            print("\nPersonalized report, test window (the last 7 days), every customer who bought in it:\n")
+            print(materialization.metadata["test"].value)
+    print("\nChecks:")
+    for evaluation in result.get_asset_check_evaluations():
+        verdict = "pass" if evaluation.passed else _failed(evaluation.severity)
+        print(f"  {verdict}  {evaluation.asset_key.to_user_string()}:{evaluation.check_name}")
+    if result.success:
+        table = pd.read_parquet(asset_path(load_settings().data_dir, "hm_recommendations"))
+        customer = table["customer_id"].iloc[0]
+        print(f"\n{seconds:.1f}s. A customer's list: stl-recommend customer {customer}")
+    return 0 if result.success else 1
 
 
 def _summarize(result: dg.JobExecutionResult, instance: dg.DagsterInstance, seconds: float) -> int:

@@ -15,7 +15,7 @@ SMALL = GeneratorConfig(products=120, scenes=60, styles=6, seed=7)
 def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads the developer's STL_* settings or writes into their data dir."""
     for name in list(os.environ):
-        if name.startswith("STL_"):
+        if name.startswith(("STL_", "HM_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("STL_DATA_DIR", str(tmp_path / "stl_data"))
 

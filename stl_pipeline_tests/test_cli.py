@@ -85,14 +85,25 @@ def test_stl_demo_records_its_run_for_the_ui(
     monkeypatch.setattr(definitions, "defs", definitions.build_definitions(definitions.load_settings()))
     assert main() == 0
     out = capsys.readouterr().out
-    assert "of stl_full_pipeline: succeeded" in out
-    assert out.count("  pass  ") == 45 and "FAIL" not in out  # the quality gate holds on the demo
+    assert "of stl_full_pipeline: succeeded" in out and "of hm_personalized: succeeded" in out
+    assert out.count("  pass  ") == 45 + 11 and "FAIL" not in out  # the quality gates hold on the demo
     assert "Retrieval report, held-out test scenes" in out and "| gat " in out
-    # It ends with the gallery and one sample list of each kind.
-    tail = out[out.index("\nGallery: ") :]
+    assert "Personalized report, test window" in out and "| hm_sage " in out and "| oracle " in out
+    # The STL run ends with the gallery and one sample list of each kind.
+    tail = out[out.index("\nGallery: ") : out.index("\nRun ", out.index("\nGallery: "))]
     assert Path(tail.split()[1]).is_file()
     for kind in ("Similar to product", "Complementary to product", "Complete test scene"):
         assert kind in tail
     with dg.DagsterInstance.get() as instance:
-        (record,) = instance.get_run_records()
-        assert record.dagster_run.job_name == "stl_full_pipeline"
+        jobs = {record.dagster_run.job_name for record in instance.get_run_records()}
+        assert jobs == {"stl_full_pipeline", "hm_personalized"}
+    # The personalized run ends with a customer to ask about; the stored list answers.
+    customer = out.split("stl-recommend customer ")[-1].split()[0]
+    from stl_pipeline.serving.cli import main as recommend
+
+    assert recommend(["customer", customer, "-k", "5", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["personalized"] and [a["rank"] for a in answer["articles"]] == [1, 2, 3, 4, 5]
+    assert recommend(["customer", "0" * 64, "-k", "3"]) == 0  # unknown: the best sellers
+    assert "no recent purchase: last week's best sellers" in capsys.readouterr().out
+    assert recommend(["customer", "../../etc/passwd"]) == 2

@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from stl_pipeline.catalogue import PARTITIONED, read_embeddings
 from stl_pipeline.features.partitions import PARTITIONS
 from stl_pipeline.registry import MODELS
+from stl_pipeline.settings import HM_VARIABLES
 from stl_pipeline.storage import files_digest
 from stl_pipeline_tests.conftest import SMALL
 from stl_pipeline_tests.lineage import generated_environ
@@ -324,6 +325,7 @@ def test_compose_agrees_with_dagster_yaml_and_the_workspace() -> None:
     settings_vars = {
         line.split('"')[1] for line in SETTINGS.read_text().splitlines() if 'environ.get("' in line
     }
+    settings_vars |= set(HM_VARIABLES)
     assert settings_vars <= set(launcher["env_vars"]), "a setting does not reach the run containers"
     database = dagster_yaml["storage"]["postgres"]["postgres_db"]
     postgres_env = {v["env"] for v in database.values() if isinstance(v, dict)}

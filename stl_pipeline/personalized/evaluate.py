@@ -165,7 +165,7 @@ class OracleScorer:
 @dataclass
 class WindowResult:
     metrics: dict[str, float]
-    per_customer_ap: np.ndarray  # AP@12 of each customer of the window, in customer order
+    per_customer: dict[str, np.ndarray]  # AP@12 and recall@12 of each customer, in customer order
     top: np.ndarray  # (customers, K) article codes
     customers: np.ndarray
 
@@ -193,9 +193,9 @@ def rank(
 
 def ranking_metrics(
     top: np.ndarray, customers: np.ndarray, bought_c: np.ndarray, bought_a: np.ndarray, n_articles: int
-) -> tuple[dict[str, float], np.ndarray]:
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """MAP@K, Recall@K, HR@K and NDCG@K of top lists against the distinct purchases
-    (``bought_c``, ``bought_a``, sorted by customer), and each customer's AP@K."""
+    (``bought_c``, ``bought_a``, sorted by customer), and each customer's AP@K and recall@K."""
     k = top.shape[1]
     truth = bought_c.astype(np.int64) * n_articles + bought_a
     hits = np.isin(customers[:, None].astype(np.int64) * n_articles + top, truth)
@@ -204,13 +204,14 @@ def ranking_metrics(
     ap = (precision * hits).sum(1) / np.minimum(relevant, k)
     discount = 1 / np.log2(np.arange(2, k + 2))
     ideal = np.cumsum(discount)[np.minimum(relevant, k) - 1]
+    recall = hits.sum(1) / relevant
     metrics = {
         f"map@{k}": float(ap.mean()),
-        f"recall@{k}": float((hits.sum(1) / relevant).mean()),
+        f"recall@{k}": float(recall.mean()),
         f"hr@{k}": float(hits.any(1).mean()),
         f"ndcg@{k}": float(((hits * discount).sum(1) / ideal).mean()),
     }
-    return metrics, ap
+    return metrics, {"ap": ap, "recall": recall}
 
 
 def sample_negatives(window: "Window", seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -256,11 +257,11 @@ def evaluate(scorer: Scorer, window: "Window", pairs: bool = False, seed: int = 
         neg_c, neg_a = sample_negatives(window, seed)
         sampled = (np.concatenate([bought_c, neg_c]), np.concatenate([bought_a, neg_a]))
     top, _, pair_scores = rank(scorer, customers, K, sampled)
-    metrics, ap = ranking_metrics(top, customers, bought_c, bought_a, n_articles)
+    metrics, per_customer = ranking_metrics(top, customers, bought_c, bought_a, n_articles)
     if pair_scores is not None:
         metrics |= pair_metrics(pair_scores[: len(bought_c)], pair_scores[len(bought_c) :], scorer.logits)
     metrics["customers"] = len(customers)
-    return WindowResult(metrics, ap, top, customers)
+    return WindowResult(metrics, per_customer, top, customers)
 
 
 def scorers(

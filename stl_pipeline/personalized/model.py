@@ -236,7 +236,7 @@ def train_hm(
             loss = _step(model, windows[index], config, product_type, generator)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         metrics = {"loss": float(np.mean(losses))}
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             model.eval()

@@ -2,13 +2,16 @@
 
     stl-recommend scene IMAGE [--bbox l,t,r,b] [--category NAME] [-k 10] [--json]
     stl-recommend product ID [-k 10] [--json]
+    stl-recommend customer ID [-k 12] [--json]
 
 Reads the latest materialized model and index under STL_DATA_DIR, or a
-registered MLflow model version (--model-name stl-gat --model-version 3).
+registered MLflow model version (--model-name stl-gat --model-version 3);
+``customer`` reads the personalized group's hm_recommendations.
 """
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from dataclasses import asdict
@@ -52,10 +55,41 @@ def _parser() -> argparse.ArgumentParser:
         "product", help="Similar and complementary products of a catalogue product."
     )
     product.add_argument("id", help="A product id (32 hex digits).")
+    customer = commands.add_parser(
+        "customer", help="A customer's stored top-k articles (hm_recommendations), or the best sellers."
+    )
+    customer.add_argument("id", help="An H&M customer id (64 hex digits).")
+    customer.add_argument("-k", type=_k, default=12, help="Articles, at most the stored list's length.")
     for command in (scene, product):
         command.add_argument("-k", type=_k, default=10, help=f"Products per list, 1 to {MAX_K} (default 10).")
+    for command in (scene, product, customer):
         command.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
     return parser
+
+
+def _customer(customer_id: str, k: int, as_json: bool) -> str:
+    from stl_pipeline.catalogue import asset_path
+    from stl_pipeline.personalized.recommend import POPULAR_FILE, lookup
+
+    if not re.fullmatch(r"[0-9a-f]{64}", customer_id):
+        raise ValueError(f"customer id {customer_id[:70]!r} is not 64 lowercase hex digits")
+    data_dir = load_settings().data_dir
+    answer = lookup(
+        asset_path(data_dir, "hm_recommendations"), data_dir / "serving" / POPULAR_FILE, customer_id, k
+    )
+    if as_json:
+        return json.dumps(asdict(answer), indent=2)
+    title = (
+        f"Customer {customer_id}: top {len(answer.articles)} (hm_sage_model)"
+        if answer.personalized
+        else f"Customer {customer_id} has no recent purchase: last week's best sellers"
+    )
+    lines = [title] + [
+        f"  {row['rank']:>3}  {row['article_id']}  "
+        + (f"{row['score']:.4f}" if answer.personalized else f"{row['sales_last_week']} sold")
+        for row in answer.articles
+    ]
+    return "\n".join(lines)
 
 
 def _table(title: str, items: list[Item]) -> str:
@@ -92,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "customer":
+            print(_customer(args.id, args.k, args.json))
+            return 0
         if bool(args.model_name) != bool(args.model_version):
             raise ColdStartError("give both --model-name and --model-version, or neither")
         cold = load(load_settings(), args.model_name, args.model_version)
@@ -100,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             answer = cold.scene(args.image, bbox, args.category, args.k)
         else:
             answer = cold.product(args.id, args.k)
-    except (ColdStartError, ValueError) as error:
+    except (ColdStartError, ValueError, FileNotFoundError) as error:
         print(f"stl-recommend: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(asdict(answer), indent=2) if args.json else _text(answer))
