@@ -31,6 +31,18 @@ ASSETS = {
     "product_index": "serving",
     "recommendations": "serving",
     "recommendation_gallery": "serving",
+    **dict.fromkeys(
+        (
+            "hm_transactions",
+            "hm_articles",
+            "hm_customers",
+            "hm_graph",
+            "hm_sage_model",
+            "hm_report",
+            "hm_recommendations",
+        ),
+        "personalized",
+    ),
 }
 WARNS_ONLY = {"embedding_report_not_collapsed"}  # a collapsed embedding is news, not a stop
 
@@ -41,7 +53,8 @@ def test_definitions_load_with_the_interface_names() -> None:
     assert groups == ASSETS
     downstream = {"training", "evaluation", "serving"}
     expected = {
-        "stl_full_pipeline": set(ASSETS),
+        "stl_full_pipeline": {a for a, g in ASSETS.items() if g != "personalized"},
+        "hm_personalized": {a for a, g in ASSETS.items() if g == "personalized"},
         "stl_ingest": {a for a, g in ASSETS.items() if g in ("ingest", "images", "features")},
         "stl_retrain": {a for a, g in ASSETS.items() if g in ("graph", *downstream)},
     }
@@ -78,6 +91,12 @@ def test_every_asset_is_guarded_by_blocking_checks() -> None:
         "product_index_finds_every_product",
         "recommendations_well_formed",
         "recommendation_gallery_complete",
+        "hm_transactions_ids_known",
+        "hm_transactions_windows_ordered",
+        "hm_graph_temporal_split",
+        "hm_sage_beats_popularity",
+        "hm_report_complete",
+        "hm_recommendations_complete",
     } <= names
     for asset in ("product_embeddings", "scene_embeddings", "stl_crop_embeddings", "ctl_scene_embeddings"):
         assert {f"{asset}_finite", f"{asset}_unit_norm", f"{asset}_complete"} <= names
@@ -87,7 +106,9 @@ def test_gpu_bound_assets_share_the_gpu_pool() -> None:
     graph = defs.resolve_asset_graph()
     pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
     gpu = {name for name, assigned in pools.items() if assigned and "gpu" in assigned}
-    assert gpu == {name for name, group in ASSETS.items() if group in ("features", "training")}
+    assert gpu == {name for name, group in ASSETS.items() if group in ("features", "training")} | {
+        "hm_sage_model"
+    }
     # and, as Kubernetes jobs (STL_EXECUTOR=k8s), a card each
     for node in defs.resolve_job_def("stl_full_pipeline").graph.node_dict.values():
         k8s = json.loads(node.tags.get("dagster-k8s/config", "{}"))

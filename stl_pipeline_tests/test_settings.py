@@ -38,12 +38,22 @@ def test_mirror_and_hosts_are_configurable() -> None:
     assert hosts == ("a.example", "b.example")
 
 
+def test_personalized_files_default_to_the_generated_purchases(tmp_path: Path) -> None:
+    settings = load_settings({"STL_DATA_DIR": str(tmp_path)})
+    assert settings.hm_demo and settings.hm_paths[0] == tmp_path / "demo_hm" / "transactions_train.csv"
+    given = {"HM_TRANSACTIONS_PATH": "t.csv", "HM_ARTICLES_PATH": "a.csv", "HM_CUSTOMERS_PATH": "c.csv"}
+    settings = load_settings(given)
+    assert not settings.hm_demo and [p.name for p in settings.hm_paths] == ["t.csv", "a.csv", "c.csv"]
+
+
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
         ({"STL_PAIRS_PATH": "a.json"}, "set both"),
         ({"STL_CATEGORIES_PATH": "b.json"}, "set both"),
         ({"STL_IMAGE_URL_TEMPLATE": "http://x/{id}"}, "must contain"),
+        ({"HM_TRANSACTIONS_PATH": "t.csv"}, "missing: HM_ARTICLES_PATH, HM_CUSTOMERS_PATH"),
+        ({"HM_ARTICLES_PATH": "a.csv", "HM_CUSTOMERS_PATH": "c.csv"}, "missing: HM_TRANSACTIONS_PATH"),
     ],
 )
 def test_inconsistent_settings_fail_clearly(environ: dict, message: str) -> None:

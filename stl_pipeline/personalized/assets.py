@@ -373,6 +373,27 @@ def hm_report(
     )
 
 
+@dg.asset_check(
+    asset="hm_report",
+    blocking=True,
+    description="Both windows rank every method over the same customers, with finite metrics.",
+)
+def hm_report_complete(hm_report: pd.DataFrame) -> dg.AssetCheckResult:
+    from stl_pipeline.personalized.evaluate import RANKING
+
+    problems = []
+    for window in ("val", "test"):
+        rows = hm_report[hm_report["window"] == window]
+        missing = {"hm_sage", "popularity", "repurchase", "co_purchase"} - set(rows["method"])
+        if missing:
+            problems.append(f"{window}: no {', '.join(sorted(missing))}")
+        if rows["customers"].nunique() > 1 or not (rows["customers"] > 0).all():
+            problems.append(f"{window}: methods ranked different or no customers")
+        if not rows[list(RANKING)].notna().all().all():
+            problems.append(f"{window}: a ranking metric is missing")
+    return dg.AssetCheckResult(passed=not problems, description="; ".join(problems) or None)
+
+
 class HmRecommendationsConfig(dg.Config):
     k: int = Field(default=12, ge=1, le=100, description="Articles per customer.")
     active_days: int = Field(

@@ -288,7 +288,8 @@ def scorers(
     return found
 
 
-COLUMNS = ("map@12", "recall@12", "hr@12", "ndcg@12", "auc", "ap", "accuracy", "f1", "customers")
+RANKING = ("map@12", "recall@12", "hr@12", "ndcg@12")
+COLUMNS = (*RANKING, "auc", "ap", "accuracy", "f1", "customers")
 
 
 def report_table(
