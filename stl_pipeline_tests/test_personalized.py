@@ -185,3 +185,42 @@ def test_graph_sage_beats_every_baseline_on_the_test_week(tmp_path: Path) -> Non
             standard_error = gain.std(ddof=1) / np.sqrt(len(gain))
             assert gain.mean() > 2 * standard_error, (baseline, metric, gain.mean(), standard_error)
     assert results["oracle"].metrics["map@12"] > sage.metrics["map@12"]
+
+
+def test_the_hm_variables_feed_the_group_and_bad_files_stop_it(
+    small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster reads the operator's files, not the demo's; over the quarantine limit the run
+    fails with the file, the line and the reason."""
+    import dagster as dg
+
+    from stl_pipeline.definitions import build_definitions
+    from stl_pipeline.settings import HM_VARIABLES, load_settings
+
+    tables = [dg.AssetKey(name) for name in ("hm_transactions", "hm_articles", "hm_customers")]
+
+    def ingest(folder: Path) -> dg.ExecuteInProcessResult:
+        for variable, path in zip(HM_VARIABLES, _paths(folder), strict=True):
+            monkeypatch.setenv(variable, str(path))
+        job = build_definitions(load_settings()).resolve_job_def("hm_personalized")
+        return job.execute_in_process(
+            instance=dg.DagsterInstance.ephemeral(), asset_selection=tables, raise_on_error=False
+        )
+
+    result = ingest(small)
+    assert result.success
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == tables[0]]
+    metadata = event.step_materialization_data.materialization.metadata
+    assert metadata["purchases"].value == SMALL.purchases
+    assert metadata["source"].value == str(small / HM_FILES[0])
+    assert not (tmp_path / "stl_data" / "demo_hm").exists()  # nothing generated
+
+    _write_bad_copy(small, tmp_path / "bad")
+    lines = (tmp_path / "bad" / HM_FILES[2]).read_text().splitlines()
+    lines += [f"{'e' * 64},,,ACTIVE,NONE,{age},x" for age in ("abc",) * 20]  # 5% of customers: too many
+    (tmp_path / "bad" / HM_FILES[2]).write_text("\n".join(lines) + "\n")
+    result = ingest(tmp_path / "bad")
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else ""
+    assert f"{tmp_path / 'bad' / HM_FILES[2]}:" in message and "max_quarantine_share" in message, message

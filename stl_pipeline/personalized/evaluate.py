@@ -10,6 +10,7 @@ non-purchases, plus accuracy and F1 at probability 0.5 for a model whose scores 
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -20,6 +21,8 @@ from scipy import sparse
 from stl_pipeline.personalized.graph import ARTICLE, CUSTOMER, RECENT_DAYS, Snapshot
 
 if TYPE_CHECKING:
+    from torch_geometric.data import HeteroData
+
     from stl_pipeline.personalized.generate import Truth
     from stl_pipeline.personalized.model import HmSage, Window
 
@@ -293,11 +296,11 @@ COLUMNS = (*RANKING, "auc", "ap", "accuracy", "f1", "customers")
 
 
 def report_table(
-    graph,
+    graph: "HeteroData",
     record: dict,
     customers: pd.DataFrame,
     articles: pd.DataFrame,
-    truth_dir,
+    truth_dir: Path | None,
     device: torch.device,
     seed: int = 0,
 ) -> pd.DataFrame:

@@ -21,6 +21,7 @@ release's size (``--full-scale``) runs in bounded memory.
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -339,7 +340,7 @@ def generate_hm(config: HmConfig, out: Path, chunk_customers: int = CHUNK_CUSTOM
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; generate into a new directory")
-    staging = out.with_name(f".{out.name}.partial")
+    staging = out.with_name(f".{out.name}.{os.getpid()}.partial")  # a concurrent writer has its own
     shutil.rmtree(staging, ignore_errors=True)
     (staging / TRUTH_DIR).mkdir(parents=True)
     rng = np.random.default_rng(config.seed)
@@ -419,7 +420,11 @@ def generate_hm(config: HmConfig, out: Path, chunk_customers: int = CHUNK_CUSTOM
         "end": (start + timedelta(days=config.days - 1)).isoformat(),
     }
     atomic_write_with(truth / "config.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
-    staging.rename(out)
+    try:
+        staging.rename(out)
+    except OSError:  # another process finished the same dataset first
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FileExistsError(f"{out} was generated meanwhile by another process") from None
     return summary
 
 

@@ -185,9 +185,10 @@ def _mean_adjacency(dst: torch.Tensor, src: torch.Tensor, n_dst: int, n_src: int
     return adjacency.coalesce().to_sparse_csr()
 
 
-def snapshot(graph: HeteroData, cutoff: int) -> Snapshot:
+def snapshot(graph: HeteroData, cutoff: int, adjacency: bool = True) -> Snapshot:
     """Purchases strictly before day ``cutoff`` and the features they imply; no later purchase
-    reaches an edge, a degree or a sales count (guarded by the ``hm_graph`` check)."""
+    reaches an edge, a degree or a sales count (guarded by the ``hm_graph`` check). Without
+    ``adjacency``, no message-passing matrices: features and counts only."""
     time = graph[BUYS].time
     n = int(torch.searchsorted(time, torch.tensor(cutoff, dtype=time.dtype)))
     edge_index, time = graph[BUYS].edge_index[:, :n], time[:n]
@@ -228,10 +229,14 @@ def snapshot(graph: HeteroData, cutoff: int) -> Snapshot:
         CUSTOMER: torch.cat([graph[CUSTOMER].x, customer_dynamic], dim=1),
         ARTICLE: torch.cat([graph[ARTICLE].x, article_dynamic], dim=1),
     }
-    adj_t = {
-        BUYS: _mean_adjacency(article, customer, n_articles, n_customers),
-        REV_BUYS: _mean_adjacency(customer, article, n_customers, n_articles),
-    }
+    adj_t = (
+        {
+            BUYS: _mean_adjacency(article, customer, n_articles, n_customers),
+            REV_BUYS: _mean_adjacency(customer, article, n_customers, n_articles),
+        }
+        if adjacency
+        else {}
+    )
     keys, counts = torch.unique(customer * n_articles + article, sorted=True, return_counts=True)
     return Snapshot(cutoff, x, adj_t, edge_index, time, keys, counts.to(torch.float32))
 
@@ -267,7 +272,7 @@ def temporal_violations(graph: HeteroData, transactions: pd.DataFrame, weeks: in
     articles = transactions["article_id"].cat.codes.to_numpy()
     test, val = info["test_start_day"], info["val_start_day"]
     for cutoff in [test, val, *(val - 7 * i for i in range(1, weeks + 1) if val - 7 * i > 0)]:
-        snap = snapshot(graph, cutoff)
+        snap = snapshot(graph, cutoff, adjacency=False)
         if snap.edges and int(snap.time.max()) >= cutoff:
             problems.append(f"the snapshot for day {cutoff} holds a purchase of day {int(snap.time.max())}")
         before = day < cutoff

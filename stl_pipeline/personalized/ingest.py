@@ -20,7 +20,6 @@ import pyarrow.csv as pacsv
 from stl_pipeline.ingest.parse import QUARANTINE_COLUMNS, IngestError
 
 TRANSACTION_COLUMNS = ("t_dat", "customer_id", "article_id", "price", "sales_channel_id")
-CUSTOMER_COLUMNS = ("customer_id", "FN", "Active", "club_member_status", "fashion_news_frequency", "age")
 # The article attributes the graph's features use; all are in the release's articles.csv.
 ARTICLE_FEATURES = (
     "product_type_name",
@@ -211,13 +210,7 @@ def read_customers(path: Path, rejected: _Rejected) -> tuple[pd.DataFrame, int]:
         values = (
             frame[column].str.strip().str.upper() if column in frame else pd.Series("", index=frame.index)
         )
-        out[column] = (
-            values.mask(
-                values.isin(["", "NONE"]) if column == "club_member_status" else values == "", UNKNOWN
-            )
-            .astype("category")
-            .to_numpy()
-        )
+        out[column] = values.mask(values == "", UNKNOWN).astype("category").to_numpy()
     out["age"] = age[~bad_age].astype("Float32").to_numpy()
     return out, lines
 

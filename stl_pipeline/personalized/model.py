@@ -88,7 +88,7 @@ class HmSage(nn.Module):
 
 
 def build_model(graph: HeteroData, config: HmTrainConfig) -> HmSage:
-    probe = snapshot(graph, 0)
+    probe = snapshot(graph, 0, adjacency=False)
     articles = graph[ARTICLE].num_nodes if config.article_embeddings else 0
     return HmSage(
         probe.x[CUSTOMER].shape[1],

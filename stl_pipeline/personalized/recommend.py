@@ -12,14 +12,16 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
+from torch_geometric.data import HeteroData
 
 from stl_pipeline.personalized.evaluate import K, PopularityScorer, SageScorer, rank
 from stl_pipeline.personalized.graph import BUYS, snapshot
+from stl_pipeline.personalized.model import HmSage
 
 POPULAR_FILE = "hm_popular.parquet"
 
 
-def active_customers(graph, active_days: int) -> np.ndarray:
+def active_customers(graph: HeteroData, active_days: int) -> np.ndarray:
     """Customers with a purchase in the last ``active_days`` days of the data."""
     end = graph.info["end_day"]
     recent = graph[BUYS].time >= end - active_days
@@ -27,8 +29,8 @@ def active_customers(graph, active_days: int) -> np.ndarray:
 
 
 def recommend(
-    graph,
-    model,
+    graph: HeteroData,
+    model: HmSage,
     customer_ids: pd.Index,
     article_ids: pd.Index,
     active_days: int,
