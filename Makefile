@@ -64,6 +64,7 @@ bench: install
 	$(BIN)/python benchmarks/full_scale.py
 	$(BIN)/python benchmarks/embed.py
 	$(BIN)/python benchmarks/partitions.py
+	$(BIN)/python benchmarks/personalized.py --scale 0.1
 	$(BIN)/python benchmarks/knn.py
 	$(BIN)/python benchmarks/recommend.py
 

@@ -63,3 +63,15 @@ def test_end_to_end_benchmark_runs_the_lineage_and_writes_its_json(tmp_path: Pat
         ("test", m, t, p) for m in methods for t in ("stl", "ctl") for p in ("same_category", "catalogue")
     }
     assert "gat_model" in run.stdout and "Retrieval report" in run.stdout
+
+
+def test_personalized_benchmark_times_every_stage() -> None:
+    """The script the README's personalized scale table comes from, at the demo's size."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "personalized.py"), "--demo", "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    stages = [row.split("|")[1].strip() for row in rows[1:]]
+    assert stages == ["generate", "read_csv_floor", "ingest", "graph", "train", "report", "recommend"]
+    ingest = rows[1 + stages.index("ingest")]
+    assert "60,000 purchases, 0 quarantined" in ingest and ingest.split("|")[3].strip().endswith("x")

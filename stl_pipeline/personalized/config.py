@@ -9,7 +9,7 @@ class HmTrainConfig:
     layers: int = 2
     dropout: float = 0.1
     lr: float = 0.01
-    weight_decay: float = 1e-5
+    weight_decay: float = 1e-4
     epochs: int = 40
     patience: int = 4  # evaluations without a better validation MAP@12
     eval_every: int = 4
@@ -17,5 +17,6 @@ class HmTrainConfig:
     window_days: int = 7
     max_positives: int = 200_000  # per step; a sample of the week when it has more
     hard_negatives: bool = True
+    hard_negative_days: int = 28  # hard negatives sold in these days before the week; 0: any on sale
     article_embeddings: bool = True
     seed: int = 0

@@ -288,7 +288,8 @@ def temporal_violations(graph: HeteroData, transactions: pd.DataFrame, weeks: in
         if not np.allclose(dynamic_customer[:, purchases_all].numpy(), bought, atol=1e-5):
             problems.append(f"customer purchase counts for day {cutoff} count purchases not before it")
         on_sale = np.unique(articles[day < cutoff + 7])
-        drawn = NegativeSampler(graph, cutoff + 7).eligible.numpy()
+        sampler = NegativeSampler(graph, cutoff, 7, 28)
+        drawn = torch.cat([sampler.eligible, sampler.live]).numpy()
         if not np.isin(drawn, on_sale).all():
             problems.append(f"negatives for the week from day {cutoff} include articles first sold after it")
     return problems

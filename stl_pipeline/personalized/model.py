@@ -101,23 +101,31 @@ def build_model(graph: HeteroData, config: HmTrainConfig) -> HmSage:
 
 
 class NegativeSampler:
-    """Articles on sale by a window's end (first sold before it, or launched in it): uniform,
-    or of a given product type. No article first sold after the window is ever drawn."""
+    """Negatives for the week from day ``start``: uniform over articles on sale by the week's
+    end (first sold before it, or launched in it), and hard ones of a positive's product type
+    among the articles that sold in the ``live_days`` before ``start`` (what a customer was
+    choosing between). No article first sold after the week is ever drawn."""
 
-    def __init__(self, graph: HeteroData, window_end: int) -> None:
+    def __init__(self, graph: HeteroData, start: int, days: int, live_days: int) -> None:
         time, article = graph[BUYS].time, graph[BUYS].edge_index[1]
-        n = int(torch.searchsorted(time, torch.tensor(window_end, dtype=time.dtype)))
-        eligible = torch.unique(article[:n])
-        types = graph[ARTICLE].product_type[eligible]
+
+        def bought(since: int, until: int) -> torch.Tensor:
+            lo, hi = (
+                int(torch.searchsorted(time, torch.tensor(d, dtype=time.dtype))) for d in (since, until)
+            )
+            return torch.unique(article[lo:hi])
+
+        self.eligible = bought(0, start + days)
+        live = bought(start - live_days, start) if live_days else self.eligible
+        types = graph[ARTICLE].product_type[live]
         order = torch.argsort(types, stable=True)
-        self.articles, self.types = eligible[order], types[order]
+        self.live, self.types = live[order], types[order]
         n_types = int(graph[ARTICLE].product_type.max()) + 1
         self.start = torch.searchsorted(self.types, torch.arange(n_types))
         self.end = torch.searchsorted(self.types, torch.arange(n_types), right=True)
-        self.eligible = eligible
 
     def uniform(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        return self.articles[torch.randint(len(self.articles), (count,), generator=generator)]
+        return self.eligible[torch.randint(len(self.eligible), (count,), generator=generator)]
 
     def same_type(
         self, articles: torch.Tensor, product_type: torch.Tensor, generator: torch.Generator
@@ -125,12 +133,12 @@ class NegativeSampler:
         kind = product_type[articles]
         lo, hi = self.start[kind], self.end[kind]
         size = (hi - lo).clamp(min=1)
-        pick = lo + (torch.rand(len(articles), generator=generator) * size).long().clamp(max=size - 1)
-        return torch.where(
-            hi > lo,
-            self.articles[pick.clamp(max=len(self.articles) - 1)],
-            self.uniform(len(articles), generator),
+        pick = (lo + (torch.rand(len(articles), generator=generator) * size).long()).clamp(
+            max=len(self.live) - 1
         )
+        if not len(self.live):
+            return self.uniform(len(articles), generator)
+        return torch.where(hi > lo, self.live[pick], self.uniform(len(articles), generator))
 
 
 @dataclass
@@ -144,14 +152,16 @@ class Window:
     negatives: NegativeSampler
 
 
-def make_window(graph: HeteroData, start: int, days: int, device: torch.device) -> Window:
+def make_window(
+    graph: HeteroData, start: int, days: int, device: torch.device, live_days: int = 28
+) -> Window:
     customers, articles = window_purchases(graph, start, days)
     return Window(
         start,
         snapshot(graph, start).to(device),
         torch.from_numpy(customers).to(device),
         torch.from_numpy(articles).to(device),
-        NegativeSampler(graph, start + days),
+        NegativeSampler(graph, start, days, live_days),
     )
 
 
@@ -218,7 +228,7 @@ def train_hm(
         raise ValueError(
             f"no training week before the validation window (day {val_start}); need a longer history"
         )
-    windows = [make_window(graph, s, days, device) for s in starts]
+    windows = [make_window(graph, s, days, device, config.hard_negative_days) for s in starts]
     validation = make_window(graph, val_start, days, torch.device("cpu"))
     popularity_val = evaluate(
         PopularityScorer(validation.snap, graph[ARTICLE].num_nodes), validation
