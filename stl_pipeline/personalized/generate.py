@@ -330,7 +330,7 @@ def _transactions(
     article = articles[slot]
     article = article[_repeat(customer, repurchase, rng)]
     discount = np.where(rng.random(len(article)) < 0.2, rng.uniform(0.5, 0.8, len(article)), 1.0)
-    price = np.round(prices[article] * discount * 590) / 590
+    price = np.maximum(1, np.round(prices[article] * discount * 590)) / 590  # whole units, never 0
     return customer, day, article, price
 
 
