@@ -2,6 +2,7 @@
 split that keeps later purchases out of earlier windows, the metrics, and a model that earns
 its place against the baselines on a dataset generated for the test alone."""
 
+import json
 import re
 from pathlib import Path
 
@@ -224,3 +225,19 @@ def test_the_hm_variables_feed_the_group_and_bad_files_stop_it(
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else ""
     assert f"{tmp_path / 'bad' / HM_FILES[2]}:" in message and "max_quarantine_share" in message, message
+
+
+def test_stl_generate_hm_writes_a_sized_dataset_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from stl_pipeline.personalized.generate import main
+
+    out = tmp_path / "hm"
+    assert main(["--out", str(out), "--scale", "0.001"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["customers"], summary["articles"], summary["purchases"]) == (1372, 106, 31788)
+    assert (summary["start"], summary["end"]) == ("2018-09-20", "2020-09-22")  # the release's two years
+    assert (out / HM_FILES[0]).read_text().count("\n") == 31788 + 1
+    with pytest.raises(SystemExit):
+        main(["--out", str(out)])
+    assert "exists; pass --force" in capsys.readouterr().err

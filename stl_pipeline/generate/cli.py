@@ -5,7 +5,9 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from stl_pipeline.generate.dataset import FULL_SCALE, GeneratorConfig, generate_dataset
 
@@ -49,18 +51,28 @@ def main(argv: list[str] | None = None) -> int:
     config = GeneratorConfig(
         **sizes, styles=args.styles, off_style=args.off_style, jitter=args.jitter, seed=args.seed
     )
+    return write(
+        parser, config, args.out, args.force, lambda: generate_dataset(config, args.out, args.workers)
+    )
+
+
+def write(
+    parser: argparse.ArgumentParser, config: Any, out: Path, force: bool, generate: Callable[[], dict]
+) -> int:
+    """Validate ``config``, make room at ``out`` (only with ``force``), generate, and print
+    the summary as JSON: what both generators' commands end with."""
     try:
         config.validate()
     except ValueError as exc:
         parser.error(str(exc))
-    if args.out.exists():
-        if not args.force:
-            parser.error(f"{args.out} exists; pass --force to replace it")
-        shutil.rmtree(args.out)
+    if out.exists():
+        if not force:
+            parser.error(f"{out} exists; pass --force to replace it")
+        shutil.rmtree(out)
     start = time.perf_counter()
-    summary = generate_dataset(config, args.out, workers=args.workers)
+    summary = generate()
     summary["seconds"] = round(time.perf_counter() - start, 2)
-    summary["out"] = str(args.out)
+    summary["out"] = str(out)
     json.dump(summary, sys.stdout, indent=2)
     print()
     return 0

@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
-import time
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -446,6 +444,8 @@ def load_truth(folder: Path) -> Truth:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stl_pipeline.generate.cli import write
+
     defaults = HmConfig()
     parser = argparse.ArgumentParser(
         prog="stl-generate-hm",
@@ -470,21 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {name: max(1, round(value * scale)) for name, value in FULL_SCALE.items() if name != "days"}
         sizes["days"] = FULL_SCALE["days"]
     config = HmConfig(**sizes, styles=args.styles, seed=args.seed)
-    try:
-        config.validate()
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.out.exists():
-        if not args.force:
-            parser.error(f"{args.out} exists; pass --force to replace it")
-        shutil.rmtree(args.out)
-    began = time.perf_counter()
-    summary = generate_hm(config, args.out)
-    summary["seconds"] = round(time.perf_counter() - began, 2)
-    summary["out"] = str(args.out)
-    json.dump(summary, sys.stdout, indent=2)
-    print()
-    return 0
+    return write(parser, config, args.out, args.force, lambda: generate_hm(config, args.out))
 
 
 if __name__ == "__main__":
