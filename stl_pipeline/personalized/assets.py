@@ -358,7 +358,10 @@ def hm_report(
         }
     )
     run.log_text(table.to_csv(index=False), "reports/hm_report.csv")
-    context.log.info(f"hm_report, test window:\n{markdown(test.round(4), max_rows=20)}")
+    by_method = test.set_index("method")["map@12"]
+    context.log.info(
+        "hm_report, test MAP@12: " + ", ".join(f"{method} {value:.4f}" for method, value in by_method.items())
+    )
     return dg.Output(
         table,
         metadata={

@@ -7,6 +7,7 @@ from purchases before ``t``. Sorting by day makes that a prefix of the edge list
 """
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,7 +183,9 @@ def _mean_adjacency(dst: torch.Tensor, src: torch.Tensor, n_dst: int, n_src: int
     adjacency = torch.sparse_coo_tensor(
         torch.stack([dst, src]), values, (n_dst, n_src), check_invariants=False
     )
-    return adjacency.coalesce().to_sparse_csr()
+    with warnings.catch_warnings():  # PyG's sparse path is CSR; torch calls the layout beta
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        return adjacency.coalesce().to_sparse_csr()
 
 
 def snapshot(graph: HeteroData, cutoff: int, adjacency: bool = True) -> Snapshot:
