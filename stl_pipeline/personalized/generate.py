@@ -33,6 +33,16 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from stl_pipeline.personalized.files import ARTICLES_FILE, CUSTOMERS_FILE, TRANSACTIONS_FILE, TRUTH_DIR
+from stl_pipeline.personalized.vocabulary import (
+    ADJECTIVES,
+    APPEARANCES,
+    CLUB,
+    COLOURS,
+    GARMENT_GROUPS,
+    INDEX_GROUPS,
+    NEWS,
+    PRODUCT_TYPES,
+)
 from stl_pipeline.storage import atomic_write_with
 
 # The release: two years of purchases.
@@ -40,74 +50,6 @@ FULL_SCALE = {"customers": 1_371_980, "articles": 105_542, "purchases": 31_788_3
 RELEASE_START = date(2018, 9, 20)
 WEEKDAY_TRADE = np.array([0.85, 0.8, 0.85, 0.95, 1.1, 1.35, 1.1])  # Monday first
 CHUNK_CUSTOMERS = 100_000
-
-INDEX_GROUPS = ["Ladieswear", "Menswear", "Baby/Children", "Sport", "Divided"]
-# product type -> product group
-PRODUCT_TYPES = {
-    "Trousers": "Garment Lower body",
-    "Shorts": "Garment Lower body",
-    "Skirt": "Garment Lower body",
-    "Dress": "Garment Full body",
-    "Jumpsuit/Playsuit": "Garment Full body",
-    "T-shirt": "Garment Upper body",
-    "Sweater": "Garment Upper body",
-    "Blouse": "Garment Upper body",
-    "Shirt": "Garment Upper body",
-    "Jacket": "Garment Upper body",
-    "Hoodie": "Garment Upper body",
-    "Vest top": "Garment Upper body",
-    "Bra": "Underwear",
-    "Underwear bottom": "Underwear",
-    "Socks": "Socks & Tights",
-    "Sneakers": "Shoes",
-    "Boots": "Shoes",
-    "Bag": "Accessories",
-    "Hat/beanie": "Accessories",
-    "Earring": "Accessories",
-}
-COLOURS = [
-    ("Black", "Dark", "Black"),
-    ("White", "Light", "White"),
-    ("Dark Blue", "Dark", "Blue"),
-    ("Light Blue", "Light", "Blue"),
-    ("Grey", "Medium", "Grey"),
-    ("Beige", "Light", "Beige"),
-    ("Red", "Bright", "Red"),
-    ("Pink", "Light", "Pink"),
-    ("Dark Green", "Dark", "Green"),
-    ("Yellow", "Bright", "Yellow"),
-    ("Orange", "Bright", "Orange"),
-    ("Khaki green", "Medium Dusty", "Khaki green"),
-]
-APPEARANCES = ["Solid", "Stripe", "All over pattern", "Melange", "Denim", "Check", "Lace", "Placement print"]
-GARMENT_GROUPS = [
-    "Jersey Basic",
-    "Jersey Fancy",
-    "Knitwear",
-    "Trousers",
-    "Blouses",
-    "Dresses Ladies",
-    "Outdoor",
-    "Shoes",
-    "Accessories",
-    "Under-, Nightwear",
-    "Trousers Denim",
-    "Special Offers",
-]
-ADJECTIVES = [
-    "Ribbed",
-    "Relaxed",
-    "Slim",
-    "Oversized",
-    "Cropped",
-    "Soft",
-    "Classic",
-    "Wide",
-    "Fitted",
-    "Light",
-]
-CLUB = ["ACTIVE", "PRE-CREATE", "LEFT CLUB"]
-NEWS = ["NONE", "Regularly", "Monthly"]
 
 
 @dataclass(frozen=True)
