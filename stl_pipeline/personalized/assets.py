@@ -10,6 +10,7 @@ from pydantic import Field
 from stl_pipeline.artifacts import HeteroData
 from stl_pipeline.executor import GPU_POOL, GPU_STEP_TAGS
 from stl_pipeline.guards import not_shrunk
+from stl_pipeline.ingest.assets import RAW_DIGEST
 from stl_pipeline.ingest.parse import reason_kinds
 from stl_pipeline.personalized.config import HmTrainConfig
 from stl_pipeline.reporting import counts, markdown
@@ -19,7 +20,6 @@ from stl_pipeline.storage import atomic_write_with, files_digest
 
 GROUP = "personalized"
 REGISTERED = "hm-sage"
-RAW_DIGEST = "raw_sha256"
 
 
 class HmIngestConfig(dg.Config):
@@ -72,7 +72,7 @@ def hm_tables(
                 else "none"
             ),
             "first_day": str(purchases["t_dat"].min().date()),
-            **{key: value for key, value in tables.windows.as_dict().items()},
+            **tables.windows.as_dict(),
             "purchases_per_window": dg.MetadataValue.md(counts(purchases["window"], "window")),
             "customers_per_window": dg.MetadataValue.md(
                 markdown(by_window["customer_id"].nunique().rename("customers").reset_index())

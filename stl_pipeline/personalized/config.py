@@ -14,7 +14,6 @@ class HmTrainConfig:
     patience: int = 4  # evaluations without a better validation MAP@12
     eval_every: int = 4
     train_windows: int = 8  # training weeks, each with its own snapshot
-    window_days: int = 7
     max_positives: int = 200_000  # per step; a sample of the week when it has more
     hard_negatives: bool = True
     hard_negative_days: int = 28  # hard negatives sold in these days before the week; 0: any on sale

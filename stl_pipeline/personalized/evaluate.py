@@ -169,7 +169,6 @@ class OracleScorer:
 class WindowResult:
     metrics: dict[str, float]
     per_customer: dict[str, np.ndarray]  # AP@12 and recall@12 of each customer, in customer order
-    top: np.ndarray  # (customers, K) article codes
     customers: np.ndarray
 
 
@@ -264,7 +263,7 @@ def evaluate(scorer: Scorer, window: "Window", pairs: bool = False, seed: int = 
     if pair_scores is not None:
         metrics |= pair_metrics(pair_scores[: len(bought_c)], pair_scores[len(bought_c) :], scorer.logits)
     metrics["customers"] = len(customers)
-    return WindowResult(metrics, per_customer, top, customers)
+    return WindowResult(metrics, per_customer, customers)
 
 
 def scorers(
@@ -287,7 +286,7 @@ def scorers(
     }
     if truth is not None:
         day = start + timedelta(days=window.start)
-        found["oracle"] = OracleScorer(truth, snap, customer_ids, article_ids, day, 7)
+        found["oracle"] = OracleScorer(truth, snap, customer_ids, article_ids, day, window.days)
     return found
 
 
@@ -314,7 +313,7 @@ def report_table(
     start = date.fromisoformat(graph.info["start"])
     rows = []
     for name, key in (("val", "val_start_day"), ("test", "test_start_day")):
-        window = make_window(graph, graph.info[key], 7, torch.device("cpu"))
+        window = make_window(graph, graph.info[key], graph.info["window_days"], torch.device("cpu"))
         methods = scorers(
             window,
             model,

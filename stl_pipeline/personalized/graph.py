@@ -112,6 +112,7 @@ def build_hm_graph(
         "val_start_day": day_of(windows.val_start),
         "test_start_day": day_of(windows.test_start),
         "end_day": day_of(windows.end) + 1,  # after the last purchase: what serving sees
+        "window_days": day_of(windows.test_start) - day_of(windows.val_start),
         "windows": windows.as_dict(),
         "customers_sha256": ids_digest(customers["customer_id"]),
         "articles_sha256": ids_digest(articles["article_id"]),
@@ -244,7 +245,7 @@ def snapshot(graph: HeteroData, cutoff: int, adjacency: bool = True) -> Snapshot
     return Snapshot(cutoff, x, adj_t, edge_index, time, keys, counts.to(torch.float32))
 
 
-def window_purchases(graph: HeteroData, start: int, days: int = 7) -> tuple[np.ndarray, np.ndarray]:
+def window_purchases(graph: HeteroData, start: int, days: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (customer, article) pairs bought on days ``[start, start + days)``: a window's
     labels, sorted by customer."""
     time = graph[BUYS].time
@@ -273,8 +274,8 @@ def temporal_violations(graph: HeteroData, transactions: pd.DataFrame, weeks: in
     day = ((transactions["t_dat"] - start) // pd.Timedelta(days=1)).to_numpy()
     customers = transactions["customer_id"].cat.codes.to_numpy()
     articles = transactions["article_id"].cat.codes.to_numpy()
-    test, val = info["test_start_day"], info["val_start_day"]
-    for cutoff in [test, val, *(val - 7 * i for i in range(1, weeks + 1) if val - 7 * i > 0)]:
+    test, val, days = info["test_start_day"], info["val_start_day"], info["window_days"]
+    for cutoff in [test, val, *(val - days * i for i in range(1, weeks + 1) if val - days * i > 0)]:
         snap = snapshot(graph, cutoff, adjacency=False)
         if snap.edges and int(snap.time.max()) >= cutoff:
             problems.append(f"the snapshot for day {cutoff} holds a purchase of day {int(snap.time.max())}")
@@ -290,8 +291,8 @@ def temporal_violations(graph: HeteroData, transactions: pd.DataFrame, weeks: in
             problems.append(f"article sales features for day {cutoff} count purchases not before it")
         if not np.allclose(dynamic_customer[:, purchases_all].numpy(), bought, atol=1e-5):
             problems.append(f"customer purchase counts for day {cutoff} count purchases not before it")
-        on_sale = np.unique(articles[day < cutoff + 7])
-        sampler = NegativeSampler(graph, cutoff, 7, 28)
+        on_sale = np.unique(articles[day < cutoff + days])
+        sampler = NegativeSampler(graph, cutoff, days, RECENT_DAYS[1])
         drawn = torch.cat([sampler.eligible, sampler.live]).numpy()
         if not np.isin(drawn, on_sale).all():
             problems.append(f"negatives for the week from day {cutoff} include articles first sold after it")

@@ -146,6 +146,7 @@ class Window:
     """A week to learn from or score: its snapshot, its purchases, its negative sampler."""
 
     start: int
+    days: int
     snap: Snapshot
     customers: torch.Tensor  # distinct (customer, article) purchases in the week
     articles: torch.Tensor
@@ -158,6 +159,7 @@ def make_window(
     customers, articles = window_purchases(graph, start, days)
     return Window(
         start,
+        days,
         snapshot(graph, start).to(device),
         torch.from_numpy(customers).to(device),
         torch.from_numpy(articles).to(device),
@@ -219,7 +221,7 @@ def train_hm(
     began = time.perf_counter()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    info, days = graph.info, config.window_days
+    info, days = graph.info, graph.info["window_days"]  # the windows hm_graph was split with
     val_start = info["val_start_day"]
     starts = [
         val_start - days * (i + 1) for i in range(config.train_windows) if val_start - days * (i + 1) > 0
