@@ -193,8 +193,11 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
 
     context = read_embeddings(data_dir, "ctl_scene_context")
     regions = read_embeddings(data_dir, "ctl_scene_embeddings")
-    assert context.info["source"] == "largest" and context.info["grid"] == "2"
-    assert set(context.keys) == {f"{pair}/{t}" for pair in regions.keys for t in range(4)}
+    assert context.info["source"] == "items" and context.info["grid"] == "1"
+    # One token per other garment of the scene (the generator puts each in its own place).
+    others = pairs.groupby("scene")["pair_id"].transform("size") - 1
+    expected = {f"{pair}/{t}" for pair, n in zip(pairs["pair_id"], others, strict=True) for t in range(n)}
+    assert set(context.keys) == expected and len(expected) > len(regions)
 
     again, _ = run(environ, groups=("features",))
     assert again.success and metadata(again, "scene_embeddings")["computed"] == 0

@@ -9,7 +9,7 @@ from PIL import Image
 
 from stl_pipeline.device import effective_precision, resolve_device
 from stl_pipeline.features.backbone import load_backbone
-from stl_pipeline.features.embed import COMPACT_AFTER, EmbeddingCache, batches, embed_items
+from stl_pipeline.features.embed import COMPACT_AFTER, Embedder, EmbeddingCache, batches, embed_items
 from stl_pipeline.features.queries import ImageItem, token_keys
 from stl_pipeline.features.regions import MIN_REGION_SIDE, context_views, ctl_box, stl_box
 from stl_pipeline.features.spec import BackboneSpec
@@ -66,8 +66,19 @@ def test_context_views_never_show_the_product() -> None:
         assert overlap_x <= 0 or overlap_y <= 0
     assert context_views(bbox, W, H, "masked") == [((0, 0, W, H), product)]
     assert context_views((0.0, 0.0, 1.0, 1.0), W, H, "masked") == []  # no context to complete
-    with pytest.raises(ValueError, match="use one of largest, four, masked"):
+    with pytest.raises(ValueError, match="use one of largest, four, masked, items"):
         context_views(bbox, W, H, "everything")
+
+
+def test_item_views_are_the_other_garments_with_the_product_masked() -> None:
+    bbox = (0.3, 0.3, 0.7, 0.6)  # a coat
+    shirt, shoes, button = (0.35, 0.25, 0.65, 0.5), (0.3, 0.85, 0.7, 0.95), (0.45, 0.4, 0.5, 0.45)
+    product = stl_box(bbox, W, H)
+    views = context_views(bbox, W, H, "items", (bbox, shirt, shoes, shoes, button))
+    # The product's own box and a box it hides are no view; a box listed twice is one; the
+    # product is masked where it overlaps a view.
+    assert views == [(stl_box(shirt, W, H), product), (stl_box(shoes, W, H), None)]
+    assert context_views(bbox, W, H, "items") == []  # alone in its scene: no context
 
 
 def test_a_masked_box_becomes_the_mean_colour() -> None:
@@ -126,7 +137,8 @@ def test_cache_computes_only_new_images(tmp_path: Path, tiny_backbone) -> None:
 
 
 def test_grid_tokens_are_unit_cells_of_the_feature_map(tmp_path: Path) -> None:
-    """A 1x1 grid is the pooled vector itself; a 2x2 grid's cells see their own quarter."""
+    """A 1x1 grid is the pooled vector itself, so it shares the pooled cache; a 2x2 grid's
+    cells see their own quarter."""
     backbone, cpu = load_backbone(BackboneSpec("resnet18", "none", image_size=64)), torch.device("cpu")
     items = []
     for i in range(3):
@@ -136,9 +148,18 @@ def test_grid_tokens_are_unit_cells_of_the_feature_map(tmp_path: Path) -> None:
         Image.fromarray(image).save(path := tmp_path / f"{i}.png")
         items.append(ImageItem(f"k{i}", f"{i:032x}", str(path), f"{i:064x}"))
     pooled, _ = embed_items(items, backbone, cpu, workers=0)
-    one, _ = embed_items(items, backbone, cpu, workers=0, grid=1)
-    np.testing.assert_allclose(one.vectors, pooled.vectors, atol=1e-5)
+    batch = torch.from_numpy(
+        decode_batch([(i.key, i.path, i.box, i.mask) for i in items], backbone.transform)
+    )
+    head, cell = Embedder(backbone, cpu, grid=1).with_tokens(batch)
+    np.testing.assert_allclose(cell, head, atol=1e-5)
+    np.testing.assert_allclose(head, pooled.vectors, atol=1e-5)
     pooled_cache = EmbeddingCache(tmp_path / "pooled", backbone)
+    embed_items(items, backbone, cpu, workers=0, cache=pooled_cache)
+    one, stats = embed_items(items, backbone, cpu, workers=0, grid=1, pooled_cache=pooled_cache)
+    assert stats.computed == 0  # the pooled vectors are the 1x1 tokens
+    np.testing.assert_allclose(one.vectors, pooled.vectors, atol=1e-5)
+    pooled_cache = EmbeddingCache(tmp_path / "pooled-2", backbone)
     four, _ = embed_items(items, backbone, cpu, workers=0, grid=2, pooled_cache=pooled_cache)
     again, stats = embed_items(items, backbone, cpu, workers=0, cache=pooled_cache)
     assert stats.computed == 0  # the token pass left the pooled vectors for the global asset

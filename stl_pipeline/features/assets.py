@@ -173,8 +173,8 @@ class ContextConfig(dg.Config):
     view's last feature map is pooled to; ``benchmarks/ctl_context.py`` compares them on
     validation."""
 
-    source: str = "largest"
-    grid: int = 2
+    source: str = "items"
+    grid: int = 1
 
 
 @_asset()

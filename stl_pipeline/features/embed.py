@@ -212,8 +212,13 @@ def embed_items(
     be one of rows that wide, and the pooled vector the same pass gives goes to
     ``pooled_cache``: an asset that embeds the same views finds it there.
 
+    A 1 x 1 grid is the pooled vector itself (the head's average pool): it is read from
+    and written to ``pooled_cache``, where the crops other assets embed already are.
+
     Cached and new vectors go straight into the result's rows: one copy of the
     vectors is held, whatever the size of the run."""
+    if grid == 1:
+        return embed_items(items, backbone, device, precision, batch_size, workers, pooled_cache, progress)
     rows_of: dict[str, list[int]] = {}
     for row, item in enumerate(items):
         rows_of.setdefault(item.cache_key, []).append(row)

@@ -77,10 +77,16 @@ def query_items(pairs: pd.DataFrame, scene_manifest: pd.DataFrame, kind: str) ->
 def context_items(pairs: pd.DataFrame, scene_manifest: pd.DataFrame, source: str) -> list[ImageItem]:
     """The views of each pair's scene that its Complete-the-Look context tokens come from
     (``regions.context_views``), keyed ``<pair id>/<view>``; none for a pair without context."""
+    boxes: dict[str, list[tuple]] = {}
+    if source == "items":
+        for scene, *bbox in pairs[["scene", *BBOX]].itertuples(index=False, name=None):
+            boxes.setdefault(scene, []).append(tuple(bbox))
     return [
         ImageItem(key=f"{pair_id}/{view}", signature=scene, path=path, sha256=sha, box=box, mask=mask)
         for pair_id, bbox, scene, path, sha, width, height in _scenes_of(pairs, scene_manifest)
-        for view, (box, mask) in enumerate(context_views(bbox, width, height, source))
+        for view, (box, mask) in enumerate(
+            context_views(bbox, width, height, source, tuple(boxes.get(scene, ())))
+        )
     ]
 
 
