@@ -8,7 +8,8 @@ and prints validation and test CTL MRR and HR@10 (same-category pool, popularity
 fitted) against the global vector alone (``none``). The asset's default is the row with
 the best validation MRR; the test columns only show what that choice is worth.
 
-On a generated dataset, the ``style probe`` column says how much each context can tell at
+On a generated dataset, the first line says what the scene's other garments can tell at
+best (``garments_vote``), and the ``style probe`` column how much each context tells at
 all: the accuracy of a logistic regression from a query's features (the global vector and
 its context tokens) to its scene's latent style, fitted on train pairs and scored on the
 others. It bounds what any query encoder over these frozen features can reach.
@@ -85,14 +86,41 @@ def style_probe(pairs: pd.DataFrame, ctl: Embeddings, context: Embeddings | None
     return f"{probe.score(x[~train], y[~train]):.3f}"
 
 
+def garments_vote(graph, pairs: pd.DataFrame) -> str:
+    """Test CTL HR@10 (same-category pool) of ranking the products of the style most of
+    the scene's other garments have first, by train popularity: what perfect recognition
+    of what the scene shows can reach, against the oracle, which knows the scene's own
+    style. Empty without the generator's ground truth."""
+    path = load_settings().pairs_path.parent / STYLES_FILE
+    if not path.is_file():
+        return ""
+    truth = json.loads(path.read_text())
+    style = pairs["product"].map(truth["products"])
+    popularity = pairs.loc[pairs["split"] == "train", "product"].value_counts()
+    catalogue = pd.Series(graph["product"].category.numpy(), index=graph["product"].ids)
+    category = pairs["product"].map(catalogue)
+    hits = []
+    for row in pairs[pairs["split"] == "test"].itertuples():
+        seen = style[(pairs["scene"] == row.scene) & (pairs["pair_id"] != row.pair_id)]
+        voted = seen.mode().min() if len(seen) else -1
+        pool = catalogue.index[catalogue == category[row.Index]]
+        key = pd.DataFrame(
+            {"same": [truth["products"][p] == voted for p in pool], "n": popularity.reindex(pool).fillna(0)}
+        )
+        ranked = key.sort_values(["same", "n"], ascending=False, kind="stable").index
+        hits.append(row.product in ranked[:10])
+    return f"{np.mean(hits):.3f}"
+
+
 def scores(model, graph, queries, task: str = "ctl") -> tuple[float, float]:
     """MRR and HR@10 of ``task`` over the same-category pool, with the model's fitted prior."""
     model.eval()
     with torch.no_grad():
         q = queries[task]
+        products = model.products(graph)
         (ranks,) = ranks_in_category(
-            model.encode(q, task),
-            model.products(graph),
+            model.encode(q, task, products, graph),
+            products,
             q.product,
             graph["product"].category,
             [model.popularity_bias(graph, task)],
@@ -114,6 +142,8 @@ def main() -> None:
     pairs = pd.read_parquet(asset_path(data_dir, "stl_pairs"))
     queries = {task: read_embeddings(data_dir, name) for task, name in QUERY_ASSETS.items()}
     specs = {spec.kind: spec for spec in MODELS}
+    vote = garments_vote(graph, pairs) or "no ground truth"
+    print(f"test CTL HR@10 of the other garments' style vote: {vote}")
     rows = []
     for choice in args.sources.split(","):
         source, _, grid = choice.partition(":")

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.models.context import ContextAttention
+from stl_pipeline.models.context import CatalogueRead, ContextAttention, worn_with
 from stl_pipeline.models.encoders import HeteroEncoder
 from stl_pipeline.models.heads import Projection, TripletHead
 from stl_pipeline.models.losses import (
@@ -210,7 +210,7 @@ def test_context_attention_weighs_tokens_by_the_category_it_completes() -> None:
     assert not torch.allclose(weights[0], weights[1])  # another category, another attention
     padded = attention.weights(tokens, torch.tensor([0, 0]))
     assert padded[1, 2] == 0 and torch.isclose(padded[1].sum(), torch.tensor(1.0))
-    empty = attention(torch.zeros(1, 3, 6), torch.tensor([0]))
+    empty = attention(torch.zeros(1, 3, 6), torch.tensor([0]), torch.zeros(0, 4), HeteroData())
     assert torch.equal(empty, torch.zeros(1, 4))  # nothing to attend over: nothing added
 
 
@@ -222,14 +222,54 @@ def test_a_context_model_reads_context_tokens_for_complete_the_look_only() -> No
     x, product = torch.randn(4, 6), torch.arange(4)
     category = graph["product"].category[product]
     tokens = torch.randn(4, 2, 6)
-    ctl = model.encode(Queries(x, product, category, tokens), "ctl")
+    products = model.products(graph)
+    ctl = model.encode(Queries(x, product, category, tokens), "ctl", products, graph)
     assert torch.allclose(ctl.norm(dim=1), torch.ones(4))
-    other = model.encode(Queries(x, product, category, tokens.flip(0)), "ctl")
+    other = model.encode(Queries(x, product, category, tokens.flip(0)), "ctl", products, graph)
     assert not torch.allclose(ctl, other)  # the tokens change the query
-    stl = model.encode(Queries(x, product), "stl")
+    stl = model.encode(Queries(x, product), "stl", products, graph)
     assert torch.equal(stl, model.queries(x, "stl"))
     with pytest.raises(ValueError, match="ctl_scene_context"):
-        model.encode(Queries(x, product), "ctl")
+        model.encode(Queries(x, product), "ctl", products, graph)
+
+
+def test_worn_with_is_the_mean_of_the_products_a_product_shares_scenes_with() -> None:
+    products = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [5.0, 5.0]])
+    graph = HeteroData()
+    graph["product", "co_occurs", "product"].edge_index = torch.tensor([[0, 0, 1, 2], [1, 2, 0, 0]])
+    expected = torch.tensor([[0.5, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # 3 shares no scene
+    assert torch.equal(worn_with(products, graph), expected)
+
+
+def test_catalogue_read_returns_what_the_recognized_product_is_worn_with() -> None:
+    products = torch.eye(4)
+    worn = torch.arange(8.0).reshape(4, 2)
+    read = CatalogueRead(torch.nn.Identity(), k=3, temperature=1000.0)
+    tokens = torch.tensor([[0.1, 0.9, 0.05, 0.0], [0.0, 0.0, 0.2, 0.1]])  # most like products 1 and 2
+    assert torch.allclose(read(tokens, products, worn), worn[[1, 2]])
+    read.temperature.data.fill_(0.0)  # no preference: the mean over the k nearest
+    assert torch.allclose(read(tokens[:1], products, worn), worn[[1, 0, 2]].mean(0, keepdim=True))
+    assert read(tokens[:0], products, worn).shape == (0, 2)
+
+
+def test_a_catalogue_model_reads_the_graphs_co_occurrences() -> None:
+    graph = tiny_graph()
+    config = TrainConfig(kind="gat", hidden=16, out_dim=8, context=True, context_values="catalogue")
+    with pytest.raises(ValueError, match="co_occurs"):
+        build_model(schema(graph), 6, config)
+    co_occurs = ("product", "co_occurs", "product")
+    graph[co_occurs].edge_index = torch.tensor([[0, 1, 2, 3], [1, 0, 3, 2]])
+    torch.manual_seed(0)
+    model = build_model(schema(graph), 6, config).eval()
+    x, product = torch.randn(4, 6), torch.arange(4)
+    queries = Queries(x, product, graph["product"].category[product], torch.randn(4, 2, 6))
+    with torch.no_grad():
+        products = model.products(graph)
+        before = model.encode(queries, "ctl", products, graph)
+        rewired = graph.clone()
+        rewired[co_occurs].edge_index = torch.tensor([[0, 2, 1, 3], [2, 0, 3, 1]])
+        after = model.encode(queries, "ctl", products, rewired)
+    assert not torch.allclose(before, after)  # other partners, another query
 
 
 def test_gat_attention_reads_edge_features_when_asked() -> None:

@@ -97,7 +97,11 @@ def vector_methods(
             products = model.products(graph)
             bias = {task: model.popularity_bias(graph, task) for task in TASKS}
         methods[method] = VectorMethod(
-            products, lambda task, queries, model=model: model.encode(queries, task), bias
+            products,
+            lambda task, queries, model=model, products=products: model.encode(
+                queries, task, products, graph
+            ),
+            bias,
         )
     return methods
 

@@ -5,6 +5,13 @@ the missing one. The scene's context tokens (backbone feature-map cells of the s
 without the product, ``features/assets.py``) are weighted by an attention whose query is
 the category being completed, since what matters for shoes is not what matters for a
 bag, and their weighted sum is added to the projection of the global vector.
+
+A token's value is either a linear map of the token, or, with ``CatalogueRead``, what the
+graph knows of the product the token shows. When the tokens are the scene's other
+garments (``regions.CONTEXT_SOURCES``, ``items``), one garment's pixels say little of what
+goes with it; the train scenes its product appears in say a lot. So each token is
+recognized in the catalogue, and its value is the mean vector of the products that
+product shares a train scene with.
 """
 
 import math
@@ -12,6 +19,46 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch_geometric.data import HeteroData
+
+from stl_pipeline.graph.schema import CO_OCCURS
+
+
+def worn_with(products: torch.Tensor, graph: HeteroData) -> torch.Tensor:
+    """(P, d) the mean vector of the products each product shares a train scene with
+    (``stl_graph``'s ``co_occurs`` edges); zeros for a product that shares none."""
+    source, target = graph[CO_OCCURS].edge_index
+    partners = torch.bincount(source, minlength=len(products)).clamp(min=1).to(products.dtype)
+    return products.new_zeros(products.shape).index_add(0, source, products[target]) / partners[:, None]
+
+
+class CatalogueRead(nn.Module):
+    """(N, d) tokens to (N, out_dim): what the products each token shows are worn with.
+
+    Each token, through ``recognize`` (the STL query head, trained to find a crop's
+    product), matches its ``k`` nearest product vectors; their ``worn_with`` vectors,
+    softmax-weighted by the match, are its value. On validation a learned map after the
+    read did worse than none (benchmarks/ctl_context.py). The nearest are found without
+    gradients, a block of tokens at a time, so memory grows with N * k, not N * P."""
+
+    BLOCK = 4096  # tokens scored against the whole catalogue at once
+
+    def __init__(self, recognize: nn.Module, k: int = 32, temperature: float = 20.0) -> None:
+        super().__init__()
+        self.recognize = recognize
+        self.k = k
+        self.temperature = nn.Parameter(torch.tensor(temperature))
+
+    def forward(self, tokens: torch.Tensor, products: torch.Tensor, worn: torch.Tensor) -> torch.Tensor:
+        seen = self.recognize(tokens)
+        k = min(self.k, len(products))
+        with torch.no_grad():
+            blocks = [
+                (block @ products.T).topk(k, dim=1).indices for block in seen.detach().split(self.BLOCK)
+            ]
+        nearest = torch.cat(blocks) if blocks else torch.zeros(0, k, dtype=torch.long, device=tokens.device)
+        match = torch.einsum("nd,nkd->nk", seen, products[nearest])
+        return torch.einsum("nk,nkd->nd", F.softmax(self.temperature * match, dim=1), worn[nearest])
 
 
 class ContextAttention(nn.Module):
@@ -19,15 +66,27 @@ class ContextAttention(nn.Module):
     the tokens' values. Zero rows are padding and get no weight; a query without tokens
     gets zeros."""
 
-    def __init__(self, dim: int, categories: int, out_dim: int, hidden: int = 128) -> None:
+    def __init__(
+        self, dim: int, categories: int, out_dim: int, hidden: int = 128, read: CatalogueRead | None = None
+    ) -> None:
         super().__init__()
         self.keys = nn.Linear(dim, hidden)
-        self.values = nn.Linear(dim, out_dim)
+        self.values = read if read is not None else nn.Linear(dim, out_dim)
         self.category = nn.Embedding(categories, hidden)
         self.scale = 1 / math.sqrt(hidden)
 
-    def forward(self, tokens: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("qt,qto->qo", self.weights(tokens, category), self.values(tokens))
+    def forward(
+        self, tokens: torch.Tensor, category: torch.Tensor, products: torch.Tensor, graph: HeteroData
+    ) -> torch.Tensor:
+        """``products``: ``products(graph)``, which a ``CatalogueRead`` reads."""
+        weights = self.weights(tokens, category)
+        if not isinstance(self.values, CatalogueRead):
+            return torch.einsum("qt,qto->qo", weights, self.values(tokens))
+        present = weights > 0
+        read = self.values(tokens[present], products, worn_with(products, graph))
+        weighted = weights[present, None] * read
+        empty = weighted.new_zeros(len(tokens), weighted.shape[1])
+        return empty.index_add(0, present.nonzero()[:, 0], weighted)
 
     def weights(self, tokens: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         """(Q, T) the attention of each query over its tokens."""

@@ -13,7 +13,7 @@ a category-conditioned attention over the scene's context tokens
 (``models/context.py``) when it is built with them.
 ``TripletRecommender`` is the seed projects' baseline: one triplet head over
 frozen features for queries and products alike, with no message passing.
-All expose ``products(graph)``, ``encode(queries, task)`` and
+All expose ``products(graph)``, ``encode(queries, task, products, graph)`` and
 ``popularity_bias(graph, task)``, so training and evaluation treat them the same.
 """
 
@@ -22,13 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.graph.schema import CONTAINS
-from stl_pipeline.models.context import ContextAttention
+from stl_pipeline.graph.schema import CO_OCCURS, CONTAINS
+from stl_pipeline.models.context import CatalogueRead, ContextAttention
 from stl_pipeline.models.encoders import EdgeType, HeteroEncoder, Kind
 from stl_pipeline.models.heads import Projection, TripletHead
 from stl_pipeline.models.queries import Queries
 
 TASKS = ("stl", "ctl")
+CONTEXT_VALUES = ("linear", "catalogue")
 
 
 def log_popularity(data: HeteroData) -> torch.Tensor:
@@ -66,8 +67,9 @@ class _Scored(nn.Module):
     def queries(self, x: torch.Tensor, task: str) -> torch.Tensor:
         raise NotImplementedError
 
-    def encode(self, queries: Queries, task: str) -> torch.Tensor:
-        """(Q, out_dim) unit query vectors of ``task``."""
+    def encode(self, queries: Queries, task: str, products: torch.Tensor, graph: HeteroData) -> torch.Tensor:
+        """(Q, out_dim) unit query vectors of ``task``; ``products`` (``products(graph)``) and
+        ``graph`` are what a CTL query that reads the catalogue (``CatalogueRead``) reads."""
         return self.queries(queries.x, task)
 
     def popularity_bias(self, data: HeteroData, task: str) -> torch.Tensor:
@@ -97,9 +99,13 @@ class GraphRecommender(_Scored):
         categories: int = 0,
         edge_dims: dict[EdgeType, int] | None = None,
         visual_skip: bool = False,
+        context_values: str = "linear",
     ) -> None:
         """``categories`` > 0 gives the CTL query the context attention over that many
-        product categories; its tokens have ``query_dim`` columns, like the global vector."""
+        product categories; its tokens have ``query_dim`` columns, like the global vector.
+        ``context_values`` is what a token adds: a ``linear`` map of it, or, read from the
+        ``catalogue``, what the product it shows is worn with (``CatalogueRead``; it needs
+        ``co_occurs`` edges)."""
         super().__init__()
         self.prior = PopularityPrior() if popularity_prior else None
         self.encoder = HeteroEncoder(node_dims, edge_types, kind, hidden, layers, heads, dropout, edge_dims)
@@ -107,7 +113,14 @@ class GraphRecommender(_Scored):
         self.query_heads = nn.ModuleDict(
             {task: Projection(query_dim, out_dim, hidden=hidden, dropout=dropout) for task in TASKS}
         )
-        self.context = ContextAttention(query_dim, categories, out_dim, hidden) if categories else None
+        if context_values not in CONTEXT_VALUES:
+            raise ValueError(f"context_values {context_values!r}: use one of {', '.join(CONTEXT_VALUES)}")
+        read = None
+        if context_values == "catalogue":
+            if categories and CO_OCCURS not in edge_types:
+                raise ValueError("context_values catalogue reads co_occurs edges: build stl_graph with them")
+            read = CatalogueRead(self.query_heads["stl"])
+        self.context = ContextAttention(query_dim, categories, out_dim, hidden, read) if categories else None
         # The frozen visual vector through its own tower, added to the graph's product vector.
         self.visual = Projection(query_dim, out_dim, hidden=512, dropout=dropout) if visual_skip else None
 
@@ -123,7 +136,7 @@ class GraphRecommender(_Scored):
     def queries(self, x: torch.Tensor, task: str) -> torch.Tensor:
         return self.query_heads[task](x)
 
-    def encode(self, queries: Queries, task: str) -> torch.Tensor:
+    def encode(self, queries: Queries, task: str, products: torch.Tensor, graph: HeteroData) -> torch.Tensor:
         if task != "ctl" or self.context is None:
             return self.queries(queries.x, task)
         if queries.context is None or queries.category is None:
@@ -132,7 +145,7 @@ class GraphRecommender(_Scored):
                 "and the category each query completes"
             )
         head = self.query_heads[task].net(queries.x)
-        return F.normalize(head + self.context(queries.context, queries.category), dim=-1)
+        return F.normalize(head + self.context(queries.context, queries.category, products, graph), dim=-1)
 
 
 class _OnFrozenVectors(_Scored):

@@ -52,6 +52,11 @@ class TrainConfig:
     context: bool = knob(
         False, "Graph models: the CTL query attends over ctl_scene_context by the category it completes."
     )
+    context_values: str = knob(
+        "linear",
+        "Graph models: what a context token adds to the CTL query: a linear map of it, or "
+        "catalogue, the graph's vectors of the products it shows (models/context.py).",
+    )
     visual_skip: bool = knob(
         False, "Graph models: add the frozen visual vector's own tower to each product vector."
     )

@@ -51,7 +51,7 @@ def validation_mrr(model: Recommender, graph: HeteroData, val: dict[str, Queries
         result = {}
         for task, queries in val.items():
             bias = model.popularity_bias(graph, task)
-            vectors = model.encode(queries, task)
+            vectors = model.encode(queries, task, products, graph)
             (ranks,) = ranks_in_category(vectors, products, queries.product, category, [bias])
             result[f"val_mrr_{task}"] = mrr(ranks)
     model.train()
@@ -75,7 +75,7 @@ def fit_popularity_prior(model: Recommender, graph: HeteroData, val: dict[str, Q
             category = graph["product"].category
             for task, queries in val.items():
                 biases = [log_pop * w for w in PRIOR_WEIGHTS]
-                vectors = model.encode(queries, task)
+                vectors = model.encode(queries, task, products, graph)
                 ranks = ranks_in_category(vectors, products, queries.product, category, biases)
                 found = [mrr(r) for r in ranks]
                 # max() keeps the first of equals, and the candidates rise from 0
@@ -261,7 +261,7 @@ def train(
                             sampler,
                             config.shared_negatives,
                         ).to(products.device)
-                        predicted = model.encode(queries.rows(chosen), task).float()
+                        predicted = model.encode(queries.rows(chosen), task, products, graph).float()
                         loss = loss + loss_fn(predicted, products, positives, negatives, **corrections[task])
                 if not torch.isfinite(loss):
                     raise NonFiniteLoss(

@@ -61,6 +61,7 @@ def build_model(shape: GraphSchema, query_dim: int, config: TrainConfig) -> Reco
         categories=len(LEAVES) if config.context else 0,
         edge_dims=shape.edge_dims if config.edge_features else None,
         visual_skip=config.visual_skip,
+        context_values=config.context_values,
     )
 
 
