@@ -57,8 +57,9 @@ def tokens(source: str, grid: int, pairs: pd.DataFrame, data_dir: Path) -> Embed
     )
     backbone = load_backbone(spec)
     items = context_items(pairs, pd.read_parquet(asset_path(data_dir, "scene_images")), source)
-    cache = EmbeddingCache(data_dir / "cache" / f"tokens-{grid}", backbone)
-    views, _ = embed_items(items, backbone, torch.device("cpu"), cache=cache, grid=grid)
+    pooled = EmbeddingCache(data_dir / "cache" / "embeddings", backbone)
+    cache = EmbeddingCache(data_dir / "cache" / f"tokens-{grid}", backbone) if grid > 1 else pooled
+    views, _ = embed_items(items, backbone, torch.device("cpu"), cache=cache, grid=grid, pooled_cache=pooled)
     return Embeddings(
         token_keys(items, grid * grid),
         views.vectors.reshape(-1, views.dim // grid**2),

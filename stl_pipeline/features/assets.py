@@ -42,6 +42,7 @@ def _embed(
         context.log.warning(f"{torch_device.precision} autocast applies on CUDA only; {device} runs fp32")
     model = backbone.load()
     context.log.info(f"{name}: {len(items)} images with {model.spec.model} ({model.weights_id}) on {device}")
+    pooled = EmbeddingCache(stl_files.path("cache", "embeddings"), model)
     embeddings, stats = embed_items(
         items,
         model,
@@ -49,10 +50,10 @@ def _embed(
         precision,
         batch_size=torch_device.batch_size,
         workers=torch_device.loader_workers(),
-        cache=EmbeddingCache(stl_files.path("cache", f"tokens-{grid}" if grid else "embeddings"), model),
+        cache=EmbeddingCache(stl_files.path("cache", f"tokens-{grid}"), model) if grid > 1 else pooled,
         progress=lambda done, total: context.log.debug(f"{name}: {done}/{total}"),
         grid=grid,
-        pooled_cache=EmbeddingCache(stl_files.path("cache", "embeddings"), model) if grid else None,
+        pooled_cache=pooled if grid else None,
     )
     metadata = {
         "model": model.spec.model,
