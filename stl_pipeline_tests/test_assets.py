@@ -48,12 +48,12 @@ def run(
     return result, settings.data_dir
 
 
-def lineage_job() -> dg.JobDefinition:
-    """The full job, from the definitions the environment gives now. Its own reconstructable
-    target: Dagster caches a target's job in the process, and the demo's must not be this one."""
-    from stl_pipeline.orchestration import stl_full_pipeline
+def retrain_job() -> dg.JobDefinition:
+    """The retraining job, from the definitions the environment gives now. Its own
+    reconstructable target: Dagster caches a target's job in the process."""
+    from stl_pipeline.orchestration import stl_retrain
 
-    return build_definitions(load_settings()).resolve_job_def(stl_full_pipeline.name)
+    return build_definitions(load_settings()).resolve_job_def(stl_retrain.name)
 
 
 def metadata(result: dg.ExecuteInProcessResult | dg.JobExecutionResult, asset: str) -> dict:
@@ -207,8 +207,10 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
 def test_training_and_report_materialize_and_track_runs_in_mlflow(
     tmp_path: Path, small_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The full job through Dagster's multiprocess executor on an instance without pool limits,
-    so the four training steps start together on a fresh MLflow store."""
+    """The retraining job through Dagster's multiprocess executor on an instance without pool
+    limits, so the four training steps start together on a fresh MLflow store. What it reads
+    is materialized in process first: a spawned step starts a Python of its own, and the
+    upstream steps would only add start-ups."""
     environ = generated_environ(tmp_path, small_dataset)
     for name, value in environ.items():  # the step processes load the definitions from these
         monkeypatch.setenv(name, value)
@@ -227,9 +229,11 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
         # test that started it
         "execution": {"config": {"multiprocess": {"max_concurrent": 4, "start_method": {"spawn": {}}}}},
     }
+    upstream, _ = run(environ, groups=("ingest", "images", "features"))
+    assert upstream.success
     with dg.instance_for_test() as instance:
         result = dg.execute_job(
-            dg.reconstructable(lineage_job),
+            dg.reconstructable(retrain_job),
             instance,
             run_config=run_config,
             tags=ALL_PARTITIONS,
@@ -245,7 +249,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     running_together = [s for s in training if started[s] < min(ended.values())]
     assert len(running_together) >= 3, (started, ended)
 
-    evaluated = checks(result)
+    evaluated = checks(upstream) | checks(result)
     # Six epochs leave the learned embeddings bunched together: the warning may fire here.
     blocking = {k: v for k, v in evaluated.items() if k != "embedding_report_not_collapsed"}
     assert len(evaluated) == 45 and all(blocking.values()), evaluated
@@ -268,24 +272,24 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     runs = client.search_runs([experiment.experiment_id])
     assert {r.data.tags["asset"] for r in runs} == {"gat_model", "sage_model", "triplet_head", "two_tower"}
     test_rows = report[report["split"] == "test"].set_index(["method", "task", "pool"])
-    for run in runs:
-        assert run.data.tags["dagster_run_id"] == result.run_id and run.info.status == "FINISHED"
-        assert run.data.params["epochs"] == "6" and "val_mrr" in run.data.metrics
-        assert len(client.get_metric_history(run.info.run_id, "loss")) == 6
-        assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {
+    for tracked in runs:
+        assert tracked.data.tags["dagster_run_id"] == result.run_id and tracked.info.status == "FINISHED"
+        assert tracked.data.params["epochs"] == "6" and "val_mrr" in tracked.data.metrics
+        assert len(client.get_metric_history(tracked.info.run_id, "loss")) == 6
+        assert {a.path for a in client.list_artifacts(tracked.info.run_id, "checkpoint")} == {
             "checkpoint/best.pt",
             "checkpoint/config.json",
         }
-        assert {a.path for a in client.list_artifacts(run.info.run_id, "reports")} == {
+        assert {a.path for a in client.list_artifacts(tracked.info.run_id, "reports")} == {
             f"reports/{name}.{ext}"
             for name in ("retrieval_report", "embedding_report")
             for ext in ("csv", "md")
         }
-        assert "training_curves.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
-        method = {spec.asset: spec.method for spec in MODELS}[run.data.tags["asset"]]
-        logged = run.data.metrics["test_ctl_same_category_hr_at_10"]
+        assert "training_curves.png" in {a.path for a in client.list_artifacts(tracked.info.run_id)}
+        method = {spec.asset: spec.method for spec in MODELS}[tracked.data.tags["asset"]]
+        logged = tracked.data.metrics["test_ctl_same_category_hr_at_10"]
         assert logged == pytest.approx(test_rows.loc[(method, "ctl", "same_category"), "HR@10"])
-        assert "embedding_mean_pairwise_cosine" in run.data.metrics
+        assert "embedding_mean_pairwise_cosine" in tracked.data.metrics
     assert {r.data.tags["asset"]: r.data.params["lr"] for r in runs} == {
         "gat_model": "0.001",
         "sage_model": "0.01",

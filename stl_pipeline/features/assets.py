@@ -1,5 +1,7 @@
 """Assets of the ``features`` group: backbone embeddings of images and scene queries, and their checks."""
 
+import warnings
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -87,16 +89,20 @@ def _split(
 def _asset(name: str | None = None, description: str | None = None):
     """A partitioned embedding asset: a backfill runs one partition per run, side by side in
     the run queue and one at a time on the GPU pool; a run over ``ALL_PARTITIONS`` does all."""
-    return dg.asset(
-        name=name,
-        group_name=GROUP,
-        pool=GPU_POOL,
-        op_tags=GPU_STEP_TAGS,
-        io_manager_key=IO,
-        description=description,
-        partitions_def=EMBEDDING_PARTITIONS,
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
-    )
+    with warnings.catch_warnings():
+        # Dagster marks backfill_policy beta; the deployment test runs such a backfill. Without
+        # this, every step process of a run prints the warning once per embedding asset.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.asset(
+            name=name,
+            group_name=GROUP,
+            pool=GPU_POOL,
+            op_tags=GPU_STEP_TAGS,
+            io_manager_key=IO,
+            description=description,
+            partitions_def=EMBEDDING_PARTITIONS,
+            backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+        )
 
 
 @_asset(description="Backbone embedding of every product image on disk, keyed by signature.")
