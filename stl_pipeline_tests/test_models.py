@@ -241,6 +241,20 @@ def test_worn_with_is_the_mean_of_the_products_a_product_shares_scenes_with() ->
     assert torch.equal(worn_with(products, graph), expected)
 
 
+def test_worn_with_by_category_is_the_mean_of_the_partners_in_that_category() -> None:
+    products = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [5.0, 5.0]])
+    graph = HeteroData()
+    graph["product"].category = torch.tensor([0, 1, 1, 0])
+    graph["product", "co_occurs", "product"].edge_index = torch.tensor([[0, 0, 0, 1], [1, 2, 3, 0]])
+    worn = worn_with(products, graph, categories=2)
+    assert worn.shape == (8, 2)
+    everyone = products[1:].mean(0)  # product 0's partners, shrunk toward with one pseudo-partner
+    assert torch.allclose(worn[0 * 2 + 0], (products[3] + everyone) / 2)  # its partner in category 0
+    assert torch.allclose(worn[0 * 2 + 1], (products[1] + products[2] + everyone) / 3)
+    assert torch.allclose(worn[1 * 2 + 1], products[0])  # never seen with category 1: all its partners
+    assert torch.equal(worn[2 * 2 : 4 * 2], torch.zeros(4, 2))  # no partners at all
+
+
 def test_catalogue_read_returns_what_the_recognized_product_is_worn_with() -> None:
     products = torch.eye(4)
     worn = torch.arange(8.0).reshape(4, 2)
@@ -250,11 +264,15 @@ def test_catalogue_read_returns_what_the_recognized_product_is_worn_with() -> No
     read.temperature.data.fill_(0.0)  # no preference: the mean over the k nearest
     assert torch.allclose(read(tokens[:1], products, worn), worn[[1, 0, 2]].mean(0, keepdim=True))
     assert read(tokens[:0], products, worn).shape == (0, 2)
+    by_category = torch.arange(16.0).reshape(8, 2)  # rows product * 2 + category
+    read.temperature.data.fill_(1000.0)
+    assert torch.allclose(read(tokens, products, by_category, torch.tensor([1, 0])), by_category[[3, 4]])
 
 
-def test_a_catalogue_model_reads_the_graphs_co_occurrences() -> None:
+@pytest.mark.parametrize("values", ["catalogue", "catalogue_category"])
+def test_a_catalogue_model_reads_the_graphs_co_occurrences(values: str) -> None:
     graph = tiny_graph()
-    config = TrainConfig(kind="gat", hidden=16, out_dim=8, context=True, context_values="catalogue")
+    config = TrainConfig(kind="gat", hidden=16, out_dim=8, context=True, context_values=values)
     with pytest.raises(ValueError, match="co_occurs"):
         build_model(schema(graph), 6, config)
     co_occurs = ("product", "co_occurs", "product")

@@ -11,7 +11,8 @@ graph knows of the product the token shows. When the tokens are the scene's othe
 garments (``regions.CONTEXT_SOURCES``, ``items``), one garment's pixels say little of what
 goes with it; the train scenes its product appears in say a lot. So each token is
 recognized in the catalogue, and its value is the mean vector of the products that
-product shares a train scene with.
+product shares a train scene with, in the category being completed (``catalogue_category``)
+or in any (``catalogue``).
 """
 
 import math
@@ -24,12 +25,24 @@ from torch_geometric.data import HeteroData
 from stl_pipeline.graph.schema import CO_OCCURS
 
 
-def worn_with(products: torch.Tensor, graph: HeteroData) -> torch.Tensor:
+def worn_with(products: torch.Tensor, graph: HeteroData, categories: int = 0) -> torch.Tensor:
     """(P, d) the mean vector of the products each product shares a train scene with
-    (``stl_graph``'s ``co_occurs`` edges); zeros for a product that shares none."""
+    (``stl_graph``'s ``co_occurs`` edges); zeros for a product that shares none.
+
+    With ``categories``, (P * categories, d): row ``p * categories + c`` is the mean of
+    p's partners in category c, shrunk toward the mean of all its partners by one
+    pseudo-partner, so that a product never seen with category c still says what it is
+    worn with."""
     source, target = graph[CO_OCCURS].edge_index
     partners = torch.bincount(source, minlength=len(products)).clamp(min=1).to(products.dtype)
-    return products.new_zeros(products.shape).index_add(0, source, products[target]) / partners[:, None]
+    worn = products.new_zeros(products.shape).index_add(0, source, products[target]) / partners[:, None]
+    if not categories:
+        return worn
+    rows = source * categories + graph["product"].category[target]
+    total = products.new_zeros(len(products) * categories, products.shape[1])
+    total = total.index_add(0, rows, products[target])
+    seen = torch.bincount(rows, minlength=len(total)).to(products.dtype)
+    return (total + worn.repeat_interleave(categories, dim=0)) / (seen + 1)[:, None]
 
 
 class CatalogueRead(nn.Module):
@@ -37,19 +50,31 @@ class CatalogueRead(nn.Module):
 
     Each token, through ``recognize`` (the STL query head, trained to find a crop's
     product), matches its ``k`` nearest product vectors; their ``worn_with`` vectors,
-    softmax-weighted by the match, are its value. On validation a learned map after the
-    read did worse than none (benchmarks/ctl_context.py). The nearest are found without
-    gradients, a block of tokens at a time, so memory grows with N * k, not N * P."""
+    softmax-weighted by the match, are its value. ``by_category``: the ``worn_with`` rows
+    of the category each token's query completes (``category``), since a pair of trousers
+    says which shoes go with it and the mean over all its partners mixes in tops and bags.
+    On validation a learned map after the read did worse than none, and so did k = 8
+    (benchmarks/ctl_context.py). The nearest are found without gradients, a block of tokens
+    at a time, so memory grows with N * k, not N * P."""
 
     BLOCK = 4096  # tokens scored against the whole catalogue at once
 
-    def __init__(self, recognize: nn.Module, k: int = 32, temperature: float = 20.0) -> None:
+    def __init__(
+        self, recognize: nn.Module, k: int = 32, temperature: float = 20.0, by_category: bool = False
+    ) -> None:
         super().__init__()
         self.recognize = recognize
         self.k = k
         self.temperature = nn.Parameter(torch.tensor(temperature))
+        self.by_category = by_category
 
-    def forward(self, tokens: torch.Tensor, products: torch.Tensor, worn: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        products: torch.Tensor,
+        worn: torch.Tensor,
+        category: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         seen = self.recognize(tokens)
         k = min(self.k, len(products))
         with torch.no_grad():
@@ -58,6 +83,8 @@ class CatalogueRead(nn.Module):
             ]
         nearest = torch.cat(blocks) if blocks else torch.zeros(0, k, dtype=torch.long, device=tokens.device)
         match = torch.einsum("nd,nkd->nk", seen, products[nearest])
+        if category is not None:
+            nearest = nearest * (len(worn) // len(products)) + category[:, None]
         return torch.einsum("nk,nkd->nd", F.softmax(self.temperature * match, dim=1), worn[nearest])
 
 
@@ -83,7 +110,12 @@ class ContextAttention(nn.Module):
         if not isinstance(self.values, CatalogueRead):
             return torch.einsum("qt,qto->qo", weights, self.values(tokens))
         present = weights > 0
-        read = self.values(tokens[present], products, worn_with(products, graph))
+        if self.values.by_category:
+            categories = self.category.num_embeddings
+            target = category[:, None].expand_as(present)[present]
+            read = self.values(tokens[present], products, worn_with(products, graph, categories), target)
+        else:
+            read = self.values(tokens[present], products, worn_with(products, graph))
         weighted = weights[present, None] * read
         empty = weighted.new_zeros(len(tokens), weighted.shape[1])
         return empty.index_add(0, present.nonzero()[:, 0], weighted)

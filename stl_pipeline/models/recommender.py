@@ -29,7 +29,7 @@ from stl_pipeline.models.heads import Projection, TripletHead
 from stl_pipeline.models.queries import Queries
 
 TASKS = ("stl", "ctl")
-CONTEXT_VALUES = ("linear", "catalogue")
+CONTEXT_VALUES = ("linear", "catalogue", "catalogue_category")
 
 
 def log_popularity(data: HeteroData) -> torch.Tensor:
@@ -116,10 +116,10 @@ class GraphRecommender(_Scored):
         if context_values not in CONTEXT_VALUES:
             raise ValueError(f"context_values {context_values!r}: use one of {', '.join(CONTEXT_VALUES)}")
         read = None
-        if context_values == "catalogue":
+        if context_values.startswith("catalogue"):
             if categories and CO_OCCURS not in edge_types:
                 raise ValueError("context_values catalogue reads co_occurs edges: build stl_graph with them")
-            read = CatalogueRead(self.query_heads["stl"])
+            read = CatalogueRead(self.query_heads["stl"], by_category=context_values == "catalogue_category")
         self.context = ContextAttention(query_dim, categories, out_dim, hidden, read) if categories else None
         # The frozen visual vector through its own tower, added to the graph's product vector.
         self.visual = Projection(query_dim, out_dim, hidden=512, dropout=dropout) if visual_skip else None

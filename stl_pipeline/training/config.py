@@ -54,8 +54,9 @@ class TrainConfig:
     )
     context_values: str = knob(
         "linear",
-        "Graph models: what a context token adds to the CTL query: a linear map of it, or "
-        "catalogue, the graph's vectors of the products it shows (models/context.py).",
+        "Graph models: what a context token adds to the CTL query: a linear map of it; catalogue, "
+        "what the products it shows are worn with; catalogue_category, the same in the category "
+        "being completed (models/context.py).",
     )
     visual_skip: bool = knob(
         False, "Graph models: add the frozen visual vector's own tower to each product vector."
