@@ -54,8 +54,9 @@ class CatalogueRead(nn.Module):
     of the category each token's query completes (``category``), since a pair of trousers
     says which shoes go with it and the mean over all its partners mixes in tops and bags.
     On validation a learned map after the read did worse than none, and so did k = 8
-    (benchmarks/ctl_context.py). The nearest are found without gradients, a block of tokens
-    at a time, so memory grows with N * k, not N * P."""
+    (benchmarks/ctl_context.py). Tokens are scored against the catalogue a block at a time
+    and only their k best scores are kept, and the values are summed by ``embedding_bag``
+    without gathering an (N, k, d) tensor, so memory grows with N * k, not N * P or N * k * d."""
 
     BLOCK = 4096  # tokens scored against the whole catalogue at once
 
@@ -77,15 +78,15 @@ class CatalogueRead(nn.Module):
     ) -> torch.Tensor:
         seen = self.recognize(tokens)
         k = min(self.k, len(products))
-        with torch.no_grad():
-            blocks = [
-                (block @ products.T).topk(k, dim=1).indices for block in seen.detach().split(self.BLOCK)
-            ]
-        nearest = torch.cat(blocks) if blocks else torch.zeros(0, k, dtype=torch.long, device=tokens.device)
-        match = torch.einsum("nd,nkd->nk", seen, products[nearest])
+        if not len(seen):
+            return worn.new_zeros(0, worn.shape[1])
+        # topk's backward keeps only the indices: a block's (BLOCK, P) scores are transient.
+        scored = [(block @ products.T).topk(k, dim=1) for block in seen.split(self.BLOCK)]
+        match, nearest = torch.cat([s.values for s in scored]), torch.cat([s.indices for s in scored])
         if category is not None:
             nearest = nearest * (len(worn) // len(products)) + category[:, None]
-        return torch.einsum("nk,nkd->nd", F.softmax(self.temperature * match, dim=1), worn[nearest])
+        weights = F.softmax(self.temperature * match, dim=1)
+        return F.embedding_bag(nearest, worn, per_sample_weights=weights, mode="sum")
 
 
 class ContextAttention(nn.Module):
