@@ -78,6 +78,7 @@ def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(tmp_path: Path) 
     assert result.epochs_run == 12 and losses[-1] < losses[0]
     best = load_checkpoint(tmp_path / BEST)
     assert best["epoch"] == result.best_epoch and best["best_val_mrr"] == result.best_val_mrr
+    assert "optimizer" not in best and "optimizer" in load_checkpoint(tmp_path / LAST)  # for resuming
     assert load_checkpoint(tmp_path / LAST)["finished"]
     # The best epoch's model carries its fitted popularity prior, which validation never rates lower.
     assert best["model"]["prior.weight"][0].item() in PRIOR_WEIGHTS

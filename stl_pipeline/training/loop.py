@@ -27,6 +27,10 @@ from stl_pipeline.training.config import TrainConfig
 from stl_pipeline.training.ranking import mrr, ranks_in_category
 
 LAST, BEST = "last.pt", "best.pt"
+# What the best checkpoint keeps: what a model record reads (training/models.py), not the
+# optimizer's moments and the RNG states that only resuming needs. It is written at every
+# better epoch and registered in MLflow; the moments would treble its size.
+BEST_KEYS = ("epoch", "model", "history", "best_epoch", "best_val_mrr", "config")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -288,7 +292,7 @@ def train(
             if improved or finished or (epoch + 1) % config.checkpoint_every == 0:
                 state = _state(model, optimizer, scaler, sampler, config, epoch, history, best, finished)
                 if improved:
-                    save_checkpoint(checkpoint_dir / BEST, state)
+                    save_checkpoint(checkpoint_dir / BEST, {key: state[key] for key in BEST_KEYS})
                 if finished:  # before "finished" is on disk, so a run killed here fits it again
                     _fit_best(model, graph, val_queries, checkpoint_dir / BEST)
                 save_checkpoint(last, state)
