@@ -1,12 +1,13 @@
 """Which context the Complete-the-Look query encoder reads: the ablation it is chosen by.
 
 For each context (``regions.CONTEXT_SOURCES``: the largest region around the bbox, all
-four, or the whole scene with the bbox masked; each view's last feature map pooled to a
-grid of tokens), computes ``ctl_scene_context``'s tokens with the pipeline's backbone
-(sharing the asset's embedding cache), trains each graph model with its asset's knobs,
-and prints validation and test CTL MRR and HR@10 (same-category pool, popularity prior
-fitted) against the global vector alone (``none``). The asset's default is the row with
-the best validation MRR; the test columns only show what that choice is worth.
+four, the whole scene with the bbox masked, or the scene's other garments; each view's
+last feature map pooled to a grid of tokens), computes ``ctl_scene_context``'s tokens
+with the pipeline's backbone (sharing the asset's embedding cache), trains each graph
+model with its asset's knobs, and prints validation and test CTL MRR and HR@10
+(same-category pool, popularity prior fitted) against the global vector alone (``none``).
+The asset's default is the row with the best validation MRR; the test columns only show
+what that choice is worth.
 
 On a generated dataset, the first line says what the scene's other garments can tell at
 best (``garments_vote``), and the ``style probe`` column how much each context tells at
@@ -14,7 +15,7 @@ all: the accuracy of a logistic regression from a query's features (the global v
 its context tokens) to its scene's latent style, fitted on train pairs and scored on the
 others. It bounds what any query encoder over these frozen features can reach.
 
-    .venv/bin/python benchmarks/ctl_context.py [--sources none,largest:2,four:1,masked:2]
+    .venv/bin/python benchmarks/ctl_context.py [--sources none,largest:2,masked:2,items:1]
         [--kinds gat,sage] [--seeds 0,1,2] [--knobs '{"edge_features": true}']
 
 Run it with the environment the lineage ran with (``STL_DATA_DIR`` and the ``STL_*``
@@ -133,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sources", default="none,largest:2,four:1,masked:1,masked:2")
+    parser.add_argument("--sources", default="none,largest:2,masked:2,items:1")
     parser.add_argument("--kinds", default="gat,sage")
     parser.add_argument("--seeds", default="0", help="training seeds, one row each")
     parser.add_argument("--knobs", default="{}", help="JSON object of training knobs for every row")
