@@ -1,10 +1,12 @@
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from torch_geometric.data import HeteroData
 
+from stl_pipeline.graph.schema import CO_OCCURS
 from stl_pipeline.models.queries import Queries
 from stl_pipeline.training.config import TrainConfig
 from stl_pipeline.training.loop import (
@@ -34,8 +36,8 @@ def queries(seed: int, products: torch.Tensor, graph) -> Queries:
     return Queries(x, products)
 
 
-def setup(config: TrainConfig = CONFIG):
-    graph = tiny_graph()
+def setup(config: TrainConfig = CONFIG, graph: HeteroData | None = None):
+    graph = tiny_graph() if graph is None else graph
     torch.manual_seed(config.seed)
     model = build_model(schema(graph), 6, config)
     train_q = {"stl": queries(1, torch.arange(8), graph), "ctl": queries(2, torch.arange(8), graph)}
@@ -118,10 +120,49 @@ def test_records_load_with_their_prior_and_older_ones_without_it(tmp_path: Path)
     assert not load_model(older).popularity_bias(graph, "ctl").any()
 
 
+def with_co_occurrences(graph: HeteroData) -> HeteroData:
+    """Two styles, products 0-5 and 6-11 (categories: index % 3), each worn in three scenes."""
+    scenes = [[0, 1, 2], [3, 4, 5], [0, 4, 2], [6, 7, 8], [9, 10, 11], [6, 10, 8]]
+    pairs = [(a, b) for scene in scenes for a in scene for b in scene if a != b]
+    graph[CO_OCCURS].edge_index = torch.tensor(pairs).T
+    return graph
+
+
 def test_a_killed_run_resumes_to_the_same_final_state(tmp_path: Path) -> None:
     straight, resumed = _kill_and_resume(tmp_path, lambda *parts: parts)
     assert straight["cuda_rng"] is None and straight["scaler"] == {}
     _assert_same_run(straight, resumed)
+
+
+def test_a_killed_run_with_the_co_occurrence_loss_resumes_to_the_same_final_state(tmp_path: Path) -> None:
+    config = replace(CONFIG, cooccurrence_weight=0.5)
+    graph = with_co_occurrences(tiny_graph())
+    straight, resumed = _kill_and_resume(tmp_path, lambda *parts: parts, config=config, graph=graph)
+    _assert_same_run(straight, resumed)
+
+
+def test_the_co_occurrence_loss_ranks_each_products_partners_first_in_their_category(tmp_path: Path) -> None:
+    graph = with_co_occurrences(tiny_graph())
+    source, target = graph[CO_OCCURS].edge_index
+    found = {}
+    for weight in (0.0, 3.0):
+        config = replace(CONFIG, cooccurrence_weight=weight, epochs=30)
+        model, _, train_q, val_q = setup(config, graph)
+        train(model, graph, train_q, val_q, config, tmp_path / str(weight))
+        model.eval()
+        with torch.no_grad():
+            products = model.products(graph)
+            (ranks,) = ranks_in_category(
+                products[source], products, target, graph["product"].category, [torch.zeros(12)]
+            )
+        found[weight] = mrr(ranks)
+    assert found[3.0] > found[0.0] + 0.1
+
+
+def test_the_co_occurrence_loss_needs_co_occurs_edges(tmp_path: Path) -> None:
+    config = replace(CONFIG, cooccurrence_weight=0.5)
+    with pytest.raises(ValueError, match="build stl_graph with co_occurs edges"):
+        train(*setup(config), config, tmp_path)
 
 
 def test_early_stopping_and_a_finished_run_is_not_repeated(tmp_path: Path) -> None:
@@ -164,7 +205,13 @@ def test_an_epoch_visits_every_query_once_in_steps_of_the_batch_size() -> None:
     assert len(capped) == 2 and sorted(torch.cat([s["stl"] for s in capped]).tolist()) == list(range(10))
 
 
-def _kill_and_resume(tmp_path: Path, move, precision: str = "fp32") -> tuple[dict, dict]:
+def _kill_and_resume(
+    tmp_path: Path,
+    move,
+    precision: str = "fp32",
+    config: TrainConfig = CONFIG,
+    graph: HeteroData | None = None,
+) -> tuple[dict, dict]:
     """The last checkpoints of a straight run and of one killed after epoch 7 and resumed
     in a fresh model (``move`` puts a model and its inputs on the device under test)."""
 
@@ -175,11 +222,14 @@ def _kill_and_resume(tmp_path: Path, move, precision: str = "fp32") -> tuple[dic
         if epoch == 7:
             raise Killed
 
-    train(*move(*setup()), CONFIG, tmp_path / "straight", precision=precision)
+    def parts() -> tuple:
+        return move(*setup(config, graph))
+
+    train(*parts(), config, tmp_path / "straight", precision=precision)
     with pytest.raises(Killed):
-        train(*move(*setup()), CONFIG, tmp_path / "killed", on_epoch=kill_after_epoch_7, precision=precision)
+        train(*parts(), config, tmp_path / "killed", on_epoch=kill_after_epoch_7, precision=precision)
     assert 5 <= load_checkpoint(tmp_path / "killed" / LAST)["epoch"] < 7  # periodic (5) or a new best
-    result = train(*move(*setup()), CONFIG, tmp_path / "killed", precision=precision)
+    result = train(*parts(), config, tmp_path / "killed", precision=precision)
     assert result.epochs_run == 12 and len(result.history) == 12
     return load_checkpoint(tmp_path / "straight" / LAST), load_checkpoint(tmp_path / "killed" / LAST)
 

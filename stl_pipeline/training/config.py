@@ -61,6 +61,15 @@ class TrainConfig:
     visual_skip: bool = knob(
         False, "Graph models: add the frozen visual vector's own tower to each product vector."
     )
+    # A co-occurrence pulls a product toward its partner and pushes it from the partner's
+    # category, so products of one style in a category come to lie near each other: the
+    # partners the CTL query reads from the catalogue then point at the style, not at the few
+    # products seen with them. Weight chosen on validation (benchmarks/ctl_context.py, README).
+    cooccurrence_weight: float = knob(
+        0.0,
+        "Weight of an auxiliary loss that ranks each product's train co-occurrence partners "
+        "(stl_graph's co_occurs edges) above products of the partner's category; 0: off.",
+    )
     edge_features: bool = knob(
         False, "GAT: attention reads each edge's stored features (bbox, kNN similarity, co-occurrence)."
     )

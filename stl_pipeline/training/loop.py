@@ -19,6 +19,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.device import Precision, autocast, effective_precision
+from stl_pipeline.graph.schema import CO_OCCURS
 from stl_pipeline.models.losses import LOSSES, sample_negatives, sampling_log_q
 from stl_pipeline.models.queries import Queries
 from stl_pipeline.models.recommender import TASKS, Recommender, log_popularity
@@ -106,6 +107,28 @@ def batches(
     ]
 
 
+def _co_occurrences(graph: HeteroData, config: TrainConfig) -> torch.Tensor | None:
+    """(2, E) the train co-occurrences the auxiliary loss ranks (``co_occurs``, both ways);
+    None when its weight is 0."""
+    if not config.cooccurrence_weight:
+        return None
+    if CO_OCCURS not in graph.edge_types or not graph[CO_OCCURS].num_edges:
+        raise ValueError(
+            "cooccurrence_weight ranks a product's train co-occurrence partners: build stl_graph "
+            "with co_occurs edges, or set cooccurrence_weight to 0"
+        )
+    return graph[CO_OCCURS].edge_index
+
+
+def _co_occurrence_batches(
+    edges: int, steps: int, cap: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """One epoch's co-occurrence edges per step: a random ``cap`` of the ``edges`` at most (the
+    largest task's queries, so the auxiliary loss costs no more than a task), spread over the
+    same steps as the queries."""
+    return list(torch.randperm(edges, generator=generator)[:cap].tensor_split(steps))
+
+
 def _state(model, optimizer, scaler, sampler, config, epoch, history, best, finished: bool) -> dict:
     device = next(model.parameters()).device
     return {
@@ -145,6 +168,29 @@ def _sampling_corrections(
         }
         for task, q in queries.items()
     }
+
+
+def _co_occurrence_loss(
+    loss_fn: Callable,
+    products: torch.Tensor,
+    pairs: torch.Tensor,
+    category: torch.Tensor,
+    config: TrainConfig,
+    sampler: torch.Generator,
+) -> torch.Tensor:
+    """Each product's vector as a query for the partner it shares a train scene with, against
+    the task's kind of negatives in the partner's category: same-style products of a category
+    come to lie near each other, which the CTL query's catalogue read relies on."""
+    source, target = pairs
+    negatives = sample_negatives(
+        target.cpu(),
+        category,
+        config.in_batch_negatives,
+        config.category_negatives,
+        sampler,
+        config.shared_negatives,
+    ).to(products.device)
+    return loss_fn(products[source], products, target, negatives)
 
 
 def _fit_best(model: Recommender, graph: HeteroData, val: dict[str, Queries], path: Path) -> None:
@@ -242,12 +288,17 @@ def train(
         loss_fn = LOSSES[config.loss]
         category = graph["product"].category.cpu()  # negatives are drawn on the CPU generator
         corrections = _sampling_corrections(train_queries, category, config, device)
+        partners = _co_occurrences(graph, config)
+        largest = max(len(q.product) for q in train_queries.values())
         model.train()
         epoch = start - 1
         for epoch in range(start, config.epochs):
             steps = batches(train_queries, config.batch_size, sampler, config.max_steps)
+            pairs = [None] * len(steps)
+            if partners is not None:
+                pairs = _co_occurrence_batches(partners.shape[1], len(steps), largest, sampler)
             losses = []
-            for batch in steps:
+            for batch, chosen_pairs in zip(steps, pairs, strict=True):
                 with autocast(device, precision):
                     # The graph is encoded again for every step: its weights have just changed.
                     products = model.products(graph).float()
@@ -267,6 +318,10 @@ def train(
                         ).to(products.device)
                         predicted = model.encode(queries.rows(chosen), task, products, graph).float()
                         loss = loss + loss_fn(predicted, products, positives, negatives, **corrections[task])
+                    if chosen_pairs is not None and len(chosen_pairs):
+                        pair = partners[:, chosen_pairs.to(partners.device)]
+                        aux = _co_occurrence_loss(loss_fn, products, pair, category, config, sampler)
+                        loss = loss + config.cooccurrence_weight * aux
                 if not torch.isfinite(loss):
                     raise NonFiniteLoss(
                         f"the loss became {loss.item()} at epoch {epoch}; lower lr (now {config.lr}) or "
