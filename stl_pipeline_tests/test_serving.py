@@ -7,7 +7,9 @@ import torch
 
 from stl_pipeline.serving.index import build_index, load_index, save_index
 from stl_pipeline.serving.recommend import (
+    complementary_queries,
     complete_the_look,
+    finds_partners,
     hit_rate,
     problems,
     rows,
@@ -140,3 +142,14 @@ def test_scene_context_is_the_mean_query_of_a_products_scenes() -> None:
     context = scene_context(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 2]), queries, own)
     half = 2**-0.5
     assert torch.allclose(context, torch.tensor([[half, half], [half, half], [0.6, 0.8]]))
+
+
+def test_a_model_trained_on_co_occurrences_complements_with_its_own_vectors() -> None:
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    own = torch.tensor([[0.0, -2.0], [3.0, 4.0]])
+    products, scenes = torch.tensor([0, 1]), torch.tensor([0, 1])
+    assert finds_partners({"cooccurrence_weight": 0.2}) and not finds_partners({})
+    mine = complementary_queries(own, products, scenes, queries, own_vectors=True)
+    assert torch.allclose(mine, torch.tensor([[0.0, -1.0], [0.6, 0.8]]))
+    theirs = complementary_queries(own, products, scenes, queries, own_vectors=False)
+    assert torch.allclose(theirs, queries)

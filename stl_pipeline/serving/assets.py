@@ -107,10 +107,11 @@ def recommendations(
 
     from stl_pipeline.serving.recommend import (
         COLUMNS,
+        complementary_queries,
         complete_the_look,
+        finds_partners,
         hit_rate,
         rows,
-        scene_context,
         scene_partners,
         top_complementary,
         top_similar,
@@ -139,7 +140,10 @@ def recommendations(
         )
 
     similar = rows("similar", ids, *top_similar(vectors, category, k), ids, names)
-    complementary = complementary_of(vectors, scene_context(edges[1], edges[0], scene_queries, vectors))
+    own_vectors = finds_partners(record["config"])
+    complementary = complementary_of(
+        vectors, complementary_queries(vectors, edges[1], edges[0], scene_queries, own_vectors)
+    )
     held_out = [s for s, test in zip(scene.ids, scene.test_mask.tolist(), strict=True) if test]
     scenes, lacking = _lacking(stl_graph, stl_pairs, held_out)
     wanted = torch.tensor(lacking, dtype=torch.long)
@@ -155,16 +159,17 @@ def recommendations(
     table = pd.concat([similar, complementary, looks], ignore_index=True)[COLUMNS]
 
     # Held-out check of the complementary lists: products that share a test scene should
-    # find each other. Baselines: the same model's product vectors as queries, and the frozen
+    # find each other. Baselines: the other kind of query of the same model, and the frozen
     # backbone's vectors.
     category_of = dict(zip(ids, names, strict=True))
     truth = scene_partners(stl_pairs[stl_pairs["scene"].isin(held_out)], category_of)
     truth = truth[truth["query"].isin(category_of) & truth["product"].isin(category_of)]
     frozen = stl_graph["product"].x[:, : record["query_dim"]]
-    baselines = {
-        "product_vectors": complementary_of(vectors, vectors),
-        "frozen": complementary_of(frozen, frozen),
-    }
+    used, other = (
+        ("product_vectors", "scene_context") if own_vectors else ("scene_context", "product_vectors")
+    )
+    other_queries = complementary_queries(vectors, edges[1], edges[0], scene_queries, not own_vectors)
+    baselines = {other: complementary_of(vectors, other_queries), "frozen": complementary_of(frozen, frozen)}
     shares = table.groupby("kind")["category"].value_counts(normalize=True).unstack(0).fillna(0).round(3)
     metadata = {
         "model": product_index.info["model"],
@@ -179,6 +184,7 @@ def recommendations(
             f"coverage_{kind}": round(table.loc[table["kind"] == kind, "product"].nunique() / len(ids), 4)
             for kind in ("similar", "complementary", "complete_the_look")
         },
+        "complementary_queries": used,
         "complementary_test_pairs": len(truth),
         f"complementary_test_hit_rate@{k}": round(hit_rate(complementary, truth), 4),
         **{

@@ -33,7 +33,7 @@ from stl_pipeline.graph.store import load_graph
 from stl_pipeline.models.recommender import TASKS, Recommender
 from stl_pipeline.registry import MODEL_ASSETS
 from stl_pipeline.serving.index import ProductIndex, build_index, load_index
-from stl_pipeline.serving.recommend import scene_context
+from stl_pipeline.serving.recommend import complementary_queries, finds_partners
 from stl_pipeline.settings import Settings
 from stl_pipeline.storage import read_artifact
 from stl_pipeline.training.loop import BEST, load_checkpoint
@@ -124,6 +124,7 @@ class ColdStart:
     scenes: TrainScenes
     source: dict[str, str]
     per_category: int = 3  # most products of one category in a complete-the-look list
+    own_vectors: bool = False  # complementary queries: the products' vectors (recommend.finds_partners)
     max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
@@ -132,15 +133,15 @@ class ColdStart:
         self.position = self.index.positions()
         # One index per category, so a search within a category reads only its products.
         vectors = self.index.vectors()
-        # Complementary queries: each product's train scenes through the model's CTL head.
+        # Complementary queries: each product's vector, or its train scenes through the CTL head.
         with torch.no_grad():
             scene_queries = self.model.queries(self.scenes.vectors, "ctl")
         scenes = torch.cat(
             [torch.full((len(p),), i) for i, p in enumerate(self.scenes.products)] or [torch.empty(0)]
         )
         products = torch.from_numpy(np.concatenate(self.scenes.products or [np.empty(0)]).astype(np.int64))
-        self.context = scene_context(
-            products, scenes.long(), scene_queries, torch.from_numpy(vectors)
+        self.context = complementary_queries(
+            torch.from_numpy(vectors), products, scenes.long(), scene_queries, self.own_vectors
         ).numpy()
         # The model's popularity prior per task, from the same train scenes (their contains edges).
         log_pop = torch.from_numpy(np.log1p(np.bincount(products.numpy(), minlength=len(vectors))))
@@ -370,6 +371,7 @@ def load(settings: Settings, model_name: str | None = None, model_version: str |
         category=graph["product"].category.numpy(),
         scenes=_train_scenes(graph),
         source=source,
+        own_vectors=finds_partners(record["config"]),
     )
 
 
