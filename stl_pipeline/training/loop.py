@@ -20,7 +20,7 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.device import Precision, autocast, effective_precision
 from stl_pipeline.graph.schema import CO_OCCURS
-from stl_pipeline.models.losses import LOSSES, sample_negatives, sampling_log_q
+from stl_pipeline.models.losses import LOSSES, Negatives, sample_negatives, sampling_log_q
 from stl_pipeline.models.queries import Queries
 from stl_pipeline.models.recommender import TASKS, Recommender, log_popularity
 from stl_pipeline.storage import CorruptArtifactError, atomic_write_with, read_artifact
@@ -170,27 +170,18 @@ def _sampling_corrections(
     }
 
 
-def _co_occurrence_loss(
-    loss_fn: Callable,
-    products: torch.Tensor,
-    pairs: torch.Tensor,
-    category: torch.Tensor,
-    config: TrainConfig,
-    sampler: torch.Generator,
-) -> torch.Tensor:
-    """Each product's vector as a query for the partner it shares a train scene with, against
-    the task's kind of negatives in the partner's category: same-style products of a category
-    come to lie near each other, which the CTL query's catalogue read relies on."""
-    source, target = pairs
-    negatives = sample_negatives(
-        target.cpu(),
+def _negatives(
+    positives: torch.Tensor, category: torch.Tensor, config: TrainConfig, sampler: torch.Generator
+) -> Negatives:
+    """The config's negatives for ``positives``, drawn on the CPU generator, on their device."""
+    return sample_negatives(
+        positives.cpu(),
         category,
         config.in_batch_negatives,
         config.category_negatives,
         sampler,
         config.shared_negatives,
-    ).to(products.device)
-    return loss_fn(products[source], products, target, negatives)
+    ).to(positives.device)
 
 
 def _fit_best(model: Recommender, graph: HeteroData, val: dict[str, Queries], path: Path) -> None:
@@ -307,20 +298,17 @@ def train(
                         chosen = batch[task].to(queries.product.device)
                         if not len(chosen):  # a small task may run out of queries before a large one
                             continue
-                        positives = queries.product[chosen]
-                        negatives = sample_negatives(
-                            positives.cpu(),
-                            category,
-                            config.in_batch_negatives,
-                            config.category_negatives,
-                            sampler,
-                            config.shared_negatives,
-                        ).to(products.device)
+                        positives = queries.product[chosen].to(products.device)
+                        negatives = _negatives(positives, category, config, sampler)
                         predicted = model.encode(queries.rows(chosen), task, products, graph).float()
                         loss = loss + loss_fn(predicted, products, positives, negatives, **corrections[task])
                     if chosen_pairs is not None and len(chosen_pairs):
-                        pair = partners[:, chosen_pairs.to(partners.device)]
-                        aux = _co_occurrence_loss(loss_fn, products, pair, category, config, sampler)
+                        # Each product's vector as a query for a partner of a train scene: the
+                        # products of one style in a category come to lie together, which the
+                        # CTL query's catalogue read relies on.
+                        source, target = partners[:, chosen_pairs.to(partners.device)].to(products.device)
+                        negatives = _negatives(target, category, config, sampler)
+                        aux = loss_fn(products[source], products, target, negatives)
                         loss = loss + config.cooccurrence_weight * aux
                 if not torch.isfinite(loss):
                     raise NonFiniteLoss(
