@@ -303,9 +303,7 @@ def train(
                         predicted = model.encode(queries.rows(chosen), task, products, graph).float()
                         loss = loss + loss_fn(predicted, products, positives, negatives, **corrections[task])
                     if chosen_pairs is not None and len(chosen_pairs):
-                        # Each product's vector as a query for a partner of a train scene: the
-                        # products of one style in a category come to lie together, which the
-                        # CTL query's catalogue read relies on.
+                        # Each product's vector as a query for a partner (why: TrainConfig).
                         source, target = partners[:, chosen_pairs.to(partners.device)].to(products.device)
                         negatives = _negatives(target, category, config, sampler)
                         aux = loss_fn(products[source], products, target, negatives)
