@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.graph.schema import CO_OCCURS
+from stl_pipeline.graph.schema import CO_OCCURS, CONTAINS, PRODUCT_SIMILAR, REV_CONTAINS
 from stl_pipeline.models.queries import Queries
 from stl_pipeline.training.config import TrainConfig
 from stl_pipeline.training.loop import (
@@ -14,6 +14,7 @@ from stl_pipeline.training.loop import (
     LAST,
     PRIOR_WEIGHTS,
     NonFiniteLoss,
+    _as_if_cold,
     batches,
     fit_popularity_prior,
     load_checkpoint,
@@ -159,6 +160,32 @@ def test_the_co_occurrence_loss_ranks_each_products_partners_first_in_their_cate
     assert found[3.0] > found[0.0] + 0.1
 
 
+def test_hiding_products_as_if_cold_removes_their_interactions_and_nothing_else() -> None:
+    graph = with_co_occurrences(tiny_graph())
+    before = {edge_type: graph[edge_type].edge_index.clone() for edge_type in graph.edge_types}
+    hidden = torch.rand(12, generator=torch.Generator().manual_seed(5)) < 0.5
+    assert 0 < hidden.sum() < 12
+    masked = _as_if_cold(graph, 0.5, torch.Generator().manual_seed(5))
+    for edge_type, ends in ((CONTAINS, [1]), (REV_CONTAINS, [0]), (CO_OCCURS, [0, 1])):
+        edges = before[edge_type]
+        kept = edges[:, ~hidden[edges[ends]].any(dim=0)]
+        assert torch.equal(masked[edge_type].edge_index, kept)
+        assert kept.shape[1] < edges.shape[1]  # the draw hid some of each
+    assert torch.equal(masked[PRODUCT_SIMILAR].edge_index, before[PRODUCT_SIMILAR])  # looks stay
+    assert all(torch.equal(graph[t].edge_index, before[t]) for t in graph.edge_types)  # untouched
+    assert not masked[CO_OCCURS].edge_index.numel() or not hidden[masked[CO_OCCURS].edge_index].any()
+
+
+def test_a_killed_run_that_hides_products_as_if_cold_resumes_to_the_same_final_state(tmp_path: Path) -> None:
+    config = replace(CONFIG, cooccurrence_weight=0.5, cold_start_dropout=0.3)
+    graph = with_co_occurrences(tiny_graph())
+    straight, resumed = _kill_and_resume(tmp_path, lambda *parts: parts, config=config, graph=graph)
+    _assert_same_run(straight, resumed)
+    visible = replace(config, cold_start_dropout=0.0)
+    plain = train(*setup(visible, graph), visible, tmp_path / "plain")
+    assert plain.history != straight["history"]  # the hidden edges changed what was learned
+
+
 def test_the_co_occurrence_loss_needs_co_occurs_edges(tmp_path: Path) -> None:
     config = replace(CONFIG, cooccurrence_weight=0.5)
     with pytest.raises(ValueError, match="build stl_graph with co_occurs edges"):
@@ -185,6 +212,8 @@ def test_unknown_loss_or_task_is_refused(tmp_path: Path) -> None:
     model, graph, train_q, val_q = setup()
     with pytest.raises(ValueError, match="unknown loss"):
         train(model, graph, train_q, val_q, TrainConfig(loss="hinge"), tmp_path)
+    with pytest.raises(ValueError, match=r"cold_start_dropout .* not in \[0, 1\)"):
+        train(model, graph, train_q, val_q, replace(CONFIG, cold_start_dropout=1.0), tmp_path)
     with pytest.raises(ValueError, match="unknown tasks"):
         train(model, graph, {"outfit": train_q["stl"]}, val_q, CONFIG, tmp_path)
 

@@ -19,7 +19,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.device import Precision, autocast, effective_precision
-from stl_pipeline.graph.schema import CO_OCCURS
+from stl_pipeline.graph.schema import CO_OCCURS, CONTAINS, REV_CONTAINS
 from stl_pipeline.models.losses import LOSSES, Negatives, sample_negatives, sampling_log_q
 from stl_pipeline.models.queries import Queries
 from stl_pipeline.models.recommender import TASKS, Recommender, log_popularity
@@ -127,6 +127,25 @@ def _co_occurrence_batches(
     largest task's queries, so the auxiliary loss costs no more than a task), spread over the
     same steps as the queries."""
     return list(torch.randperm(edges, generator=generator)[:cap].tensor_split(steps))
+
+
+def _as_if_cold(graph: HeteroData, fraction: float, generator: torch.Generator) -> HeteroData:
+    """``graph`` with a random ``fraction`` of products' train interactions hidden (their
+    ``contains`` and ``co_occurs`` edges), as a product new to the catalogue has none: their
+    vectors must then come from what they look like and their visual neighbours. The graph
+    itself is not changed; the copy shares its tensors."""
+    hidden = torch.rand(graph["product"].num_nodes, generator=generator) < fraction
+    hidden = hidden.to(graph["product"].x.device)
+    masked = copy.copy(graph)
+    for edge_type, ends in ((CONTAINS, [1]), (REV_CONTAINS, [0]), (CO_OCCURS, [0, 1])):
+        if edge_type not in graph.edge_types:
+            continue
+        store = graph[edge_type]
+        keep = ~hidden[store.edge_index[ends]].any(dim=0)
+        masked[edge_type].edge_index = store.edge_index[:, keep]
+        if "edge_attr" in store:
+            masked[edge_type].edge_attr = store.edge_attr[keep]
+    return masked
 
 
 def _state(model, optimizer, scaler, sampler, config, epoch, history, best, finished: bool) -> dict:
@@ -246,6 +265,11 @@ def train(
     with _deterministic(config.deterministic):
         if config.loss not in LOSSES:
             raise ValueError(f"unknown loss {config.loss!r}: use one of {sorted(LOSSES)}")
+        if not 0 <= config.cold_start_dropout < 1:
+            raise ValueError(
+                f"cold_start_dropout is the share of products hidden a step: {config.cold_start_dropout} "
+                "is not in [0, 1)"
+            )
         unknown = set(train_queries) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown tasks {sorted(unknown)}: use {TASKS}")
@@ -292,7 +316,10 @@ def train(
             for batch, chosen_pairs in zip(steps, pairs, strict=True):
                 with autocast(device, precision):
                     # The graph is encoded again for every step: its weights have just changed.
-                    products = model.products(graph).float()
+                    seen = graph
+                    if config.cold_start_dropout:
+                        seen = _as_if_cold(graph, config.cold_start_dropout, sampler)
+                    products = model.products(seen).float()
                     loss = torch.zeros((), device=products.device)
                     for task, queries in train_queries.items():
                         chosen = batch[task].to(queries.product.device)
