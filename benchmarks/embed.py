@@ -3,11 +3,12 @@
 Both run on the same pre-decoded uint8 batches of generated scene crops, in one
 run: the pipeline's ``Embedder`` (device transfer, normalization, channels-last,
 autocast, L2 normalization, copy back) and a bare ``model(x)`` loop over batches
-normalized beforehand, in both memory formats. A last row times the whole asset
-path, decoding and letterboxing in data-loader workers included.
+normalized beforehand, in both memory formats. The last rows time the whole asset
+path, decoding and letterboxing included, in this process and in data-loader workers.
 
     .venv/bin/python benchmarks/embed.py [--model tf_efficientnet_lite0 --weights packaged]
         [--image-size 128] [--device auto] [--precision fp32|bf16|fp16] [--batches 8]
+        [--workers 0,2]
 """
 
 import argparse
@@ -61,7 +62,9 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers", default="0,2", help="decode workers of the asset path's rows, comma-separated"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -74,7 +77,7 @@ def main() -> None:
         generate_dataset(GeneratorConfig(products=200, scenes=scenes, seed=11), Path(tmp) / "data")
         paths = sorted((Path(tmp) / "data" / "images").glob("*.jpg"))[:count]
         items = [ImageItem(p.stem, p.stem, str(p), p.stem) for p in paths]
-        decoded = list(batches(items, backbone.transform, args.batch_size, args.workers))
+        decoded = list(batches(items, backbone.transform, args.batch_size, 0))
 
         embedder = Embedder(backbone, device, precision)
         offset, scale = backbone.transform.normalizer(device)
@@ -95,12 +98,14 @@ def main() -> None:
         best = max(v for k, v in speeds.items() if k.startswith("bare"))
         rows = [[name, speed, speed / best] for name, speed in speeds.items()]
 
-        start = time.perf_counter()
-        _, stats = embed_items(
-            items, backbone, device, precision, batch_size=args.batch_size, workers=args.workers
-        )
-        full = stats.computed / (time.perf_counter() - start)
-        rows.append([f"asset path from JPEG files ({args.workers} decode workers)", full, full / best])
+        for workers in map(int, args.workers.split(",")):
+            start = time.perf_counter()
+            _, stats = embed_items(
+                items, backbone, device, precision, batch_size=args.batch_size, workers=workers
+            )
+            full = stats.computed / (time.perf_counter() - start)
+            how = f"{workers} decode workers" if workers else "decoded in-process"
+            rows.append([f"asset path from JPEG files ({how})", full, full / best])
 
     print(
         f"\n{count} images, {args.model} ({backbone.weights_id.split(':sha')[0]}), "

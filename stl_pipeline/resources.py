@@ -166,16 +166,21 @@ class TorchDevice(dg.ConfigurableResource):
     batch_size: int = 64
     num_workers: int | None = Field(
         default=None,
-        description="Data-loader processes that decode and resize images; empty: one per CPU core "
-        f"this process may use, at most {MAX_LOADER_WORKERS}.",
+        description="Data-loader processes that decode and resize images; empty: none on the CPU "
+        f"(decoding in-process), else one per CPU core this process may use, at most {MAX_LOADER_WORKERS}.",
     )
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
 
-    def loader_workers(self) -> int:
+    def loader_workers(self, device: torch.device) -> int:
+        """On the CPU the backbone's threads already use every core, so decode workers only
+        take turns with it, and starting them costs about 2 s an asset: none by default
+        (``benchmarks/embed.py`` measures both)."""
         if self.num_workers is not None:
             return self.num_workers
+        if device.type == "cpu":
+            return 0
         return min(MAX_LOADER_WORKERS, len(os.sched_getaffinity(0)))
 
     def precision_on(self, device: torch.device) -> Precision:

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -229,6 +230,15 @@ def test_device_resolution_and_precision() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+def test_images_decode_in_process_on_the_cpu_and_in_workers_for_a_gpu() -> None:
+    from stl_pipeline.resources import MAX_LOADER_WORKERS, TorchDevice
+
+    cores = len(os.sched_getaffinity(0))
+    assert TorchDevice().loader_workers(torch.device("cpu")) == 0
+    assert TorchDevice().loader_workers(torch.device("cuda")) == min(MAX_LOADER_WORKERS, cores)
+    assert TorchDevice(num_workers=3).loader_workers(torch.device("cpu")) == 3  # set: kept
 
 
 @pytest.mark.gpu

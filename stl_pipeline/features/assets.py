@@ -42,6 +42,7 @@ def _embed(
     precision = torch_device.precision_on(device)
     if precision != torch_device.precision:
         context.log.warning(f"{torch_device.precision} autocast applies on CUDA only; {device} runs fp32")
+    workers = torch_device.loader_workers(device)
     model = backbone.load()
     context.log.info(f"{name}: {len(items)} images with {model.spec.model} ({model.weights_id}) on {device}")
     pooled = EmbeddingCache(stl_files.path("cache", "embeddings"), model)
@@ -51,7 +52,7 @@ def _embed(
         device,
         precision,
         batch_size=torch_device.batch_size,
-        workers=torch_device.loader_workers(),
+        workers=workers,
         cache=EmbeddingCache(stl_files.path("cache", f"tokens-{grid}"), model) if grid > 1 else pooled,
         progress=lambda done, total: context.log.debug(f"{name}: {done}/{total}"),
         grid=grid,
@@ -67,7 +68,7 @@ def _embed(
         "cached": stats.cached,
         "device": describe(device),
         "precision": precision,
-        "loader_workers": torch_device.loader_workers(),
+        "loader_workers": workers,
         "seconds": round(stats.seconds, 2),
         "images_per_second": round(stats.images_per_second, 1),
     }
