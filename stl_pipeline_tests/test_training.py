@@ -186,6 +186,16 @@ def test_a_killed_run_that_hides_products_as_if_cold_resumes_to_the_same_final_s
     assert plain.history != straight["history"]  # the hidden edges changed what was learned
 
 
+def test_the_temperature_reaches_the_infonce_loss(tmp_path: Path) -> None:
+    histories = {}
+    for temperature in (0.07, 0.2):
+        config = replace(CONFIG, temperature=temperature, epochs=2)
+        histories[temperature] = train(*setup(config), config, tmp_path / str(temperature)).history
+    losses = {t: h[0]["loss"] for t, h in histories.items()}
+    # A cooler softmax sharpens every logit, so the first epoch's loss from the same start differs.
+    assert losses[0.07] != pytest.approx(losses[0.2], rel=1e-3)
+
+
 def test_the_co_occurrence_loss_needs_co_occurs_edges(tmp_path: Path) -> None:
     config = replace(CONFIG, cooccurrence_weight=0.5)
     with pytest.raises(ValueError, match="build stl_graph with co_occurs edges"):
@@ -212,6 +222,8 @@ def test_unknown_loss_or_task_is_refused(tmp_path: Path) -> None:
     model, graph, train_q, val_q = setup()
     with pytest.raises(ValueError, match="unknown loss"):
         train(model, graph, train_q, val_q, TrainConfig(loss="hinge"), tmp_path)
+    with pytest.raises(ValueError, match=r"temperature divides the cosines: 0\.0 must be above 0"):
+        train(model, graph, train_q, val_q, replace(CONFIG, temperature=0.0), tmp_path)
     with pytest.raises(ValueError, match=r"cold_start_dropout .* not in \[0, 1\)"):
         train(model, graph, train_q, val_q, replace(CONFIG, cold_start_dropout=1.0), tmp_path)
     with pytest.raises(ValueError, match="unknown tasks"):

@@ -24,6 +24,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     epochs: int = 150
     loss: str = knob("infonce", "infonce, triplet or bpr.")
+    # Chosen per model on validation (registry.py): the graph models rank better at 0.1, the
+    # two-tower worse.
+    temperature: float = knob(0.07, "InfoNCE: the temperature the cosines are divided by.")
     in_batch_negatives: bool = knob(True, "The batch's other positives as negatives.")
     # Uniform within the positive's category, as the evaluation's pool.
     category_negatives: int = knob(8, "Same-category negatives per query, uniform.")

@@ -8,6 +8,7 @@ Checkpoints are written atomically and read with ``weights_only=True``.
 """
 
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -265,6 +266,8 @@ def train(
     with _deterministic(config.deterministic):
         if config.loss not in LOSSES:
             raise ValueError(f"unknown loss {config.loss!r}: use one of {sorted(LOSSES)}")
+        if config.temperature <= 0:
+            raise ValueError(f"temperature divides the cosines: {config.temperature} must be above 0")
         if not 0 <= config.cold_start_dropout < 1:
             raise ValueError(
                 f"cold_start_dropout is the share of products hidden a step: {config.cold_start_dropout} "
@@ -301,6 +304,8 @@ def train(
             if state["finished"]:
                 return TrainResult(best[0], best[1], start, history, start < config.epochs)
         loss_fn = LOSSES[config.loss]
+        if config.loss == "infonce":
+            loss_fn = functools.partial(loss_fn, temperature=config.temperature)
         category = graph["product"].category.cpu()  # negatives are drawn on the CPU generator
         corrections = _sampling_corrections(train_queries, category, config, device)
         partners = _co_occurrences(graph, config)
