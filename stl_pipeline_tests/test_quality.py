@@ -52,12 +52,12 @@ def test_trained_models_beat_the_frozen_backbone_on_shop_the_look(report: pd.Dat
 
 def test_complementary_lists_find_held_out_scene_partners(trained: Trained) -> None:
     """Products that share a test scene (never trained on) find each other more often through
-    the GAT's product vectors (trained as queries for their partners) added to the mean CTL
-    query of their train scenes than through either alone or the frozen backbone's vectors."""
+    the GAT's product vectors, trained as queries for their partners, than through the mean
+    CTL query of their train scenes or the frozen backbone's vectors."""
     meta = trained.metadata["recommendations"]
     print({k: v for k, v in meta.items() if k.startswith("complementary")})
     assert meta["complementary_test_pairs"] >= 300
-    assert meta["complementary_queries"] == "product_vectors+scene_context"
+    assert meta["complementary_queries"] == "product_vectors"
     found = meta["complementary_test_hit_rate@10"]
-    for part in ("product_vectors", "scene_context", "frozen"):
-        assert found > meta[f"complementary_test_hit_rate@10_{part}"]
+    assert found > meta["complementary_test_hit_rate@10_scene_context"]
+    assert found > meta["complementary_test_hit_rate@10_frozen"]

@@ -159,20 +159,17 @@ def recommendations(
     table = pd.concat([similar, complementary, looks], ignore_index=True)[COLUMNS]
 
     # Held-out check of the complementary lists: products that share a test scene should
-    # find each other. Baselines: each part of the model's query alone, and the frozen
+    # find each other. Baselines: the other kind of query of the same model, and the frozen
     # backbone's vectors.
     category_of = dict(zip(ids, names, strict=True))
     truth = scene_partners(stl_pairs[stl_pairs["scene"].isin(held_out)], category_of)
     truth = truth[truth["query"].isin(category_of) & truth["product"].isin(category_of)]
     frozen = stl_graph["product"].x[:, : record["query_dim"]]
-    used = "product_vectors+scene_context" if own_vectors else "scene_context"
-    parts = {
-        "product_vectors": vectors,
-        "scene_context": complementary_queries(vectors, edges[1], edges[0], scene_queries, False),
-    }
-    baselines = {
-        name: complementary_of(vectors, queries) for name, queries in parts.items() if name != used
-    } | {"frozen": complementary_of(frozen, frozen)}
+    used, other = (
+        ("product_vectors", "scene_context") if own_vectors else ("scene_context", "product_vectors")
+    )
+    other_queries = complementary_queries(vectors, edges[1], edges[0], scene_queries, not own_vectors)
+    baselines = {other: complementary_of(vectors, other_queries), "frozen": complementary_of(frozen, frozen)}
     shares = table.groupby("kind")["category"].value_counts(normalize=True).unstack(0).fillna(0).round(3)
     metadata = {
         "model": product_index.info["model"],

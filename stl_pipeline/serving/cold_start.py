@@ -124,7 +124,7 @@ class ColdStart:
     scenes: TrainScenes
     source: dict[str, str]
     per_category: int = 3  # most products of one category in a complete-the-look list
-    own_vectors: bool = False  # complementary queries add the products' vectors (recommend.finds_partners)
+    own_vectors: bool = False  # complementary queries: the products' vectors (recommend.finds_partners)
     max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
@@ -133,8 +133,7 @@ class ColdStart:
         self.position = self.index.positions()
         # One index per category, so a search within a category reads only its products.
         vectors = self.index.vectors()
-        # Complementary queries: each product's train scenes through the CTL head, plus its
-        # own vector where the model learned it for that.
+        # Complementary queries: each product's vector, or its train scenes through the CTL head.
         with torch.no_grad():
             scene_queries = self.model.queries(self.scenes.vectors, "ctl")
         scenes = torch.cat(
