@@ -196,6 +196,28 @@ def test_the_temperature_reaches_the_infonce_loss(tmp_path: Path) -> None:
     assert losses[0.07] != pytest.approx(losses[0.2], rel=1e-3)
 
 
+def test_the_learning_rate_halves_only_after_its_patience_without_a_better_epoch(tmp_path: Path) -> None:
+    config = replace(CONFIG, lr_decay_patience=2, epochs=30)
+    history = train(*setup(config), config, tmp_path).history
+    rates = [h["lr"] for h in history]
+    assert rates[0] == config.lr and min(rates) < config.lr  # the tiny data plateaus within 30 epochs
+    best, since_best = -math.inf, 0
+    for epoch, h in enumerate(history[:-1]):
+        since_best = 0 if h["val_mrr"] > best else since_best + 1
+        best = max(best, h["val_mrr"])
+        expected = rates[epoch] / 2 if since_best >= config.lr_decay_patience else rates[epoch]
+        assert rates[epoch + 1] == pytest.approx(expected), epoch
+        since_best = 0 if since_best >= config.lr_decay_patience else since_best
+
+
+def test_a_killed_run_that_lowers_its_learning_rate_resumes_to_the_same_final_state(tmp_path: Path) -> None:
+    config = replace(CONFIG, lr_decay_patience=2)
+    straight, resumed = _kill_and_resume(tmp_path, lambda *parts: parts, config=config)
+    _assert_same_run(straight, resumed)
+    assert straight["scheduler"] == resumed["scheduler"]
+    assert straight["history"][-1]["lr"] < config.lr  # the rate fell, and where is in the restored state
+
+
 def test_the_co_occurrence_loss_needs_co_occurs_edges(tmp_path: Path) -> None:
     config = replace(CONFIG, cooccurrence_weight=0.5)
     with pytest.raises(ValueError, match="build stl_graph with co_occurs edges"):

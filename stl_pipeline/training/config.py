@@ -100,5 +100,10 @@ class TrainConfig:
     # behind on Shop the Look (README). The triplet head keeps four (registry.py).
     max_steps: int = knob(2, "Optimizer steps per epoch at most (each encodes the whole graph); 0: no limit.")
     patience: int = knob(30, "Epochs without a better validation MRR before stopping.")
+    # Early stopping ends a run on a plateau at the learning rate it started with; lowering the
+    # rate there first lets it settle into the minimum it has been circling.
+    lr_decay_patience: int = knob(
+        0, "Epochs without a better validation MRR before the learning rate is halved; 0: constant."
+    )
     checkpoint_every: int = 10
     seed: int = 0

@@ -149,13 +149,16 @@ def _as_if_cold(graph: HeteroData, fraction: float, generator: torch.Generator) 
     return masked
 
 
-def _state(model, optimizer, scaler, sampler, config, epoch, history, best, finished: bool) -> dict:
+def _state(
+    model, optimizer, scheduler, scaler, sampler, config, epoch, history, best, finished: bool
+) -> dict:
     device = next(model.parameters()).device
     return {
         "epoch": epoch,
         "finished": finished,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
         "scaler": scaler.state_dict(),
         "sampler": sampler.get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -284,6 +287,12 @@ def train(
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
         )
+        scheduler = None
+        if config.lr_decay_patience:
+            # Its patience counts epochs after the best, as early stopping's does.
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=0.5, patience=config.lr_decay_patience - 1, threshold=0.0
+            )
         device = next(model.parameters()).device
         precision = effective_precision(device, precision)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -293,6 +302,8 @@ def train(
         if state is not None and state["config"] == asdict(config):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
             if state["scaler"]:  # empty when it was written without fp16
                 scaler.load_state_dict(state["scaler"])
             sampler.set_state(state["sampler"])
@@ -353,17 +364,22 @@ def train(
             metrics = {
                 "epoch": float(epoch),
                 "loss": sum(losses) / len(losses),
+                "lr": optimizer.param_groups[0]["lr"],  # this epoch's
                 **validation_mrr(model, graph, val_queries),
             }
             history.append(metrics)
             if on_epoch:
                 on_epoch(epoch, metrics)
+            if scheduler is not None:
+                scheduler.step(metrics["val_mrr"])
             improved = metrics["val_mrr"] > best[1]
             if improved:
                 best = (epoch, metrics["val_mrr"])
             finished = epoch + 1 == config.epochs or epoch - best[0] >= config.patience
             if improved or finished or (epoch + 1) % config.checkpoint_every == 0:
-                state = _state(model, optimizer, scaler, sampler, config, epoch, history, best, finished)
+                state = _state(
+                    model, optimizer, scheduler, scaler, sampler, config, epoch, history, best, finished
+                )
                 if improved:
                     save_checkpoint(checkpoint_dir / BEST, {key: state[key] for key in BEST_KEYS})
                 if finished:  # before "finished" is on disk, so a run killed here fits it again
