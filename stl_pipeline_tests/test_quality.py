@@ -1,6 +1,7 @@
 """The models earn their place: on a dataset generated for this test alone (a seed the
 demo does not use), trained GAT and GraphSAGE beat popularity, the frozen backbone's
-kNN and the two-tower model without a graph on held-out test scenes. Nothing here is tuned to the outcome: the
+kNN and the two-tower model without a graph on held-out test scenes, and the better of
+them gets most of the way to the oracle. Nothing here is tuned to the outcome: the
 pipeline runs with its defaults, as `make demo` does."""
 
 import pandas as pd
@@ -41,6 +42,15 @@ def test_graph_models_lead_the_baselines_beyond_doubt(report: pd.DataFrame, mode
     for baseline in ("popularity", "frozen_knn", "two_tower"):
         shown = rows.loc[[model, baseline], ["HR@10", "HR@10_low", "HR@10_high"]]
         assert rows.loc[model, "HR@10_low"] > rows.loc[baseline, "HR@10_high"], shown
+
+
+def test_the_best_graph_model_gets_most_of_the_way_to_the_oracle(report: pd.DataFrame) -> None:
+    """The goal is 80% of the oracle's CTL HR@10 (GAT: 0.81 here). One training seed moves it
+    by about 0.03 (README, ablation), so the guard sits below the goal by that much: a change
+    that costs more than a seed's spread fails here."""
+    scores = hr10(report, "ctl")
+    best = max(scores["gat"], scores["sage"])
+    assert best >= 0.75 * scores["oracle"], scores.to_dict()
 
 
 def test_trained_models_beat_the_frozen_backbone_on_shop_the_look(report: pd.DataFrame) -> None:
