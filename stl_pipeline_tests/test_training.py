@@ -248,6 +248,8 @@ def test_unknown_loss_or_task_is_refused(tmp_path: Path) -> None:
         train(model, graph, train_q, val_q, replace(CONFIG, temperature=0.0), tmp_path)
     with pytest.raises(ValueError, match=r"cold_start_dropout .* not in \[0, 1\)"):
         train(model, graph, train_q, val_q, replace(CONFIG, cold_start_dropout=1.0), tmp_path)
+    with pytest.raises(ValueError, match="lr_decay_patience counts epochs"):
+        train(model, graph, train_q, val_q, replace(CONFIG, lr_decay_patience=-1), tmp_path)
     with pytest.raises(ValueError, match="unknown tasks"):
         train(model, graph, {"outfit": train_q["stl"]}, val_q, CONFIG, tmp_path)
 

@@ -276,6 +276,10 @@ def train(
                 f"cold_start_dropout is the share of products hidden a step: {config.cold_start_dropout} "
                 "is not in [0, 1)"
             )
+        if config.lr_decay_patience < 0:
+            raise ValueError(
+                f"lr_decay_patience counts epochs: {config.lr_decay_patience} is below 0 (0 keeps the rate)"
+            )
         unknown = set(train_queries) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown tasks {sorted(unknown)}: use {TASKS}")
