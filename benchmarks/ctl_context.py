@@ -40,13 +40,13 @@ from stl_pipeline.features.queries import context_items, token_keys
 from stl_pipeline.features.spec import BackboneSpec
 from stl_pipeline.generate import STYLES_FILE
 from stl_pipeline.graph.store import load_graph
+from stl_pipeline.metrics import hit_rate, mrr, ranks_in_category
+from stl_pipeline.models.config import TrainConfig
+from stl_pipeline.models.record import build_model, schema
+from stl_pipeline.models.splits import QUERY_ASSETS, split_queries
 from stl_pipeline.registry import MODELS
 from stl_pipeline.settings import load_settings
-from stl_pipeline.training.config import TrainConfig
-from stl_pipeline.training.data import QUERY_ASSETS, split_queries
 from stl_pipeline.training.loop import train
-from stl_pipeline.training.models import build_model, schema
-from stl_pipeline.training.ranking import hit_rate, mrr, ranks_in_category
 from stl_pipeline.vectors import Embeddings
 
 
@@ -73,7 +73,7 @@ def style_probe(pairs: pd.DataFrame, ctl: Embeddings, context: Embeddings | None
     the generator's ground truth."""
     from sklearn.linear_model import LogisticRegression
 
-    from stl_pipeline.training.data import context_tokens
+    from stl_pipeline.models.splits import context_tokens
 
     path = load_settings().pairs_path.parent / STYLES_FILE
     if not path.is_file():

@@ -99,21 +99,21 @@ def stage(name: str, work: Path, scale: float | None, device_spec: str, epochs: 
             from stl_pipeline.personalized.model import model_record, train_hm
 
             config = HmTrainConfig() if epochs is None else replace(HmTrainConfig(), epochs=epochs)
-            result = train_hm(graph, config, device)
+            result = train_hm(graph, config, device, work / "checkpoints")
             torch.save(model_record(result, graph, config, "benchmark"), work / "model.pt")
             detail = (
                 f"{result.epochs_run} epochs, best val MAP@12 {result.best_val_map:.4f} "
                 f"(popularity {result.popularity_val_map:.4f})"
             )
         elif name == "report":
-            from stl_pipeline.personalized.evaluate import report_table
+            from stl_pipeline.personalized.report import report_table
 
             record = torch.load(work / "model.pt", weights_only=True)
             table = report_table(graph, record, customers, articles, work / "data", device)
             table.to_csv(work / "report.csv", index=False)
             test = table[table["window"] == "test"].set_index("method")
-            detail = f"test MAP@12 hm_sage {test.loc['hm_sage', 'map@12']:.4f}, " + ", ".join(
-                f"{m} {test.loc[m, 'map@12']:.4f}" for m in test.index if m != "hm_sage"
+            detail = f"test MAP@12 hm_sage {test.loc['hm_sage', 'MAP@12']:.4f}, " + ", ".join(
+                f"{m} {test.loc[m, 'MAP@12']:.4f}" for m in test.index if m != "hm_sage"
             )
         else:
             from stl_pipeline.personalized.model import load_model

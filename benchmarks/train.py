@@ -35,16 +35,17 @@ from tabulate import tabulate
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.catalogue import asset_path, read_embeddings
+from stl_pipeline.checkpoints import BEST, load_checkpoint
 from stl_pipeline.device import describe, effective_precision, resolve_device
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
+from stl_pipeline.metrics import mrr, true_ranks
+from stl_pipeline.models.config import TrainConfig
 from stl_pipeline.models.queries import Queries
+from stl_pipeline.models.record import build_model, schema
+from stl_pipeline.models.splits import CONTEXT_ASSET, QUERY_ASSETS, split_queries
 from stl_pipeline.registry import MODELS
-from stl_pipeline.training.config import TrainConfig
-from stl_pipeline.training.data import CONTEXT_ASSET, QUERY_ASSETS, split_queries
-from stl_pipeline.training.loop import BEST, load_checkpoint, train
-from stl_pipeline.training.models import build_model, schema
-from stl_pipeline.training.ranking import mrr, true_ranks
+from stl_pipeline.training.loop import train
 
 
 def load(data_dir: Path, copies: int = 1):

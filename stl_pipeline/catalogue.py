@@ -39,6 +39,8 @@ ASSET_STORES = {
             "retrieval_report",
             "recommendations",
             "hm_transactions",
+            "hm_articles",
+            "hm_customers",
             "hm_report",
             "hm_recommendations",
         ),
@@ -48,6 +50,8 @@ ASSET_STORES = {
     "stl_graph": "graph_io_manager",
     "hm_graph": "graph_io_manager",
     "hm_sage_model": "model_io_manager",
+    "stl_champion": "model_io_manager",
+    "hm_champion": "model_io_manager",
     **dict.fromkeys(MODEL_ASSETS.values(), "model_io_manager"),
     "product_index": "index_io_manager",
 }

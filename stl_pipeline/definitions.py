@@ -3,6 +3,7 @@
 import dagster as dg
 
 from stl_pipeline.catalogue import store_dir
+from stl_pipeline.champion import assets as champion_assets
 from stl_pipeline.evaluation import assets as evaluation_assets
 from stl_pipeline.executor import step_executor
 from stl_pipeline.features import assets as feature_assets
@@ -18,6 +19,7 @@ from stl_pipeline.io_managers import (
 )
 from stl_pipeline.orchestration import (
     hm_personalized,
+    hm_retrain_schedule,
     retrain_schedule,
     stl_embed,
     stl_full_pipeline,
@@ -50,6 +52,7 @@ MODULES = [
     graph_assets,
     training_assets,
     evaluation_assets,
+    champion_assets,
     serving_assets,
     personalized_assets,
 ]
@@ -61,7 +64,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=dg.load_assets_from_modules(MODULES),
         asset_checks=dg.load_asset_checks_from_modules(MODULES),
         jobs=[stl_full_pipeline, stl_ingest, stl_embed, stl_retrain, hm_personalized],
-        schedules=[retrain_schedule(settings.retrain_cron)],
+        schedules=[retrain_schedule(settings.retrain_cron), hm_retrain_schedule(settings.hm_retrain_cron)],
         sensors=[stl_raw_files_sensor],
         resources={
             "stl_files": StlFiles(

@@ -49,6 +49,20 @@ def _samples(table: pd.DataFrame, shown: int = 3) -> list[str]:
     return lines
 
 
+def champion_lines(result: dg.JobExecutionResult, asset: str) -> list[str]:
+    """The champion asset's decision, its reason and both test scores, as the demo prints them."""
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.path[-1] == asset:
+            meta = {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+            scores = [f"    {k.removeprefix('test_')}: {v}" for k, v in meta.items() if k.startswith("test_")]
+            return [
+                f"\n{asset}: {meta['decision']}: {meta['reason']}",
+                f"  challenger {meta['challenger']}; serving {meta['serving']}; gate {meta['gate']}",
+                *scores,
+            ]
+    return [f"\n{asset}: not materialized (an upstream step failed)"]
+
+
 def full_pipeline() -> dg.JobDefinition:
     from stl_pipeline.definitions import defs
 
@@ -97,6 +111,7 @@ def _summarize_personalized(result: dg.JobExecutionResult, seconds: float) -> in
         if materialization.asset_key.path[-1] == "hm_report":
             print("\nPersonalized report, test window (the last 7 days), every customer who bought in it:\n")
             print(materialization.metadata["test"].value)
+    print("\n".join(champion_lines(result, "hm_champion")))
     print("\nChecks:")
     for evaluation in result.get_asset_check_evaluations():
         verdict = "pass" if evaluation.passed else _failed(evaluation.severity)
@@ -156,6 +171,7 @@ def _summarize(result: dg.JobExecutionResult, instance: dg.DagsterInstance, seco
         print("\nRetrieval report, held-out test scenes, same-category candidates:\n")
         print(meta["test_same_category"].value)
         print(f"\nMLflow runs: {meta['mlflow_runs'].value}")
+    print("\n".join(champion_lines(result, "stl_champion")))
     if "embedding_report" in reports:
         print("\nEmbedding report (product embeddings; top-10 lists of test queries):\n")
         print(reports["embedding_report"]["embeddings"].value)

@@ -11,7 +11,6 @@ orchestrating process is gone and freeing the slots of every ended run.
 
 import dagster as dg
 import psutil
-from dagster._core.storage.runs import SqliteRunStorage
 
 # GPU-bound assets (embeddings, training) hold a slot of this pool while they run: one slot
 # per card keeps two of them off one card, across all runs.
@@ -49,7 +48,8 @@ def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     slots of every ended run; returns the runs ended or freed. Only on a local (SQLite)
     instance: a process id means nothing on a shared one, where the daemon's run monitoring
     does this."""
-    if not isinstance(instance.run_storage, SqliteRunStorage):
+    # Dagster's SQLite run storage (in memory too), told by class name: its class is not public API.
+    if not any(cls.__name__ == "SqliteRunStorage" for cls in type(instance.run_storage).__mro__):
         return []
     released = []
     for record in instance.get_run_records(dg.RunsFilter(statuses=list(UNFINISHED))):

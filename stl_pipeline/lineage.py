@@ -18,6 +18,7 @@ from stl_pipeline.registry import MODEL_ASSETS
 MAX_MISSING_SHARE = 0.05
 PAIR_COLUMNS = ["pair_id", "scene", "product", "split"]
 PAIRS_DIGEST = "pairs_digest"  # where a graph's info records the pairs it was built from
+RAW_DIGEST = "raw_sha256"  # ingestion's metadata: of the raw files; the raw-files sensor compares it
 
 
 class MismatchedInputError(ValueError):

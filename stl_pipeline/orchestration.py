@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from stl_pipeline.features.assets import ALL_PARTITIONS
-from stl_pipeline.ingest.assets import RAW_DIGEST
+from stl_pipeline.lineage import RAW_DIGEST
 from stl_pipeline.resources import StlFiles
 from stl_pipeline.storage import files_digest
 
@@ -26,7 +26,7 @@ hm_personalized = dg.define_asset_job(
     "hm_personalized",
     selection=dg.AssetSelection.groups(PERSONALIZED),
     description="Purchases to personalized top-12 lists: the H&M-format tables, the graph, "
-    "hm_sage_model, its report against the baselines, and hm_recommendations.",
+    "hm_sage_model, its report against the baselines, hm_champion (promotion), and hm_recommendations.",
 )
 stl_ingest = dg.define_asset_job(
     "stl_ingest",
@@ -42,7 +42,8 @@ stl_embed = dg.define_asset_job(
 stl_retrain = dg.define_asset_job(
     "stl_retrain",
     selection=dg.AssetSelection.assets("stl_graph").downstream(),
-    description="The graph, the models and the reports, from the current tables and embeddings.",
+    description="The graph, the models, the reports, stl_champion (promotion) and what is served, "
+    "from the current tables and embeddings.",
 )
 
 
@@ -55,6 +56,18 @@ def retrain_schedule(cron: str) -> dg.ScheduleDefinition:
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description=f"Retrain and re-evaluate on `{cron}` (UTC; STL_RETRAIN_CRON).",
+    )
+
+
+def hm_retrain_schedule(cron: str) -> dg.ScheduleDefinition:
+    """Off until an operator switches it on: the personalized group retrains on its own rhythm."""
+    return dg.ScheduleDefinition(
+        name="hm_retrain_schedule",
+        job=hm_personalized,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=f"Re-ingest purchases, retrain and promote on `{cron}` (UTC; HM_RETRAIN_CRON).",
     )
 
 

@@ -19,7 +19,7 @@ class ModelSpec:
     registered: str  # the MLflow registered model
     label: str  # how pages name it
     description: str
-    # Its training knobs' defaults where they differ from TrainConfig's (training/config.py);
+    # Its training knobs' defaults where they differ from TrainConfig's (models/config.py);
     # the training asset's run config is made from both.
     defaults: Mapping[str, Any] = field(default_factory=dict)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 
     from stl_pipeline.features.backbone import Backbone
     from stl_pipeline.images.download import Downloader
-    from stl_pipeline.tracking import Tracker
+    from stl_pipeline.tracking import TrackedRun, Tracker
 
 MAX_LOADER_WORKERS = 16
 
@@ -220,6 +222,25 @@ class MlflowTracker(dg.ConfigurableResource):
         from stl_pipeline.tracking import Tracker
 
         return Tracker(self.tracking_uri, self.experiment, self.artifact_root)
+
+    @contextmanager
+    def training_run(
+        self, context: dg.AssetExecutionContext, kind: str, params: dict
+    ) -> Iterator[TrackedRun]:
+        """The MLflow run a training asset trains in, tagged with its asset and Dagster run;
+        runs of ended Dagster runs that were never ended are marked KILLED first."""
+        from stl_pipeline.tracking import training_run
+
+        def ended(run_id: str) -> bool:  # another instance's runs are not this one's to end
+            run = context.instance.get_run_by_id(run_id)
+            return run is not None and run.is_finished
+
+        asset, run_id = context.asset_key.to_user_string(), context.run.run_id
+        tags = {"dagster_run_id": run_id, "asset": asset, "kind": kind}
+        with training_run(
+            self.tracker(), f"{asset} {run_id[:8]}", tags, params, ended, context.log.warning
+        ) as run:
+            yield run
 
 
 class QualityGate(dg.ConfigurableResource):

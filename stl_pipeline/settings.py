@@ -46,6 +46,7 @@ class Settings:
     device: str = "auto"
     mlflow_tracking_uri: str = ""
     retrain_cron: str = WEEKLY
+    hm_retrain_cron: str = WEEKLY
     executor: str = EXECUTORS[0]
     # The personalized group's three CSVs: transactions, articles, customers.
     hm_paths: tuple[Path, ...] = ()
@@ -129,6 +130,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         mlflow_tracking_uri=environ.get("MLFLOW_TRACKING_URI")
         or f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
         retrain_cron=_cron(environ.get("STL_RETRAIN_CRON") or WEEKLY),
+        hm_retrain_cron=_cron(environ.get("HM_RETRAIN_CRON") or WEEKLY),
         executor=_executor(environ.get("STL_EXECUTOR") or EXECUTORS[0]),
         hm_paths=_hm_paths(environ) or tuple(data_dir / HM_DEMO_DIR / name for name in HM_FILES),
         hm_demo=_hm_paths(environ) is None,

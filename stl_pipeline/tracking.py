@@ -8,6 +8,7 @@ rather than a pickled model.
 
 import fcntl
 import hashlib
+import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,10 @@ import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
+
+from stl_pipeline.checkpoints import RECORD, load_checkpoint, save_checkpoint
+from stl_pipeline.metrics import mlflow_name
+from stl_pipeline.storage import atomic_write_bytes
 
 MAX_PARAM_LENGTH = 6000
 # MLflow retries a request for about four minutes; a server that does not answer this fast
@@ -40,13 +45,18 @@ class TrackedRun:
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Metrics under MLflow's names (``val_HR@10`` -> ``val_hr_at_10``)."""
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        items = [Metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()]
         for start in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
 
     def log_artifact(self, path: Path, directory: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), directory)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value)[:5000])
 
     def log_text(self, text: str, name: str) -> None:
         self.client.log_text(self.run_id, text, name)
@@ -164,3 +174,56 @@ class Tracker:
             self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
             raise
         self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+@contextmanager
+def training_run(
+    tracker: Tracker,
+    name: str,
+    tags: dict[str, str],
+    params: dict,
+    ended: Callable[[str], bool],
+    warn: Callable[[str], None],
+) -> Iterator[TrackedRun]:
+    """The MLflow run a training asset trains in, after checking the server answers (before
+    training, not after) and marking KILLED the runs whose orchestrator run ended without them."""
+    tracker.check_reachable()
+    for abandoned in tracker.end_abandoned(ended):
+        warn(f"MLflow run {abandoned} outlived its orchestrator run: marked KILLED")
+    with tracker.run(name, tags=tags) as run:
+        run.log_params(params)
+        yield run
+
+
+def publish(
+    run: TrackedRun,
+    folder: Path,
+    record: dict,
+    config: dict,
+    curves: bytes,
+    metrics: dict[str, float],
+    registered: str,
+    tags: dict[str, str],
+) -> str:
+    """Log a trained model's record (weights-only loadable, with what it was trained on) and
+    config as the run's ``checkpoint`` artifacts, its final metrics and training curves, and
+    register them as a new version of ``registered``; returns the version."""
+    save_checkpoint(folder / RECORD, record)
+    atomic_write_bytes(folder / "config.json", json.dumps(config, indent=2).encode())
+    run.log_artifact(folder / RECORD, "checkpoint")
+    run.log_artifact(folder / "config.json", "checkpoint")
+    run.log_metrics(metrics)
+    run.log_image(curves, "training_curves.png")
+    return run.register(registered, "checkpoint", tags=tags)
+
+
+def download_record(client: MlflowClient, name: str, version: str) -> dict:
+    """The model record a registered version holds, read weights-only."""
+    from mlflow.artifacts import download_artifacts
+
+    from stl_pipeline.storage import read_artifact
+
+    found = client.get_model_version(name, str(version))
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(download_artifacts(artifact_uri=found.source, dst_path=folder))
+        return read_artifact(local / RECORD, load_checkpoint, f"register {name} again")

@@ -28,6 +28,7 @@ ASSETS = {
     "two_tower": "training",
     "retrieval_report": "evaluation",
     "embedding_report": "evaluation",
+    "stl_champion": "champion",
     "product_index": "serving",
     "recommendations": "serving",
     "recommendation_gallery": "serving",
@@ -39,6 +40,7 @@ ASSETS = {
             "hm_graph",
             "hm_sage_model",
             "hm_report",
+            "hm_champion",
             "hm_recommendations",
         ),
         "personalized",
@@ -51,7 +53,7 @@ def test_definitions_load_with_the_interface_names() -> None:
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == ASSETS
-    downstream = {"training", "evaluation", "serving"}
+    downstream = {"training", "evaluation", "champion", "serving"}
     expected = {
         "stl_full_pipeline": {a for a, g in ASSETS.items() if g != "personalized"},
         "hm_personalized": {a for a, g in ASSETS.items() if g == "personalized"},
@@ -61,7 +63,8 @@ def test_definitions_load_with_the_interface_names() -> None:
     for job, assets in expected.items():
         selected = defs.resolve_job_def(job).asset_layer.executable_asset_keys
         assert {key.to_user_string() for key in selected} == assets, job
-    assert defs.resolve_schedule_def("stl_retrain_schedule")
+    assert defs.resolve_schedule_def("stl_retrain_schedule").job_name == "stl_retrain"
+    assert defs.resolve_schedule_def("hm_retrain_schedule").job_name == "hm_personalized"
     assert defs.resolve_sensor_def("stl_raw_files_sensor")
 
 
@@ -87,14 +90,13 @@ def test_every_asset_is_guarded_by_blocking_checks() -> None:
         "sage_model_weights_finite",
         "triplet_head_weights_finite",
         "retrieval_report_complete",
-        "retrieval_report_gat_beats_baselines",
+        "challenger_passes_quality_gate",
         "product_index_finds_every_product",
         "recommendations_well_formed",
         "recommendation_gallery_complete",
         "hm_transactions_ids_known",
         "hm_transactions_windows_ordered",
         "hm_graph_temporal_split",
-        "hm_sage_beats_popularity",
         "hm_report_complete",
         "hm_recommendations_complete",
     } <= names

@@ -32,9 +32,9 @@ from stl_pipeline.images.policy import DownloadPolicy
 from stl_pipeline.images.verify import verify_image
 from stl_pipeline.ingest.tables import ingest
 from stl_pipeline.lineage import MismatchedInputError
+from stl_pipeline.models.splits import QUERY_ASSETS, split_queries
 from stl_pipeline.settings import load_settings
 from stl_pipeline.storage import UMASK, CorruptArtifactError, atomic_write_bytes, read_artifact
-from stl_pipeline.training.data import QUERY_ASSETS, split_queries
 from stl_pipeline.vectors import Embeddings
 from stl_pipeline_tests.conftest import SMALL
 from stl_pipeline_tests.http_server import ImageServer
@@ -309,8 +309,8 @@ def _truncate(path: Path) -> None:
 
 def _artifacts(data: Path, tmp_path: Path) -> dict[str, tuple[Path, object]]:
     """One file of each kind the IO managers write, with its reader."""
+    from stl_pipeline.checkpoints import load_checkpoint, save_checkpoint
     from stl_pipeline.serving.index import build_index, load_index, save_index
-    from stl_pipeline.training.loop import load_checkpoint, save_checkpoint
 
     products = read_embeddings(data, "product_embeddings")
     index_path, model_path = tmp_path / "product_index.safetensors", tmp_path / "gat_model.pt"
@@ -360,7 +360,8 @@ def test_stl_recommend_names_a_truncated_artifact_in_one_line(
 
 
 def test_a_truncated_resume_checkpoint_starts_training_afresh(tmp_path: Path) -> None:
-    from stl_pipeline.training.loop import LAST, train
+    from stl_pipeline.checkpoints import LAST
+    from stl_pipeline.training.loop import train
     from stl_pipeline_tests.test_training import CONFIG, setup
 
     straight = train(*setup(), CONFIG, tmp_path / "straight")
@@ -527,10 +528,11 @@ def test_concurrent_materializations_leave_tables_and_images_intact(
 
 
 def test_a_model_trained_on_another_graph_is_not_evaluated_or_served(tmp_path: Path) -> None:
+    from stl_pipeline.checkpoints import BEST, load_checkpoint
     from stl_pipeline.evaluation.report import vector_methods
     from stl_pipeline.lineage import PAIRS_DIGEST
-    from stl_pipeline.training.loop import BEST, load_checkpoint, train
-    from stl_pipeline.training.models import model_record
+    from stl_pipeline.models.record import model_record
+    from stl_pipeline.training.loop import train
     from stl_pipeline_tests.test_training import CONFIG, setup
 
     model, graph, train_q, val_q = setup()

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
+from stl_pipeline.models.config import TrainConfig
 from stl_pipeline.models.context import CatalogueRead, ContextAttention, worn_with
 from stl_pipeline.models.encoders import HeteroEncoder
 from stl_pipeline.models.heads import Projection, TripletHead
@@ -16,8 +17,7 @@ from stl_pipeline.models.losses import (
     triplet,
 )
 from stl_pipeline.models.queries import Queries
-from stl_pipeline.training.config import TrainConfig
-from stl_pipeline.training.models import build_model, schema
+from stl_pipeline.models.record import build_model, schema
 
 
 def tiny_graph(seed: int = 0) -> HeteroData:

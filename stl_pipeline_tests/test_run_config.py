@@ -9,11 +9,11 @@ import pytest
 from stl_pipeline.graph.assets import GraphBuildConfig
 from stl_pipeline.graph.config import GraphConfig, KnnConfig
 from stl_pipeline.images.policy import DownloadPolicy
+from stl_pipeline.models.config import TrainConfig
 from stl_pipeline.registry import MODELS
 from stl_pipeline.resources import ImageSource
 from stl_pipeline.run_config import config_class, to_dataclass
 from stl_pipeline.training.assets import CONFIGS
-from stl_pipeline.training.config import TrainConfig
 
 
 def test_the_graph_config_flattens_knn_and_round_trips() -> None:

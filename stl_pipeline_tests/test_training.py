@@ -6,23 +6,21 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
+from stl_pipeline.checkpoints import BEST, LAST, load_checkpoint
 from stl_pipeline.graph.schema import CO_OCCURS, CONTAINS, PRODUCT_SIMILAR, REV_CONTAINS
+from stl_pipeline.lifecycle import NonFiniteLoss
+from stl_pipeline.metrics import hit_rate, mrr, ranks_in_category, true_ranks
+from stl_pipeline.models.config import TrainConfig
 from stl_pipeline.models.queries import Queries
-from stl_pipeline.training.config import TrainConfig
+from stl_pipeline.models.record import build_model, load_model, schema
 from stl_pipeline.training.loop import (
-    BEST,
-    LAST,
     PRIOR_WEIGHTS,
-    NonFiniteLoss,
     _as_if_cold,
     batches,
     fit_popularity_prior,
-    load_checkpoint,
     train,
     validation_mrr,
 )
-from stl_pipeline.training.models import build_model, load_model, schema
-from stl_pipeline.training.ranking import hit_rate, mrr, ranks_in_category, true_ranks
 from stl_pipeline_tests.test_models import tiny_graph
 
 # Three queries a step: resume and early stopping are tested across mini-batches.
@@ -80,12 +78,12 @@ def test_training_lowers_the_loss_and_keeps_the_best_checkpoint(tmp_path: Path) 
     losses = [h["loss"] for h in result.history]
     assert result.epochs_run == 12 and losses[-1] < losses[0]
     best = load_checkpoint(tmp_path / BEST)
-    assert best["epoch"] == result.best_epoch and best["best_val_mrr"] == result.best_val_mrr
+    assert best["epoch"] == result.best_epoch and best["best_score"] == result.best_val_mrr
     assert "optimizer" not in best and "optimizer" in load_checkpoint(tmp_path / LAST)  # for resuming
     assert load_checkpoint(tmp_path / LAST)["finished"]
     # The best epoch's model carries its fitted popularity prior, which validation never rates lower.
     assert best["model"]["prior.weight"][0].item() in PRIOR_WEIGHTS
-    assert best["prior_val_mrr"]["val_mrr"] >= best["best_val_mrr"]
+    assert best["prior_val_mrr"]["val_mrr"] >= best["best_score"]
 
 
 def test_the_popularity_prior_is_fitted_on_validation_and_stays_zero_where_it_hurts() -> None:
@@ -236,7 +234,7 @@ def test_early_stopping_and_a_finished_run_is_not_repeated(tmp_path: Path) -> No
 def test_a_non_finite_loss_stops_with_advice(tmp_path: Path) -> None:
     model, graph, train_q, val_q = setup()
     train_q["stl"].x[0, 0] = float("nan")
-    with pytest.raises(NonFiniteLoss, match=r"lower lr .* non-finite embeddings"):
+    with pytest.raises(NonFiniteLoss, match=r"lower lr .* non-finite values"):
         train(model, graph, train_q, val_q, CONFIG, tmp_path)
 
 

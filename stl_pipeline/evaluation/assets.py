@@ -8,11 +8,11 @@ import dagster as dg
 import pandas as pd
 
 from stl_pipeline.artifacts import HeteroData
+from stl_pipeline.asset_inputs import MODEL_INS
 from stl_pipeline.generate import STYLES_FILE
 from stl_pipeline.registry import MODEL_ASSETS, MODELS, by_method
 from stl_pipeline.reporting import markdown
 from stl_pipeline.resources import MlflowTracker, QualityGate, StlFiles
-from stl_pipeline.training.assets import MODEL_INS
 from stl_pipeline.vectors import Embeddings
 
 GRAPH_METHODS = {spec.method for spec in MODELS if spec.passes_messages}
@@ -27,7 +27,7 @@ def _queries(
     context: Embeddings,
     splits: tuple[str, ...],
 ) -> tuple[dict, dict]:
-    from stl_pipeline.training.data import split_queries
+    from stl_pipeline.models.splits import split_queries
 
     split_q, split_rows = {}, {}
     for split in splits:
@@ -213,32 +213,6 @@ def retrieval_report_complete(retrieval_report: pd.DataFrame) -> dg.AssetCheckRe
             "rows_with_missing_metrics": nan,
             "sample": str(sorted(missing)[:3]),
         },
-    )
-
-
-@dg.asset_check(
-    asset=retrieval_report,
-    blocking=True,
-    description="GAT beats popularity and frozen kNN on validation HR@10 for Complete the Look.",
-)
-def retrieval_report_gat_beats_baselines(
-    retrieval_report: pd.DataFrame, quality_gate: QualityGate
-) -> dg.AssetCheckResult:
-    rows = retrieval_report[
-        (retrieval_report["split"] == "val")
-        & (retrieval_report["task"] == "ctl")
-        & (retrieval_report["pool"] == "same_category")
-    ].set_index("method")["HR@10"]
-    best_baseline = max(rows.get("popularity", float("inf")), rows.get("frozen_knn", float("inf")))
-    gat = rows.get("gat", float("-inf"))
-    margin = quality_gate.ctl_hr10_margin
-    passed = gat >= best_baseline + margin
-    return dg.AssetCheckResult(
-        passed=bool(passed),
-        metadata={"gat_hr10": float(gat), "best_baseline_hr10": float(best_baseline), "margin": margin},
-        description=None
-        if passed
-        else f"GAT's CTL HR@10 {gat:.3f} < baselines' {best_baseline:.3f} + {margin}",
     )
 
 

@@ -18,7 +18,7 @@ from stl_pipeline.evaluation.retrieval import POOLS, RetrievalTask, metrics, sam
 from stl_pipeline.lineage import require_trained_on
 from stl_pipeline.models.queries import Queries
 from stl_pipeline.models.recommender import TASKS
-from stl_pipeline.training.models import load_model, require_context
+from stl_pipeline.models.record import load_model, require_context
 from stl_pipeline.vectors import Embeddings
 
 # (task, queries, the pairs they come from) -> (Q, P) scores
@@ -82,15 +82,22 @@ def oracle_scorer(
 
 
 def vector_methods(
-    graph: HeteroData, visual_dim: int, records: dict[str, dict], context: Embeddings
+    graph: HeteroData,
+    visual_dim: int,
+    records: dict[str, dict],
+    context: Embeddings,
+    check_graph: bool = True,
 ) -> dict[str, VectorMethod]:
     """Frozen kNN and each trained model, as vectors and popularity biases; refuses a model
-    whose CTL queries attended over other context tokens than ``context``."""
+    whose CTL queries attended over other context tokens than ``context``, and, unless
+    ``check_graph`` is off (the champion's comparison, which leaves out what it trained on),
+    one trained on another graph."""
     frozen = graph["product"].x[:, :visual_dim]
     none = {task: torch.zeros(len(frozen)) for task in TASKS}
     methods = {"frozen_knn": VectorMethod(frozen, lambda task, queries: queries.x, none)}
     for method, record in records.items():
-        require_trained_on(method, record, getattr(graph, "info", {}))
+        if check_graph:
+            require_trained_on(method, record, getattr(graph, "info", {}))
         require_context(method, record, context)
         model = load_model(record)
         with torch.no_grad():

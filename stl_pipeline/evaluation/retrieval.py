@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stl_pipeline.training.ranking import true_ranks
+from stl_pipeline.metrics import true_ranks
 
 KS = (1, 5, 10, 50)
 POOLS = ("same_category", "catalogue")

@@ -16,12 +16,11 @@ from stl_pipeline.ingest.tables import (
     invalid_ids,
     scenes_in_several_splits,
 )
+from stl_pipeline.lineage import RAW_DIGEST
 from stl_pipeline.plots import bbox_coverage, category_distribution, cooccurrence_heatmap
 from stl_pipeline.reporting import counts, markdown
 from stl_pipeline.resources import StlFiles
 from stl_pipeline.storage import atomic_write_with, files_digest
-
-RAW_DIGEST = "raw_sha256"  # of both raw files; the raw-files sensor compares against it
 
 
 class IngestConfig(dg.Config):

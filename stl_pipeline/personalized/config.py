@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+REGISTERED = "hm-sage"  # the MLflow registered model of hm_sage_model
+
 
 @dataclass(frozen=True)
 class HmTrainConfig:
@@ -11,7 +13,7 @@ class HmTrainConfig:
     lr: float = 0.01
     weight_decay: float = 1e-4
     epochs: int = 40
-    patience: int = 4  # evaluations without a better validation MAP@12
+    patience: int = 4  # validations without a better validation MAP@12
     eval_every: int = 4
     train_windows: int = 8  # training weeks, each with its own snapshot
     max_positives: int = 200_000  # per step; a sample of the week when it has more
@@ -19,3 +21,8 @@ class HmTrainConfig:
     hard_negative_days: int = 28  # hard negatives sold in these days before the week; 0: any on sale
     article_embeddings: bool = True
     seed: int = 0
+    # What the lifecycle reads beside the above (lifecycle.Schedule).
+    lr_decay_patience: int = 0
+    checkpoint_every: int = 4
+    optimizer: str = "adam"
+    deterministic: bool = True

@@ -3,14 +3,13 @@
 Each method is a scorer: ``scores(customers)`` gives a dense row of article scores per
 customer, computed in chunks, from the window's snapshot only (purchases before its start).
 From those rows come the top-12 lists (already-bought articles allowed: repurchase is real),
-MAP@12, Recall@12, HR@12 and NDCG@12 over the customers who bought in the window, and the
+MAP@12, Recall@12, HR@12 and NDCG@12 (metrics.py) over the customers who bought in the window, and the
 link-prediction view: AUC and AP of the window's purchases against as many sampled
 non-purchases, plus accuracy and F1 at probability 0.5 for a model whose scores are logits.
 """
 
 from dataclasses import dataclass
 from datetime import date, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -18,13 +17,13 @@ import pandas as pd
 import torch
 from scipy import sparse
 
+from stl_pipeline.metrics import top_k_metrics
 from stl_pipeline.personalized.graph import ARTICLE, CUSTOMER, RECENT_DAYS, Snapshot
 
 if TYPE_CHECKING:
-    from torch_geometric.data import HeteroData
-
     from stl_pipeline.personalized.generate import Truth
-    from stl_pipeline.personalized.model import HmSage, Window
+    from stl_pipeline.personalized.model import HmSage
+    from stl_pipeline.personalized.windows import Window
 
 K = 12
 CHUNK = 2048  # customers scored at once: CHUNK x articles floats
@@ -168,7 +167,7 @@ class OracleScorer:
 @dataclass
 class WindowResult:
     metrics: dict[str, float]
-    per_customer: dict[str, np.ndarray]  # AP@12 and recall@12 of each customer, in customer order
+    per_customer: dict[str, np.ndarray]  # each ranking metric of each customer, in customer order
     customers: np.ndarray
 
 
@@ -194,26 +193,11 @@ def rank(
 
 
 def ranking_metrics(
-    top: np.ndarray, customers: np.ndarray, bought_c: np.ndarray, bought_a: np.ndarray, n_articles: int
+    top: np.ndarray, customers: np.ndarray, bought_c: np.ndarray, bought_a: np.ndarray
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """MAP@K, Recall@K, HR@K and NDCG@K of top lists against the distinct purchases
-    (``bought_c``, ``bought_a``, sorted by customer), and each customer's AP@K and recall@K."""
-    k = top.shape[1]
-    truth = bought_c.astype(np.int64) * n_articles + bought_a
-    hits = np.isin(customers[:, None].astype(np.int64) * n_articles + top, truth)
-    relevant = np.bincount(np.searchsorted(customers, bought_c), minlength=len(customers))
-    precision = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
-    ap = (precision * hits).sum(1) / np.minimum(relevant, k)
-    discount = 1 / np.log2(np.arange(2, k + 2))
-    ideal = np.cumsum(discount)[np.minimum(relevant, k) - 1]
-    recall = hits.sum(1) / relevant
-    metrics = {
-        f"map@{k}": float(ap.mean()),
-        f"recall@{k}": float(recall.mean()),
-        f"hr@{k}": float(hits.any(1).mean()),
-        f"ndcg@{k}": float(((hits * discount).sum(1) / ideal).mean()),
-    }
-    return metrics, {"ap": ap, "recall": recall}
+    """The means over customers of ``metrics.top_k_metrics``, and each customer's values."""
+    per_customer = top_k_metrics(top, customers, (bought_c, bought_a))
+    return {name: float(values.mean()) for name, values in per_customer.items()}, per_customer
 
 
 def sample_negatives(window: "Window", seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -239,12 +223,12 @@ def pair_metrics(positive: np.ndarray, negative: np.ndarray, logits: bool) -> di
     labels = np.concatenate([np.ones(len(positive)), np.zeros(len(negative))])
     scores = np.concatenate([positive, negative]).astype(np.float64)
     metrics = {
-        "auc": float(roc_auc_score(labels, scores)),
-        "ap": float(average_precision_score(labels, scores)),
+        "AUC": float(roc_auc_score(labels, scores)),
+        "AP": float(average_precision_score(labels, scores)),
     }
     if logits:
         predicted = scores > 0  # probability above 0.5
-        metrics |= {"accuracy": float((predicted == labels).mean()), "f1": float(f1_score(labels, predicted))}
+        metrics |= {"accuracy": float((predicted == labels).mean()), "F1": float(f1_score(labels, predicted))}
     return metrics
 
 
@@ -253,13 +237,12 @@ def evaluate(scorer: Scorer, window: "Window", pairs: bool = False, seed: int = 
     metrics too."""
     bought_c, bought_a = window.customers.cpu().numpy(), window.articles.cpu().numpy()
     customers = np.unique(bought_c)
-    n_articles = int(window.snap.x[ARTICLE].shape[0])
     sampled = None
     if pairs:
         neg_c, neg_a = sample_negatives(window, seed)
         sampled = (np.concatenate([bought_c, neg_c]), np.concatenate([bought_a, neg_a]))
     top, _, pair_scores = rank(scorer, customers, K, sampled)
-    metrics, per_customer = ranking_metrics(top, customers, bought_c, bought_a, n_articles)
+    metrics, per_customer = ranking_metrics(top, customers, bought_c, bought_a)
     if pair_scores is not None:
         metrics |= pair_metrics(pair_scores[: len(bought_c)], pair_scores[len(bought_c) :], scorer.logits)
     metrics["customers"] = len(customers)
@@ -290,40 +273,5 @@ def scorers(
     return found
 
 
-RANKING = ("map@12", "recall@12", "hr@12", "ndcg@12")
-COLUMNS = (*RANKING, "auc", "ap", "accuracy", "f1", "customers")
-
-
-def report_table(
-    graph: "HeteroData",
-    record: dict,
-    customers: pd.DataFrame,
-    articles: pd.DataFrame,
-    truth_dir: Path | None,
-    device: torch.device,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Every method on the validation and test windows: one row per (window, method)."""
-    from stl_pipeline.personalized.files import TRUTH_DIR
-    from stl_pipeline.personalized.generate import load_truth
-    from stl_pipeline.personalized.model import load_model, make_window
-
-    model = load_model(record, graph).to(device)
-    truth = load_truth(truth_dir) if truth_dir is not None and (truth_dir / TRUTH_DIR).is_dir() else None
-    start = date.fromisoformat(graph.info["start"])
-    rows = []
-    for name, key in (("val", "val_start_day"), ("test", "test_start_day")):
-        window = make_window(graph, graph.info[key], graph.info["window_days"], torch.device("cpu"))
-        methods = scorers(
-            window,
-            model,
-            device,
-            truth,
-            pd.Index(customers["customer_id"]),
-            pd.Index(articles["article_id"]),
-            start,
-        )
-        for method, scorer in methods.items():
-            metrics = evaluate(scorer, window, pairs=True, seed=seed).metrics
-            rows.append({"window": name, "method": method, **{c: metrics.get(c, np.nan) for c in COLUMNS}})
-    return pd.DataFrame(rows)
+RANKING = (f"MAP@{K}", f"Recall@{K}", f"HR@{K}", f"NDCG@{K}")
+COLUMNS = (*RANKING, "AUC", "AP", "accuracy", "F1", "customers")

@@ -10,28 +10,22 @@ Aggregation is a sparse-dense product with a row-normalized adjacency, so a laye
 O(nodes x hidden), not O(edges x hidden): the full graph trains without neighbour sampling.
 """
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import HeteroConv, SAGEConv
 
+from stl_pipeline.checkpoints import BEST, load_checkpoint
+from stl_pipeline.lifecycle import fit
 from stl_pipeline.personalized.config import HmTrainConfig
-from stl_pipeline.personalized.graph import (
-    ARTICLE,
-    BUYS,
-    CUSTOMER,
-    REV_BUYS,
-    Snapshot,
-    snapshot,
-    window_purchases,
-)
+from stl_pipeline.personalized.graph import ARTICLE, BUYS, CUSTOMER, REV_BUYS, Snapshot, snapshot
+from stl_pipeline.personalized.windows import Window, make_window
 
 K = 12  # list length: the H&M benchmark's MAP@12
 
@@ -100,73 +94,6 @@ def build_model(graph: HeteroData, config: HmTrainConfig) -> HmSage:
     )
 
 
-class NegativeSampler:
-    """Negatives for the week from day ``start``: uniform over articles on sale by the week's
-    end (first sold before it, or launched in it), and hard ones of a positive's product type
-    among the articles that sold in the ``live_days`` before ``start`` (what a customer was
-    choosing between). No article first sold after the week is ever drawn."""
-
-    def __init__(self, graph: HeteroData, start: int, days: int, live_days: int) -> None:
-        time, article = graph[BUYS].time, graph[BUYS].edge_index[1]
-
-        def bought(since: int, until: int) -> torch.Tensor:
-            lo, hi = (
-                int(torch.searchsorted(time, torch.tensor(d, dtype=time.dtype))) for d in (since, until)
-            )
-            return torch.unique(article[lo:hi])
-
-        self.eligible = bought(0, start + days)
-        live = bought(start - live_days, start) if live_days else self.eligible
-        types = graph[ARTICLE].product_type[live]
-        order = torch.argsort(types, stable=True)
-        self.live, self.types = live[order], types[order]
-        n_types = int(graph[ARTICLE].product_type.max()) + 1
-        self.start = torch.searchsorted(self.types, torch.arange(n_types))
-        self.end = torch.searchsorted(self.types, torch.arange(n_types), right=True)
-
-    def uniform(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        return self.eligible[torch.randint(len(self.eligible), (count,), generator=generator)]
-
-    def same_type(
-        self, articles: torch.Tensor, product_type: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
-        kind = product_type[articles]
-        lo, hi = self.start[kind], self.end[kind]
-        size = (hi - lo).clamp(min=1)
-        pick = (lo + (torch.rand(len(articles), generator=generator) * size).long()).clamp(
-            max=len(self.live) - 1
-        )
-        if not len(self.live):
-            return self.uniform(len(articles), generator)
-        return torch.where(hi > lo, self.live[pick], self.uniform(len(articles), generator))
-
-
-@dataclass
-class Window:
-    """A week to learn from or score: its snapshot, its purchases, its negative sampler."""
-
-    start: int
-    days: int
-    snap: Snapshot
-    customers: torch.Tensor  # distinct (customer, article) purchases in the week
-    articles: torch.Tensor
-    negatives: NegativeSampler
-
-
-def make_window(
-    graph: HeteroData, start: int, days: int, device: torch.device, live_days: int = 28
-) -> Window:
-    customers, articles = window_purchases(graph, start, days)
-    return Window(
-        start,
-        days,
-        snapshot(graph, start).to(device),
-        torch.from_numpy(customers).to(device),
-        torch.from_numpy(articles).to(device),
-        NegativeSampler(graph, start, days, live_days),
-    )
-
-
 @dataclass
 class HmTrainResult:
     state: dict[str, torch.Tensor]
@@ -210,17 +137,48 @@ def _step(
     return loss
 
 
+@dataclass
+class HmTrainable:
+    """The training weeks in random order, one step each, early-stopped on validation MAP@12."""
+
+    model: HmSage
+    windows: list[Window]
+    validation: Window
+    config: HmTrainConfig
+    product_type: torch.Tensor
+    score: str = f"val_MAP@{K}"
+
+    def __post_init__(self) -> None:
+        self.validation_snap = self.validation.snap.to(next(self.model.parameters()).device)
+
+    def steps(self, generator: torch.Generator) -> list[int]:
+        return torch.randperm(len(self.windows), generator=generator).tolist()
+
+    def loss(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        return _step(self.model, self.windows[batch], self.config, self.product_type, generator)
+
+    def validate(self) -> dict[str, float]:
+        from stl_pipeline.personalized.evaluate import SageScorer, evaluate
+
+        self.model.eval()
+        with torch.no_grad():
+            scorer = SageScorer(self.model, self.validation_snap)
+        self.model.train()
+        return {self.score: evaluate(scorer, self.validation).metrics[f"MAP@{K}"]}
+
+
 def train_hm(
     graph: HeteroData,
     config: HmTrainConfig,
     device: torch.device,
+    checkpoint_dir: Path,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> HmTrainResult:
-    from stl_pipeline.personalized.evaluate import PopularityScorer, SageScorer, evaluate
+    """Train through the lifecycle (lifecycle.py): seeded, resumable from
+    ``checkpoint_dir/last.pt``, early-stopped on validation MAP@12."""
+    from stl_pipeline.personalized.evaluate import PopularityScorer, evaluate
 
     began = time.perf_counter()
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     info, days = graph.info, graph.info["window_days"]  # the windows hm_graph was split with
     val_start = info["val_start_day"]
     starts = [
@@ -234,46 +192,20 @@ def train_hm(
     validation = make_window(graph, val_start, days, torch.device("cpu"))
     popularity_val = evaluate(
         PopularityScorer(validation.snap, graph[ARTICLE].num_nodes), validation
-    ).metrics["map@12"]
+    ).metrics[f"MAP@{K}"]
+    torch.manual_seed(config.seed)
     model = build_model(graph, config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    product_type = graph[ARTICLE].product_type
-    best_state, best_map, best_epoch, history, waited, epoch = None, -1.0, 0, [], 0, 0
-    val_device = validation.snap.to(device)
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        losses = []
-        for index in torch.randperm(len(windows), generator=generator).tolist():
-            optimizer.zero_grad()
-            loss = _step(model, windows[index], config, product_type, generator)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        metrics = {"loss": float(np.mean(losses))}
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            model.eval()
-            with torch.no_grad():
-                scorer = SageScorer(model, val_device)
-            metrics["val_map@12"] = evaluate(scorer, validation).metrics["map@12"]
-            if metrics["val_map@12"] > best_map:
-                best_map, best_epoch, waited = metrics["val_map@12"], epoch, 0
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            else:
-                waited += 1
-        history.append({"epoch": epoch, **metrics})
-        if on_epoch:
-            on_epoch(epoch, metrics)
-        if waited >= config.patience:
-            break
-    assert best_state is not None  # the last epoch always evaluates
+    trainable = HmTrainable(model, windows, validation, config, graph[ARTICLE].product_type)
+    result = fit(trainable, config, checkpoint_dir, on_epoch)
+    best = load_checkpoint(Path(checkpoint_dir) / BEST)
     return HmTrainResult(
-        state=best_state,
-        best_epoch=best_epoch,
-        best_val_map=best_map,
+        state=best["model"],
+        best_epoch=result.best_epoch,
+        best_val_map=result.best_score,
         popularity_val_map=popularity_val,
-        history=history,
-        epochs_run=epoch,
-        stopped_early=epoch < config.epochs,
+        history=result.history,
+        epochs_run=result.epochs_run,
+        stopped_early=result.stopped_early,
         seconds=time.perf_counter() - began,
     )
 

@@ -2,6 +2,7 @@
 ``recommendation_gallery``, and their checks."""
 
 import time
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 from pydantic import Field
 
 from stl_pipeline.artifacts import HeteroData, ProductIndex
+from stl_pipeline.asset_inputs import MODEL_INS
 from stl_pipeline.categories import LEAVES
 from stl_pipeline.features.queries import on_disk
 from stl_pipeline.graph.schema import CONTAINS
@@ -17,36 +19,48 @@ from stl_pipeline.registry import MODELS, by_method
 from stl_pipeline.reporting import markdown
 from stl_pipeline.resources import StlFiles
 from stl_pipeline.storage import atomic_write_bytes
-from stl_pipeline.training.assets import MODEL_INS
 from stl_pipeline.vectors import Embeddings
 
 
 class ProductIndexConfig(dg.Config):
-    model: str = Field(default="gat", description="Whose product vectors: a method of registry.py.")
     exact_limit: int = Field(default=50_000, description="Products up to which the search is exact.")
     nprobe: int = Field(default=8, description="Cells an IVF search probes (past exact_limit).")
 
 
-@dg.asset(group_name="serving", io_manager_key="index_io_manager", ins=MODEL_INS)
-def product_index(
-    config: ProductIndexConfig, stl_graph: HeteroData, **models: dict
-) -> dg.Output[ProductIndex]:
-    """A FAISS index of the chosen model's product vectors, with the id map and provenance."""
+def _served(stl_champion: dict) -> tuple[dict, dict, HeteroData]:
+    """The champion's description, model record and the graph it was trained on."""
+    from stl_pipeline.champion.store import snapshot_record
+    from stl_pipeline.graph.store import load_graph
+
+    serving = stl_champion["serving"]
+    if not serving:
+        raise ValueError("no Shop-the-Look model has passed its gate yet: nothing to serve")
+    folder = Path(serving["folder"])
+    graph, info = load_graph(folder / "graph.safetensors")
+    graph.info = info
+    return serving, snapshot_record(folder), graph
+
+
+@dg.asset(group_name="serving", io_manager_key="index_io_manager")
+def product_index(config: ProductIndexConfig, stl_champion: dict) -> dg.Output[ProductIndex]:
+    """A FAISS index of the champion's product vectors, with the id map and provenance."""
     import torch
 
+    from stl_pipeline.models.record import load_model
     from stl_pipeline.serving.index import build_index
-    from stl_pipeline.training.models import load_model
 
-    records = by_method(models)
-    if config.model not in records:
-        raise ValueError(f"unknown model {config.model!r} for product_index: use one of {list(records)}")
-    record = records[config.model]
-    require_trained_on(config.model, record, getattr(stl_graph, "info", {}))
+    serving, record, graph = _served(stl_champion)
+    require_trained_on(serving["method"], record, graph.info)
     start = time.perf_counter()
     with torch.no_grad():
-        vectors = load_model(record).products(stl_graph).numpy()
-    index = build_index(vectors, stl_graph["product"].ids, config.exact_limit, config.nprobe)
-    index.info |= {"model": config.model, "mlflow_run_id": record["mlflow_run_id"]}
+        vectors = load_model(record).products(graph).numpy()
+    index = build_index(vectors, graph["product"].ids, config.exact_limit, config.nprobe)
+    index.info |= {
+        "model": serving["method"],
+        "mlflow_run_id": record["mlflow_run_id"],
+        "registered": serving["registered"],
+        "version": serving["version"],
+    }
     return dg.Output(
         index,
         metadata={
@@ -93,18 +107,15 @@ def _lacking(graph: HeteroData, pairs: pd.DataFrame, scenes: list[str]) -> tuple
     return [scene for scene, _ in wanted], [c for _, c in wanted]
 
 
-@dg.asset(group_name="serving", ins=MODEL_INS)
+@dg.asset(group_name="serving")
 def recommendations(
-    config: RecommendationsConfig,
-    product_index: ProductIndex,
-    stl_graph: HeteroData,
-    stl_pairs: pd.DataFrame,
-    **models: dict,
+    config: RecommendationsConfig, product_index: ProductIndex, stl_champion: dict
 ) -> dg.Output[pd.DataFrame]:
-    """Top-K lists of the indexed model: similar and complementary products for every product,
-    and complete-the-look products for every held-out scene and each category it lacks."""
+    """Top-K lists of the champion: similar and complementary products for every product, and
+    complete-the-look products for every held-out scene of its graph and each category it lacks."""
     import torch
 
+    from stl_pipeline.models.record import load_model
     from stl_pipeline.serving.recommend import (
         COLUMNS,
         complementary_queries,
@@ -116,10 +127,12 @@ def recommendations(
         top_complementary,
         top_similar,
     )
-    from stl_pipeline.training.models import load_model
 
     start = time.perf_counter()
-    record = by_method(models)[product_index.info["model"]]
+    serving, record, stl_graph = _served(stl_champion)
+    stl_pairs = pd.read_parquet(Path(serving["folder"]) / "pairs.parquet")
+    if product_index.info.get("mlflow_run_id") != record["mlflow_run_id"]:
+        raise ValueError("product_index was built from another champion: rematerialize product_index")
     if product_index.ids != list(stl_graph["product"].ids):
         raise ValueError("product_index was built from another stl_graph: rematerialize product_index")
     ids, category = product_index.ids, stl_graph["product"].category
@@ -127,7 +140,7 @@ def recommendations(
     vectors = torch.from_numpy(product_index.vectors())
     k, per_category = config.k, config.complementary_per_category
     scene = stl_graph["scene"]
-    require_trained_on(product_index.info["model"], record, getattr(stl_graph, "info", {}))
+    require_trained_on(serving["method"], record, stl_graph.info)
     model = load_model(record)
     with torch.no_grad():
         scene_queries = model.queries(scene.x, "ctl")
@@ -172,8 +185,9 @@ def recommendations(
     baselines = {other: complementary_of(vectors, other_queries), "frozen": complementary_of(frozen, frozen)}
     shares = table.groupby("kind")["category"].value_counts(normalize=True).unstack(0).fillna(0).round(3)
     metadata = {
-        "model": product_index.info["model"],
-        "mlflow_run_id": product_index.info.get("mlflow_run_id", ""),
+        "model": serving["method"],
+        "mlflow_model": f"{serving['registered']} version {serving['version']}",
+        "mlflow_run_id": record["mlflow_run_id"],
         "k": k,
         "held_out_scenes": len(held_out),
         **{
@@ -201,15 +215,16 @@ def recommendations(
 @dg.asset_check(
     asset=recommendations,
     blocking=True,
-    additional_ins={"product_index": dg.AssetIn("product_index"), "stl_graph": dg.AssetIn("stl_graph")},
+    additional_ins={"product_index": dg.AssetIn("product_index"), "stl_champion": dg.AssetIn("stl_champion")},
     description="No product recommends itself, categories are respected, and lists are full.",
 )
 def recommendations_well_formed(
-    recommendations: pd.DataFrame, product_index: ProductIndex, stl_graph: HeteroData
+    recommendations: pd.DataFrame, product_index: ProductIndex, stl_champion: dict
 ) -> dg.AssetCheckResult:
     from stl_pipeline.serving.recommend import problems
 
-    names = (LEAVES[c] for c in stl_graph["product"].category.tolist())
+    _, _, graph = _served(stl_champion)
+    names = (LEAVES[c] for c in graph["product"].category.tolist())
     k = int(recommendations["rank"].max()) if len(recommendations) else 0
     found = problems(recommendations, dict(zip(product_index.ids, names, strict=True)), k)
     return dg.AssetCheckResult(passed=not any(found.values()), metadata=found)
@@ -241,6 +256,7 @@ def recommendation_gallery(
     config: GalleryConfig,
     retrieval_report: pd.DataFrame,
     recommendations: pd.DataFrame,
+    stl_champion: dict,
     stl_graph: HeteroData,
     stl_pairs: pd.DataFrame,
     stl_products: pd.DataFrame,
@@ -253,11 +269,13 @@ def recommendation_gallery(
     **models: dict,
 ) -> dg.Output[pd.DataFrame]:
     """An HTML page of held-out test scenes: query regions, the true product and each method's
-    top-K side by side with hits marked, the test metrics on top, and similar-product strips.
+    top-K side by side with hits marked, the test metrics on top, and the champion's
+    similar-product strips (it waits for the champion's gate, as everything served does).
     Its value is the table of what it shows: per pair, method and task, the true product's rank."""
     import torch
 
     from stl_pipeline.models.queries import Queries
+    from stl_pipeline.models.splits import context_tokens
     from stl_pipeline.serving.gallery import (
         Thumbnails,
         build_samples,
@@ -268,7 +286,6 @@ def recommendation_gallery(
         shown_table,
         strips_of,
     )
-    from stl_pipeline.training.data import context_tokens
 
     ids, category = stl_graph["product"].ids, stl_graph["product"].category
     position = {p: i for i, p in enumerate(ids)}
@@ -302,7 +319,9 @@ def recommendation_gallery(
     ]
     products = on_disk(product_images)
     thumbnails = Thumbnails(dict(zip(products["signature"], products["path"], strict=True)), config.thumbnail)
+    served = stl_champion["serving"]
     runs = ", ".join(f"{m} {r['mlflow_run_id'][:8]}" for m, r in records.items())
+    runs += f" · serving: {served['method']} ({served['registered']} version {served['version']})"
     queries_count = int(test["queries"].iloc[0]) if len(test) else 0
     page = render(
         "stl-pipeline recommendation gallery",

@@ -4,9 +4,10 @@
     stl-recommend product ID [-k 10] [--json]
     stl-recommend customer ID [-k 12] [--json]
 
-Reads the latest materialized model and index under STL_DATA_DIR, or a
-registered MLflow model version (--model-name stl-gat --model-version 3);
-``customer`` reads the personalized group's hm_recommendations.
+Answers from the champion (the model that passed its gate and was promoted, with
+the graph it was trained on) under STL_DATA_DIR, or from a registered MLflow
+model (--model-name stl-gat for its @champion alias, --model-version 3 for a
+version); ``customer`` reads hm_recommendations, made from the personalized champion.
 """
 
 import argparse
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model-name", help="A registered MLflow model (stl-gat, stl-sage, stl-two-tower, stl-triplet)."
     )
-    parser.add_argument("--model-version", help="Its version; both or neither.")
+    parser.add_argument("--model-version", help="Its version (default: its @champion alias).")
     commands = parser.add_subparsers(dest="command", required=True)
     scene = commands.add_parser("scene", help="Exact-match and complete-the-look products for a scene photo.")
     scene.add_argument("image", help="A JPEG, PNG or WebP file.")
@@ -80,7 +81,7 @@ def _customer(customer_id: str, k: int, as_json: bool) -> str:
     if as_json:
         return json.dumps(asdict(answer), indent=2)
     title = (
-        f"Customer {customer_id}: top {len(answer.articles)} (hm_sage_model)"
+        f"Customer {customer_id}: top {len(answer.articles)} (the personalized champion)"
         if answer.personalized
         else f"Customer {customer_id} has no recent purchase: last week's best sellers"
     )
@@ -129,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "customer":
             print(_customer(args.id, args.k, args.json))
             return 0
-        if bool(args.model_name) != bool(args.model_version):
-            raise ColdStartError("give both --model-name and --model-version, or neither")
+        if args.model_version and not args.model_name:
+            raise ColdStartError("--model-version needs --model-name")
         cold = load(load_settings(), args.model_name, args.model_version)
         if args.command == "scene":
             bbox = parse_bbox(args.bbox) if args.bbox else None

@@ -12,7 +12,6 @@ on the spot from the latest graph.
 """
 
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,20 +23,21 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.catalogue import asset_path
 from stl_pipeline.categories import LEAVES
+from stl_pipeline.champion.store import CHAMPION, NoChampion, current
+from stl_pipeline.checkpoints import RECORD, load_checkpoint
 from stl_pipeline.features.backbone import Backbone, BackboneUnavailable, load_backbone
 from stl_pipeline.features.embed import Embedder
 from stl_pipeline.features.regions import ctl_box, stl_box
 from stl_pipeline.features.spec import BackboneSpec
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
+from stl_pipeline.lineage import MismatchedInputError, require_trained_on
 from stl_pipeline.models.recommender import TASKS, Recommender
-from stl_pipeline.registry import MODEL_ASSETS
+from stl_pipeline.models.record import load_model
 from stl_pipeline.serving.index import ProductIndex, build_index, load_index
 from stl_pipeline.serving.recommend import complementary_queries, finds_partners
 from stl_pipeline.settings import Settings
 from stl_pipeline.storage import read_artifact
-from stl_pipeline.training.loop import BEST, load_checkpoint
-from stl_pipeline.training.models import load_model, model_record
 
 MAX_PIXELS = 50_000_000
 
@@ -337,36 +337,57 @@ def _read(path: Path, what: str, loader):
 
 
 def load(settings: Settings, model_name: str | None = None, model_version: str | None = None) -> ColdStart:
-    """The latest materialized model and index under ``settings.data_dir``, or a registered
-    MLflow model version (with product vectors computed from the latest graph)."""
+    """The champion, with the graph it was trained on, by default; or a registered MLflow model
+    (its ``@champion`` alias without a version) on the latest graph, which it must have been
+    trained on."""
     root = settings.data_dir
-    graph_path = asset_path(root, "stl_graph")
-    graph, info = _read(graph_path, "materialized stl_graph", load_graph)
-    graph.info = info
     if model_name:
-        record = _registered(settings, model_name, model_version, graph)
-        with torch.no_grad():
-            vectors = load_model(record).products(graph).numpy()
-        index = build_index(vectors, list(graph["product"].ids))
+        graph, info = _read(asset_path(root, "stl_graph"), "materialized stl_graph", load_graph)
+        graph.info = info
+        record, version = _registered(settings, model_name, model_version)
+        try:
+            require_trained_on(model_name, record, info)
+        except MismatchedInputError as error:
+            raise ColdStartError(
+                f"{model_name} version {version} was trained on another stl_graph than the latest one: "
+                f"leave out --model-name to use the champion with its own graph ({error})"
+            ) from error
+        index = None
+        source = {"model": model_name, "version": version, "mlflow_run_id": record["mlflow_run_id"]}
+    else:
+        try:
+            serving = current(root, "stl")
+        except NoChampion as error:
+            raise ColdStartError(str(error)) from error
+        folder = Path(serving["folder"])
+        record = read_artifact(folder / RECORD, load_checkpoint, "promote a model again")
+        graph, info = read_artifact(folder / "graph.safetensors", load_graph, "promote a model again")
+        graph.info = info
+        index = _read(asset_path(root, "product_index"), "materialized product_index", load_index)
+        if index.info.get("mlflow_run_id") != record["mlflow_run_id"]:
+            index = None  # the champion was just promoted and its index is not built yet
         source = {
-            "model": model_name,
-            "version": str(model_version),
+            "model": serving["method"],
+            "version": f"{serving['registered']} version {serving['version']} (@champion)",
             "mlflow_run_id": record["mlflow_run_id"],
         }
-    else:
-        index = _read(asset_path(root, "product_index"), "materialized product_index", load_index)
-        asset = MODEL_ASSETS.get(index.info.get("model", ""), "gat_model")
-        record = _read(asset_path(root, asset), f"materialized {asset}", load_checkpoint)
-        if record.get("mlflow_run_id") != index.info.get("mlflow_run_id"):
-            raise ColdStartError(f"product_index is older than {asset}: rematerialize product_index")
-        source = {"model": index.info.get("model", ""), "mlflow_run_id": record["mlflow_run_id"]}
+    try:
+        model = load_model(record)
+    except RuntimeError as error:
+        raise ColdStartError(
+            f"{source['model']} does not fit the graph it is served with: {str(error)[:200]}"
+        ) from error
+    if index is None:
+        with torch.no_grad():
+            vectors = model.products(graph).numpy()
+        index = build_index(vectors, list(graph["product"].ids))
     if index.ids != list(graph["product"].ids):
         raise ColdStartError(
-            "product_index and stl_graph hold different products: rematerialize product_index"
+            "product_index and the champion's graph hold different products: rematerialize product_index"
         )
     return ColdStart(
         backbone=_backbone_of(graph, settings.backbone_checkpoint),
-        model=load_model(record),
+        model=model,
         index=index,
         category=graph["product"].category.numpy(),
         scenes=_train_scenes(graph),
@@ -375,30 +396,21 @@ def load(settings: Settings, model_name: str | None = None, model_version: str |
     )
 
 
-def _registered(settings: Settings, name: str, version: str | None, graph: HeteroData) -> dict:
+def _registered(settings: Settings, name: str, version: str | None) -> tuple[dict, str]:
+    """The record of ``name``'s ``version``, or of its ``@champion`` alias."""
     from mlflow import MlflowClient
-    from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    if not version:
-        raise ColdStartError(f"--model-name {name} needs --model-version")
+    from stl_pipeline.tracking import download_record
+
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     try:
-        found = client.get_model_version(name, str(version))
+        if not version:
+            version = str(client.get_model_version_by_alias(name, CHAMPION).version)
+        return download_record(client, name, version), version
     except MlflowException as error:
+        wanted = f"version {version}" if version else "a @champion alias"
         raise ColdStartError(
-            f"no version {version} of registered model {name!r} at {settings.mlflow_tracking_uri}: "
-            "see `make mlflow` for the registered models (stl-gat, stl-sage, stl-two-tower, stl-triplet)"
+            f"registered model {name!r} has no {wanted} at {settings.mlflow_tracking_uri}: see `make mlflow` "
+            "for the registered models (stl-gat, stl-sage, stl-two-tower, stl-triplet)"
         ) from error
-    with tempfile.TemporaryDirectory() as folder:
-        local = Path(download_artifacts(artifact_uri=found.source, dst_path=folder))
-        best = read_artifact(local / BEST, load_checkpoint, f"the checkpoint of {name} version {version}")
-    record = model_record(best, graph, int(graph.info["backbone"]["dimension"]), found.run_id)
-    try:
-        load_model(record)
-    except RuntimeError as error:
-        raise ColdStartError(
-            f"{name} version {version} was trained on a graph of another shape than the latest "
-            f"stl_graph: {str(error)[:200]}"
-        ) from error
-    return record

@@ -9,12 +9,11 @@ import pandas as pd
 
 from stl_pipeline.artifacts import HeteroData
 from stl_pipeline.executor import GPU_POOL, GPU_STEP_TAGS
+from stl_pipeline.models.config import TrainConfig
 from stl_pipeline.plots import training_curves
 from stl_pipeline.registry import MODELS, ModelSpec
 from stl_pipeline.resources import MlflowTracker, StlFiles, TorchDevice
 from stl_pipeline.run_config import config_class, to_dataclass
-from stl_pipeline.storage import atomic_write_bytes
-from stl_pipeline.training.config import TrainConfig
 from stl_pipeline.vectors import Embeddings
 
 GROUP, IO = "training", "model_io_manager"
@@ -29,12 +28,6 @@ def _prior(best: dict) -> dict[str, float]:
         return {}
     fitted = {f"popularity_weight_{task}": float(w) for task, w in zip(TASKS, weights.tolist(), strict=True)}
     return fitted | {f"prior_{key}": value for key, value in best.get("prior_val_mrr", {}).items()}
-
-
-def _ended(instance: dg.DagsterInstance, run_id: str) -> bool:
-    """A run of this instance that has ended (another instance's runs are not this one's to end)."""
-    run = instance.get_run_by_id(run_id)
-    return run is not None and run.is_finished
 
 
 def _train_asset(spec: ModelSpec, config_class: type[dg.Config]) -> dg.AssetsDefinition:
@@ -62,10 +55,12 @@ def _train_asset(spec: ModelSpec, config_class: type[dg.Config]) -> dg.AssetsDef
     ) -> dg.Output[dict]:
         import torch
 
+        from stl_pipeline.checkpoints import BEST, load_checkpoint
         from stl_pipeline.device import describe
-        from stl_pipeline.training.data import split_queries
-        from stl_pipeline.training.loop import BEST, load_checkpoint, train
-        from stl_pipeline.training.models import build_model, model_record, schema
+        from stl_pipeline.models.record import build_model, model_record, schema
+        from stl_pipeline.models.splits import split_queries
+        from stl_pipeline.tracking import publish
+        from stl_pipeline.training.loop import train
 
         train_config = to_dataclass(TrainConfig, config.model_dump(), kind=kind)
         params = asdict(train_config)
@@ -90,13 +85,8 @@ def _train_asset(spec: ModelSpec, config_class: type[dg.Config]) -> dg.AssetsDef
         train_q, val_q = ({task: q.to(device) for task, q in split.items()} for split in (train_q, val_q))
         torch.manual_seed(train_config.seed)
         model = build_model(schema(stl_graph), stl_crop_embeddings.dim, train_config).to(device)
-        tags = {"dagster_run_id": context.run.run_id, "asset": name, "kind": kind}
-        tracker = mlflow.tracker()
-        tracker.check_reachable()
-        for abandoned in tracker.end_abandoned(lambda run_id: _ended(context.instance, run_id)):
-            context.log.warning(f"MLflow run {abandoned} outlived its Dagster run: marked KILLED")
-        with tracker.run(f"{name} {context.run.run_id[:8]}", tags=tags) as run:
-            run.log_params({**params, "device": describe(device), "precision": precision})
+        run_params = {**params, "device": describe(device), "precision": precision}
+        with mlflow.training_run(context, kind, run_params) as run:
             result = train(
                 model,
                 graph,
@@ -109,17 +99,20 @@ def _train_asset(spec: ModelSpec, config_class: type[dg.Config]) -> dg.AssetsDef
             )
             best = load_checkpoint(checkpoints / BEST)
             record = model_record(best, stl_graph, stl_crop_embeddings.dim, run.run_id, tokens)
-            config_path = checkpoints / "config.json"
-            atomic_write_bytes(config_path, json.dumps(params, indent=2).encode())
-            run.log_artifact(checkpoints / BEST, "checkpoint")
-            run.log_artifact(config_path, "checkpoint")
+            record["registered"] = registered
             prior = _prior(best)
-            run.log_metrics({"best_epoch": result.best_epoch, "best_val_mrr": result.best_val_mrr, **prior})
             curves = training_curves(result.history, result.best_epoch, name)
-            run.log_image(curves, "training_curves.png")
-            version = run.register(
-                registered, "checkpoint", tags={"asset": name, "dagster_run_id": context.run.run_id}
+            version = publish(
+                run,
+                checkpoints,
+                record,
+                params,
+                curves,
+                {"best_epoch": result.best_epoch, "best_val_mrr": result.best_val_mrr, **prior},
+                registered,
+                {"asset": name, "dagster_run_id": context.run.run_id},
             )
+        record["version"] = version
         history = pd.DataFrame(result.history)
         plots = stl_files.save_plot(f"{name}_training_curves", curves)
         context.log.info(
@@ -160,5 +153,3 @@ CONFIGS: dict[str, type[dg.Config]] = {
     for spec in MODELS
 }
 training_assets = [_train_asset(spec, CONFIGS[spec.method]) for spec in MODELS]
-# Every model's record, as the inputs of a downstream asset that takes them as **models.
-MODEL_INS = {spec.asset: dg.AssetIn(spec.asset) for spec in MODELS}

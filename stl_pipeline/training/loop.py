@@ -1,42 +1,26 @@
-"""Full-batch training of a recommender with checkpoints, resume and early stopping.
-
-A checkpoint holds the model, the optimizer, the fp16 gradient scaler, every
-random generator (the CPU one negatives are drawn from, torch's, and the CUDA
-device's that dropout uses there) and the history, so a run killed after
-epoch n and resumed ends in exactly the state an uninterrupted run reaches.
-Checkpoints are written atomically and read with ``weights_only=True``.
+"""Training of a Shop-the-Look recommender: the queries of both tasks in mini-batches, the
+negatives, the co-occurrence term and the cold-start dropout of a step, and the validation MRR
+that early stopping watches. Seeding, resume, stopping and checkpoints are the lifecycle's
+(lifecycle.py), shared with the personalized group.
 """
 
 import copy
 import functools
 import math
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.device import Precision, autocast, effective_precision
+from stl_pipeline.device import Precision
 from stl_pipeline.graph.schema import CO_OCCURS, CONTAINS, REV_CONTAINS
+from stl_pipeline.lifecycle import fit
+from stl_pipeline.metrics import mrr, ranks_in_category
+from stl_pipeline.models.config import TrainConfig
 from stl_pipeline.models.losses import LOSSES, Negatives, sample_negatives, sampling_log_q
 from stl_pipeline.models.queries import Queries
 from stl_pipeline.models.recommender import TASKS, Recommender, log_popularity
-from stl_pipeline.storage import CorruptArtifactError, atomic_write_with, read_artifact
-from stl_pipeline.training.config import TrainConfig
-from stl_pipeline.training.ranking import mrr, ranks_in_category
-
-LAST, BEST = "last.pt", "best.pt"
-# What the best checkpoint keeps: what a model record reads (training/models.py), not the
-# optimizer's moments and the RNG states that only resuming needs. It is written at every
-# better epoch and registered in MLflow; the moments would treble its size.
-BEST_KEYS = ("epoch", "model", "history", "best_epoch", "best_val_mrr", "config")
-
-
-class NonFiniteLoss(FloatingPointError):
-    pass
 
 
 @dataclass
@@ -149,27 +133,6 @@ def _as_if_cold(graph: HeteroData, fraction: float, generator: torch.Generator) 
     return masked
 
 
-def _state(
-    model, optimizer, scheduler, scaler, sampler, config, epoch, history, best, finished: bool
-) -> dict:
-    device = next(model.parameters()).device
-    return {
-        "epoch": epoch,
-        "finished": finished,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else {},
-        "scaler": scaler.state_dict(),
-        "sampler": sampler.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "history": history,
-        "best_epoch": best[0],
-        "best_val_mrr": best[1],
-        "config": asdict(config),
-    }
-
-
 def _sampling_corrections(
     queries: dict[str, Queries], category: torch.Tensor, config: TrainConfig, device: torch.device
 ) -> dict[str, dict[str, torch.Tensor]]:
@@ -207,50 +170,92 @@ def _negatives(
     ).to(positives.device)
 
 
-def _fit_best(model: Recommender, graph: HeteroData, val: dict[str, Queries], path: Path) -> None:
-    """Fit the popularity prior of the best epoch's model and write it into its checkpoint.
-    A copy of the model does it: the last epoch's state is still to be saved."""
-    best = load_checkpoint(path)
-    fitted = copy.deepcopy(model)
-    fitted.load_state_dict(best["model"])
-    with torch.no_grad():
-        best["prior_val_mrr"] = fit_popularity_prior(fitted, graph, val)
-    best["model"] = fitted.state_dict()
-    save_checkpoint(path, best)
+def check_config(config: TrainConfig) -> None:
+    """Refuse knobs out of range, naming them (the lifecycle checks its own)."""
+    if config.loss not in LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}: use one of {sorted(LOSSES)}")
+    if config.temperature <= 0:
+        raise ValueError(f"temperature divides the cosines: {config.temperature} must be above 0")
+    if not 0 <= config.cold_start_dropout < 1:
+        raise ValueError(
+            f"cold_start_dropout is the share of products hidden a step: {config.cold_start_dropout} "
+            "is not in [0, 1)"
+        )
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+@dataclass
+class StlTrainable:
+    """Both tasks' queries in mini-batches over the whole graph, re-encoded every step."""
 
+    model: Recommender
+    graph: HeteroData
+    train_queries: dict[str, Queries]
+    val_queries: dict[str, Queries]
+    config: TrainConfig
+    score: str = "val_mrr"
 
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    def __post_init__(self) -> None:
+        unknown = set(self.train_queries) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)}: use {TASKS}")
+        config = self.config
+        self.loss_fn = LOSSES[config.loss]
+        if config.loss == "infonce":
+            self.loss_fn = functools.partial(self.loss_fn, temperature=config.temperature)
+        self.category = self.graph["product"].category.cpu()  # negatives are drawn on the CPU generator
+        device = next(self.model.parameters()).device
+        self.corrections = _sampling_corrections(self.train_queries, self.category, config, device)
+        self.partners = _co_occurrences(self.graph, config)
+        self.largest = max(len(q.product) for q in self.train_queries.values())
 
+    def steps(self, generator: torch.Generator) -> list[tuple[dict[str, torch.Tensor], torch.Tensor | None]]:
+        config = self.config
+        steps = batches(self.train_queries, config.batch_size, generator, config.max_steps)
+        pairs: list[torch.Tensor | None] = [None] * len(steps)
+        if self.partners is not None:
+            pairs = list(_co_occurrence_batches(self.partners.shape[1], len(steps), self.largest, generator))
+        return list(zip(steps, pairs, strict=True))
 
-def _resumable(last: Path) -> dict | None:
-    """The state to resume from; None when there is none, or when it is damaged: training
-    is deterministic, so starting afresh ends where the interrupted run would have."""
-    if not last.exists():
-        return None
-    try:
-        return read_artifact(last, load_checkpoint, "training starts afresh")
-    except CorruptArtifactError as error:
-        warnings.warn(str(error), stacklevel=3)
-        last.unlink(missing_ok=True)
-        return None
+    def loss(
+        self, batch: tuple[dict[str, torch.Tensor], torch.Tensor | None], generator: torch.Generator
+    ) -> torch.Tensor:
+        chosen_queries, chosen_pairs = batch
+        config, model, graph, category = self.config, self.model, self.graph, self.category
+        # The graph is encoded again for every step: its weights have just changed.
+        seen = (
+            _as_if_cold(graph, config.cold_start_dropout, generator) if config.cold_start_dropout else graph
+        )
+        products = model.products(seen).float()
+        loss = torch.zeros((), device=products.device)
+        for task, queries in self.train_queries.items():
+            chosen = chosen_queries[task].to(queries.product.device)
+            if not len(chosen):  # a small task may run out of queries before a large one
+                continue
+            positives = queries.product[chosen].to(products.device)
+            negatives = _negatives(positives, category, config, generator)
+            predicted = model.encode(queries.rows(chosen), task, products, graph).float()
+            loss = loss + self.loss_fn(predicted, products, positives, negatives, **self.corrections[task])
+        if chosen_pairs is not None and len(chosen_pairs):
+            # Each product's vector as a query for a partner (why: TrainConfig).
+            partners = self.partners
+            source, target = partners[:, chosen_pairs.to(partners.device)].to(products.device)
+            negatives = _negatives(target, category, config, generator)
+            loss = loss + config.cooccurrence_weight * self.loss_fn(
+                products[source], products, target, negatives
+            )
+        return loss
 
+    def validate(self) -> dict[str, float]:
+        return validation_mrr(self.model, self.graph, self.val_queries)
 
-@contextmanager
-def _deterministic(on: bool) -> Iterator[None]:
-    """PyTorch's deterministic kernels while the block runs (a process-wide switch, restored
-    after); ops without one warn instead of failing."""
-    before = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(on, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+    def fit_prior(self, best: dict) -> dict:
+        """The best checkpoint with its popularity prior fitted on validation. A copy of the
+        model does it: the last epoch's state is still to be saved."""
+        fitted = copy.deepcopy(self.model)
+        fitted.load_state_dict(best["model"])
+        with torch.no_grad():
+            prior_val_mrr = fit_popularity_prior(fitted, self.graph, self.val_queries)
+        return best | {"model": fitted.state_dict(), "prior_val_mrr": prior_val_mrr}
 
 
 def train(
@@ -260,135 +265,14 @@ def train(
     val_queries: dict[str, Queries],
     config: TrainConfig,
     checkpoint_dir: Path,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch=None,
     precision: Precision = "fp32",
 ) -> TrainResult:
-    """Train on the model's device, resuming from ``checkpoint_dir/last.pt`` when it was
-    written with the same config. ``precision`` bf16 or fp16 autocasts on CUDA; fp16
-    scales the loss, so small gradients do not underflow to zero."""
-    with _deterministic(config.deterministic):
-        if config.loss not in LOSSES:
-            raise ValueError(f"unknown loss {config.loss!r}: use one of {sorted(LOSSES)}")
-        if config.temperature <= 0:
-            raise ValueError(f"temperature divides the cosines: {config.temperature} must be above 0")
-        if not 0 <= config.cold_start_dropout < 1:
-            raise ValueError(
-                f"cold_start_dropout is the share of products hidden a step: {config.cold_start_dropout} "
-                "is not in [0, 1)"
-            )
-        if config.lr_decay_patience < 0:
-            raise ValueError(
-                f"lr_decay_patience counts epochs: {config.lr_decay_patience} is below 0 (0 keeps the rate)"
-            )
-        unknown = set(train_queries) - set(TASKS)
-        if unknown:
-            raise ValueError(f"unknown tasks {sorted(unknown)}: use {TASKS}")
-        checkpoint_dir = Path(checkpoint_dir)
-        torch.manual_seed(config.seed)
-        sampler = torch.Generator().manual_seed(config.seed)
-        # One fused update per step instead of a loop over parameter tensors: fewer kernel launches
-        # on CUDA; the same speed on the CPU.
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
-        )
-        scheduler = None
-        if config.lr_decay_patience:
-            # Its patience counts epochs after the best, as early stopping's does.
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="max", factor=0.5, patience=config.lr_decay_patience - 1, threshold=0.0
-            )
-        device = next(model.parameters()).device
-        precision = effective_precision(device, precision)
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        start, history, best = 0, [], (-1, -math.inf)
-        last = checkpoint_dir / LAST
-        state = _resumable(last)
-        if state is not None and state["config"] == asdict(config):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            if state["scaler"]:  # empty when it was written without fp16
-                scaler.load_state_dict(state["scaler"])
-            sampler.set_state(state["sampler"])
-            torch.set_rng_state(state["torch_rng"])
-            if device.type == "cuda" and state["cuda_rng"] is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
-            start, history = state["epoch"] + 1, list(state["history"])
-            best = (state["best_epoch"], state["best_val_mrr"])
-            if state["finished"]:
-                return TrainResult(best[0], best[1], start, history, start < config.epochs)
-        loss_fn = LOSSES[config.loss]
-        if config.loss == "infonce":
-            loss_fn = functools.partial(loss_fn, temperature=config.temperature)
-        category = graph["product"].category.cpu()  # negatives are drawn on the CPU generator
-        corrections = _sampling_corrections(train_queries, category, config, device)
-        partners = _co_occurrences(graph, config)
-        largest = max(len(q.product) for q in train_queries.values())
-        model.train()
-        epoch = start - 1
-        for epoch in range(start, config.epochs):
-            steps = batches(train_queries, config.batch_size, sampler, config.max_steps)
-            pairs = [None] * len(steps)
-            if partners is not None:
-                pairs = _co_occurrence_batches(partners.shape[1], len(steps), largest, sampler)
-            losses = []
-            for batch, chosen_pairs in zip(steps, pairs, strict=True):
-                with autocast(device, precision):
-                    # The graph is encoded again for every step: its weights have just changed.
-                    seen = graph
-                    if config.cold_start_dropout:
-                        seen = _as_if_cold(graph, config.cold_start_dropout, sampler)
-                    products = model.products(seen).float()
-                    loss = torch.zeros((), device=products.device)
-                    for task, queries in train_queries.items():
-                        chosen = batch[task].to(queries.product.device)
-                        if not len(chosen):  # a small task may run out of queries before a large one
-                            continue
-                        positives = queries.product[chosen].to(products.device)
-                        negatives = _negatives(positives, category, config, sampler)
-                        predicted = model.encode(queries.rows(chosen), task, products, graph).float()
-                        loss = loss + loss_fn(predicted, products, positives, negatives, **corrections[task])
-                    if chosen_pairs is not None and len(chosen_pairs):
-                        # Each product's vector as a query for a partner (why: TrainConfig).
-                        source, target = partners[:, chosen_pairs.to(partners.device)].to(products.device)
-                        negatives = _negatives(target, category, config, sampler)
-                        aux = loss_fn(products[source], products, target, negatives)
-                        loss = loss + config.cooccurrence_weight * aux
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(
-                        f"the loss became {loss.item()} at epoch {epoch}; lower lr (now {config.lr}) or "
-                        f"check the inputs for non-finite embeddings. The last good checkpoint is {last}"
-                    )
-                optimizer.zero_grad()
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(loss.item())
-            metrics = {
-                "epoch": float(epoch),
-                "loss": sum(losses) / len(losses),
-                "lr": optimizer.param_groups[0]["lr"],  # this epoch's
-                **validation_mrr(model, graph, val_queries),
-            }
-            history.append(metrics)
-            if on_epoch:
-                on_epoch(epoch, metrics)
-            if scheduler is not None:
-                scheduler.step(metrics["val_mrr"])
-            improved = metrics["val_mrr"] > best[1]
-            if improved:
-                best = (epoch, metrics["val_mrr"])
-            finished = epoch + 1 == config.epochs or epoch - best[0] >= config.patience
-            if improved or finished or (epoch + 1) % config.checkpoint_every == 0:
-                state = _state(
-                    model, optimizer, scheduler, scaler, sampler, config, epoch, history, best, finished
-                )
-                if improved:
-                    save_checkpoint(checkpoint_dir / BEST, {key: state[key] for key in BEST_KEYS})
-                if finished:  # before "finished" is on disk, so a run killed here fits it again
-                    _fit_best(model, graph, val_queries, checkpoint_dir / BEST)
-                save_checkpoint(last, state)
-            if finished:
-                break
-        return TrainResult(best[0], best[1], epoch + 1, history, epoch + 1 < config.epochs)
+    """Train on the model's device through the lifecycle, resuming from
+    ``checkpoint_dir/last.pt`` when it was written with the same config."""
+    check_config(config)
+    trainable = StlTrainable(model, graph, train_queries, val_queries, config)
+    result = fit(trainable, config, checkpoint_dir, on_epoch, precision, finish=trainable.fit_prior)
+    return TrainResult(
+        result.best_epoch, result.best_score, result.epochs_run, result.history, result.stopped_early
+    )

@@ -105,5 +105,7 @@ class TrainConfig:
     lr_decay_patience: int = knob(
         0, "Epochs without a better validation MRR before the learning rate is halved; 0: constant."
     )
+    eval_every: int = knob(1, "Epochs between validations; patience counts validations.")
+    optimizer: str = knob("adamw", "adamw (decoupled weight decay) or adam (weight decay as L2).")
     checkpoint_every: int = 10
     seed: int = 0

@@ -8,6 +8,7 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.categories import LEAVES
 from stl_pipeline.lineage import PAIRS_DIGEST, MismatchedInputError
+from stl_pipeline.models.config import TrainConfig
 from stl_pipeline.models.encoders import EdgeType
 from stl_pipeline.models.recommender import (
     GraphRecommender,
@@ -15,7 +16,6 @@ from stl_pipeline.models.recommender import (
     TripletRecommender,
     TwoTowerRecommender,
 )
-from stl_pipeline.training.config import TrainConfig
 from stl_pipeline.vectors import Embeddings
 
 CONTEXT_INFO = ("source", "grid", "model", "weights")  # what must match between training and use
@@ -79,7 +79,7 @@ def model_record(
         "edge_dims": [[*e, d] for e, d in shape.edge_dims.items()],
         "query_dim": query_dim,
         "best_epoch": best["best_epoch"],
-        "best_val_mrr": best["best_val_mrr"],
+        "best_val_mrr": best["best_score"],
         "prior_val_mrr": best.get("prior_val_mrr", {}),  # with the fitted popularity prior
         "history": best["history"],
         "mlflow_run_id": mlflow_run_id,

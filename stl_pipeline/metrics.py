@@ -1,5 +1,14 @@
-"""Ranks of the true product among candidates, the basis of every retrieval metric."""
+"""Every ranking metric, in one place and one spelling (``HR@10``, ``MRR``, ``MAP@12``,
+``Recall@12``, ``NDCG@12``): training's validation, both reports, the serving checks, the
+champion's comparison and the tests read them here.
 
+Shop the Look has one true product per query: metrics come from its rank among the
+candidates. Purchases have several per customer: metrics come from top-k lists through PyG's
+link-prediction metrics, per customer, so that intervals and paired comparisons can be drawn
+over customers.
+"""
+
+import numpy as np
 import torch
 
 
@@ -57,3 +66,29 @@ def ranks_in_category(
             for found, bias in zip(ranks, biases, strict=True):
                 found[part] = true_ranks(scores + bias[members], local)
     return ranks
+
+
+def mlflow_name(name: str) -> str:
+    """MLflow allows no '@' in metric names: ``test_ctl_HR@10`` -> ``test_ctl_hr_at_10``."""
+    return name.lower().replace("@", "_at_")
+
+
+def top_k_metrics(top: np.ndarray, customers: np.ndarray, bought: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Per customer (rows of ``top``, the top-k article codes of sorted, distinct ``customers``),
+    ``MAP@k``, ``Recall@k``, ``HR@k`` and ``NDCG@k`` against the distinct purchases ``bought``
+    (customer codes, article codes). MAP@k divides each customer's sum of precisions by
+    min(purchases, k), as RelBench's and the H&M benchmark's MAP@12 do."""
+    from torch_geometric.metrics import LinkPredHitRatio, LinkPredMAP, LinkPredNDCG, LinkPredRecall
+    from torch_geometric.metrics.link_pred import LinkPredMetricData
+
+    k = top.shape[1]
+    rows = np.searchsorted(customers, bought[0])
+    data = LinkPredMetricData(
+        torch.from_numpy(top), (torch.from_numpy(rows), torch.from_numpy(bought[1].astype(np.int64)))
+    )
+    found = {}
+    for name, metric in (("MAP", LinkPredMAP), ("Recall", LinkPredRecall), ("HR", LinkPredHitRatio)):
+        # PyG accumulates means; each customer's value is its _compute hook's row.
+        found[f"{name}@{k}"] = metric(k)._compute(data).double().numpy()
+    found[f"NDCG@{k}"] = LinkPredNDCG(k)._compute(data).double().numpy()
+    return found

@@ -1,0 +1,1 @@
+"""Champion and challenger: which trained model each group serves, and why."""

@@ -1,0 +1,99 @@
+"""Champion snapshots on disk and the MLflow aliases that name them.
+
+A snapshot is what serving needs, frozen together at promotion: the model record and the
+graph it was trained on (and, for Shop the Look, the pairs), in
+``STL_DATA_DIR/champion/<group>/<mlflow run id>/``. Files are hard links to the asset files
+(written by rename, so later materializations never change them), or copies across devices.
+``current.json`` names the serving snapshot and is replaced atomically after the snapshot is
+complete: readers see the old champion or the new one, never a mix.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from stl_pipeline.checkpoints import RECORD, load_checkpoint, save_checkpoint
+from stl_pipeline.storage import atomic_write_bytes, read_artifact
+
+CURRENT = "current.json"
+CHAMPION, CHALLENGER = "champion", "challenger"  # MLflow aliases
+
+
+class NoChampion(FileNotFoundError):
+    """No model has been promoted in this data directory yet."""
+
+
+def group_dir(data_dir: Path, group: str) -> Path:
+    return Path(data_dir) / "champion" / group
+
+
+def write_snapshot(data_dir: Path, group: str, run_id: str, record: dict, files: dict[str, Path]) -> Path:
+    """The snapshot of ``run_id``: its record and ``files`` (name in the snapshot -> source)."""
+    if not run_id.isalnum():
+        raise ValueError(f"MLflow run id {run_id!r} is not alphanumeric: refusing it as a folder name")
+    folder = group_dir(data_dir, group) / run_id
+    if (folder / "complete.json").is_file():
+        return folder  # one run's snapshot never changes
+    staging = folder.with_name(f".{run_id}.{os.getpid()}.part")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_checkpoint(staging / RECORD, record)
+    for name, source in files.items():
+        try:
+            os.link(source, staging / name)
+        except OSError:  # another file system, or links unsupported
+            shutil.copy2(source, staging / name)
+    (staging / "complete.json").write_text(json.dumps(sorted(files)))
+    shutil.rmtree(folder, ignore_errors=True)  # an incomplete one from a killed promotion
+    os.replace(staging, folder)
+    return folder
+
+
+def set_current(data_dir: Path, group: str, info: dict) -> None:
+    atomic_write_bytes(group_dir(data_dir, group) / CURRENT, json.dumps(info, indent=2).encode())
+
+
+def current(data_dir: Path, group: str) -> dict:
+    """What ``group`` serves: the champion's description, with ``folder`` its snapshot."""
+    path = group_dir(data_dir, group) / CURRENT
+    if not path.is_file():
+        raise NoChampion(
+            f"no {group} champion under {path.parent}: materialize the pipeline first (`make demo`, or "
+            f"the {group} champion asset in the UI); a model is served only after it passes its gate"
+        )
+    info = json.loads(path.read_text())
+    return info | {"folder": str(group_dir(data_dir, group) / info["mlflow_run_id"])}
+
+
+def snapshot_record(folder: Path) -> dict:
+    return read_artifact(Path(folder) / RECORD, load_checkpoint, "promote a model again")
+
+
+def champion_version(client, names: list[str]) -> tuple[str, str, str] | None:
+    """(registered model, version, run id) that holds the ``champion`` alias among ``names``."""
+    from mlflow.exceptions import MlflowException
+
+    for name in names:
+        try:
+            found = client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:  # no such model, or no such alias
+            continue
+        return name, str(found.version), found.run_id
+    return None
+
+
+def move_aliases(client, names: list[str], name: str, version: str, promoted: bool) -> None:
+    """``challenger`` on the new version; ``champion`` too when promoted, and then on no other
+    registered model of the group."""
+    from mlflow.exceptions import MlflowException
+
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if not promoted:
+        return
+    for other in names:
+        if other != name:
+            with contextlib.suppress(MlflowException):  # it held none
+                client.delete_registered_model_alias(other, CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, version)
