@@ -114,12 +114,14 @@ def test_a_registered_model_version_answers_too(
 ) -> None:
     monkeypatch.setenv("STL_DATA_DIR", str(trained.settings.data_dir))
     product = cold.index.ids[0]
-    assert main(["--model-name", "stl-gat", "--model-version", "1", "product", product, "--json"]) == 0
+    registered, _, version = cold.source["version"].split()[:3]  # "stl-gat version 1 (@champion)"
+    assert main(["--model-name", registered, "product", product, "--json"]) == 0  # its @champion
     answer = json.loads(capsys.readouterr().out)
     latest = cold.product(product)
-    # The registered version is the materialized GAT: the same lists.
+    # The registered champion is the one served from its snapshot: the same lists.
     assert [i["product"] for i in answer["similar"]] == [i.product for i in latest.similar]
-    assert answer["model"]["version"] == "1"
+    assert answer["model"]["version"] == version
+    assert main(["--model-name", registered, "--model-version", version, "product", product]) == 0
     # The command's complementary list is the recommendations asset's.
     table = pd.read_parquet(trained.settings.data_dir / "tables" / "recommendations.parquet")
     own = table[(table["kind"] == "complementary") & (table["query"] == product)]
@@ -139,7 +141,7 @@ def test_a_registered_model_version_answers_too(
         (["scene", "{image}", "--category", "Hats"], "unknown category 'Hats'"),
         (["product", "0" * 32], "unknown product id"),
         (["--model-name", "stl-gat", "--model-version", "99", "product", "x"], "no version 99"),
-        (["--model-name", "stl-gat", "product", "x"], "both --model-name and --model-version"),
+        (["--model-version", "3", "product", "x"], "--model-version needs --model-name"),
     ],
 )
 def test_bad_input_is_named_with_what_to_do(
