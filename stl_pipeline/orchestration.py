@@ -47,27 +47,31 @@ stl_retrain = dg.define_asset_job(
 )
 
 
-def retrain_schedule(cron: str) -> dg.ScheduleDefinition:
+def _schedule(name: str, job_name: str, cron: str, what: str) -> dg.ScheduleDefinition:
     """Off until an operator switches it on (UI, or `dagster schedule start`)."""
     return dg.ScheduleDefinition(
-        name="stl_retrain_schedule",
-        job=stl_retrain,
+        name=name,
+        job_name=job_name,
         cron_schedule=cron,
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.STOPPED,
-        description=f"Retrain and re-evaluate on `{cron}` (UTC; STL_RETRAIN_CRON).",
+        description=f"{what} on `{cron}` (UTC).",
+    )
+
+
+def retrain_schedule(cron: str) -> dg.ScheduleDefinition:
+    return _schedule(
+        "stl_retrain_schedule", stl_retrain.name, cron, "Retrain, re-evaluate and promote (STL_RETRAIN_CRON)"
     )
 
 
 def hm_retrain_schedule(cron: str) -> dg.ScheduleDefinition:
-    """Off until an operator switches it on: the personalized group retrains on its own rhythm."""
-    return dg.ScheduleDefinition(
-        name="hm_retrain_schedule",
-        job=hm_personalized,
-        cron_schedule=cron,
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.STOPPED,
-        description=f"Re-ingest purchases, retrain and promote on `{cron}` (UTC; HM_RETRAIN_CRON).",
+    """The personalized group retrains on its own rhythm."""
+    return _schedule(
+        "hm_retrain_schedule",
+        hm_personalized.name,
+        cron,
+        "Re-ingest purchases, retrain and promote (HM_RETRAIN_CRON)",
     )
 
 

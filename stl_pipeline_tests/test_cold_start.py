@@ -16,7 +16,8 @@ import pytest
 from stl_pipeline.categories import LEAVES
 from stl_pipeline.generate import unseen_scenes
 from stl_pipeline.serving.cli import main
-from stl_pipeline.serving.cold_start import ColdStart, ColdStartError, load
+from stl_pipeline.serving.cold_start import ColdStart, ColdStartError
+from stl_pipeline.serving.loading import load
 from stl_pipeline.settings import load_settings
 from stl_pipeline_tests.lineage import Trained
 

@@ -110,15 +110,6 @@ def _conclude(
     return dg.Output(value, metadata=_metadata(decision, challenger, serving, gate))
 
 
-def _gate_result(value: dict) -> dg.AssetCheckResult:
-    gate = value["gate"]
-    return dg.AssetCheckResult(
-        passed=bool(gate["passed"]),
-        metadata={k: v for k, v in gate.items() if k != "passed"},
-        description=None if gate["passed"] else gate["reason"],
-    )
-
-
 @dg.asset(group_name="champion", io_manager_key="model_io_manager", ins=MODEL_INS)
 def stl_champion(
     context: dg.AssetExecutionContext,
@@ -188,17 +179,6 @@ def stl_champion(
     return _conclude(context, "stl", data_dir, mlflow, names, decision, challenger, record, files, gate)
 
 
-@dg.asset_check(
-    asset=stl_champion,
-    name=GATE_CHECK,
-    blocking=True,
-    description="The challenger beats popularity and frozen kNN on validation by "
-    "quality_gate.ctl_hr10_margin; when it does not, nothing downstream is served from this run.",
-)
-def stl_challenger_passes_quality_gate(stl_champion: dict) -> dg.AssetCheckResult:
-    return _gate_result(stl_champion)
-
-
 class HmChampionConfig(dg.Config):
     margin: float = Field(
         default=0.0,
@@ -266,12 +246,28 @@ def hm_champion(
     )
 
 
-@dg.asset_check(
-    asset=hm_champion,
-    name=GATE_CHECK,
-    blocking=True,
-    description="The challenger's validation MAP@12 beats recent popularity's by "
-    "quality_gate.hm_map_margin; when it does not, hm_recommendations is not rebuilt from this run.",
+def _gate_check(asset: dg.AssetsDefinition, description: str) -> dg.AssetChecksDefinition:
+    """The quality gate as a blocking check: the champion asset already applied it (a failing
+    challenger is not promoted); the check makes the failure stop everything served after it."""
+
+    @dg.asset_check(asset=asset, name=GATE_CHECK, blocking=True, description=description)
+    def gate(value: dict) -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(
+            passed=bool(value["gate"]["passed"]),
+            metadata={k: v for k, v in value["gate"].items() if k != "passed"},
+            description=None if value["gate"]["passed"] else value["gate"]["reason"],
+        )
+
+    return gate
+
+
+stl_champion_gate = _gate_check(
+    stl_champion,
+    "The challenger beats popularity and frozen kNN on validation by quality_gate.ctl_hr10_margin; "
+    "when it does not, nothing downstream is served from this run.",
 )
-def hm_challenger_passes_quality_gate(hm_champion: dict) -> dg.AssetCheckResult:
-    return _gate_result(hm_champion)
+hm_champion_gate = _gate_check(
+    hm_champion,
+    "The challenger's validation MAP@12 beats recent popularity's by quality_gate.hm_map_margin; "
+    "when it does not, hm_recommendations is not rebuilt from this run.",
+)

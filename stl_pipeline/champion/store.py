@@ -13,9 +13,13 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stl_pipeline.checkpoints import RECORD, load_checkpoint, save_checkpoint
 from stl_pipeline.storage import atomic_write_bytes, read_artifact
+
+if TYPE_CHECKING:
+    from torch_geometric.data import HeteroData
 
 CURRENT = "current.json"
 CHAMPION, CHALLENGER = "champion", "challenger"  # MLflow aliases
@@ -69,6 +73,23 @@ def current(data_dir: Path, group: str) -> dict:
 
 def snapshot_record(folder: Path) -> dict:
     return read_artifact(Path(folder) / RECORD, load_checkpoint, "promote a model again")
+
+
+def load_snapshot(folder: Path) -> tuple[dict, "HeteroData"]:
+    """A snapshot's model record and the graph it was trained on (``info`` attached)."""
+    from stl_pipeline.graph.store import load_graph
+
+    graph, info = read_artifact(Path(folder) / "graph.safetensors", load_graph, "promote a model again")
+    graph.info = info
+    return snapshot_record(folder), graph
+
+
+def served(champion: dict, group: str) -> tuple[dict, dict, "HeteroData"]:
+    """What a champion asset's value says is served: its description, record and graph."""
+    serving = champion["serving"]
+    if not serving:
+        raise NoChampion(f"no {group} model has passed its gate yet: nothing to serve")
+    return serving, *load_snapshot(Path(serving["folder"]))
 
 
 def champion_version(client, names: list[str]) -> tuple[str, str, str] | None:

@@ -410,20 +410,15 @@ def hm_recommendations(
     everyone else (``serving/hm_popular.parquet``, read by stl-recommend)."""
     from pathlib import Path
 
-    from stl_pipeline.champion.store import snapshot_record
-    from stl_pipeline.graph.store import load_graph
+    from stl_pipeline.champion.store import served
     from stl_pipeline.personalized.model import load_model
     from stl_pipeline.personalized.recommend import POPULAR_FILE, recommend
 
     began = time.perf_counter()
-    serving = hm_champion["serving"]
-    if not serving:
-        raise ValueError("no personalized model has passed its gate yet: nothing to serve")
+    serving, record, graph = served(hm_champion, "personalized")
     folder = Path(serving["folder"])
-    graph, info = load_graph(folder / "graph.safetensors")
-    graph.info = info
     device = torch_device.torch_device()
-    model = load_model(snapshot_record(folder), graph).to(device)
+    model = load_model(record, graph).to(device)
     lists, popular = recommend(
         graph,
         model,

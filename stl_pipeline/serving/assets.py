@@ -28,17 +28,9 @@ class ProductIndexConfig(dg.Config):
 
 
 def _served(stl_champion: dict) -> tuple[dict, dict, HeteroData]:
-    """The champion's description, model record and the graph it was trained on."""
-    from stl_pipeline.champion.store import snapshot_record
-    from stl_pipeline.graph.store import load_graph
+    from stl_pipeline.champion.store import served
 
-    serving = stl_champion["serving"]
-    if not serving:
-        raise ValueError("no Shop-the-Look model has passed its gate yet: nothing to serve")
-    folder = Path(serving["folder"])
-    graph, info = load_graph(folder / "graph.safetensors")
-    graph.info = info
-    return serving, snapshot_record(folder), graph
+    return served(stl_champion, "Shop-the-Look")
 
 
 @dg.asset(group_name="serving", io_manager_key="index_io_manager")

@@ -25,9 +25,9 @@ from stl_pipeline.serving.cold_start import (  # noqa: E402 (after the filter)
     Item,
     ProductAnswer,
     SceneAnswer,
-    load,
     parse_bbox,
 )
+from stl_pipeline.serving.loading import load  # noqa: E402
 from stl_pipeline.settings import load_settings  # noqa: E402
 
 MAX_K = 1000  # a list longer than this is not a recommendation; FAISS would allocate k per query
