@@ -11,6 +11,8 @@ over customers.
 import numpy as np
 import torch
 
+RESAMPLES, LEVEL = 1000, 0.95  # bootstrap intervals: resamples of the queries, coverage
+
 
 def true_ranks(
     scores: torch.Tensor, truth: torch.Tensor, allowed: torch.Tensor | None = None
@@ -92,3 +94,14 @@ def top_k_metrics(top: np.ndarray, customers: np.ndarray, bought: tuple[np.ndarr
         found[f"{name}@{k}"] = metric(k)._compute(data).double().numpy()
     found[f"NDCG@{k}"] = LinkPredNDCG(k)._compute(data).double().numpy()
     return found
+
+
+def bootstrap(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """The 95% percentile interval of the mean over ``RESAMPLES`` resamples of the queries."""
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    draws = np.random.default_rng(seed).integers(0, len(values), (RESAMPLES, len(values)))
+    means = values[draws].mean(axis=1)
+    tail = (1 - LEVEL) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))

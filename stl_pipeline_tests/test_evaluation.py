@@ -12,10 +12,10 @@ from stl_pipeline.evaluation.embedding import (
 from stl_pipeline.evaluation.retrieval import (
     RetrievalTask,
     auc_per_query,
-    bootstrap,
     metrics,
     sample_auc_negatives,
 )
+from stl_pipeline.metrics import bootstrap
 from stl_pipeline_tests.test_models import tiny_graph
 
 # Four products in two categories; three queries whose true products are 0, 2 and 3.

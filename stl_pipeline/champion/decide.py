@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-RESAMPLES, LEVEL = 2000, 0.95
+from stl_pipeline.metrics import bootstrap
 
 
 @dataclass(frozen=True)
@@ -35,16 +35,11 @@ class Decision:
         return asdict(self)
 
 
-def interval(values: np.ndarray, seed: int = 0) -> Score:
-    """The mean and its 95% percentile bootstrap interval."""
+def interval(values: np.ndarray) -> Score:
+    """The mean and its 95% bootstrap interval (metrics.bootstrap)."""
     if not len(values):
         return Score(float("nan"), float("nan"), float("nan"))
-    draws = np.random.default_rng(seed).integers(0, len(values), (RESAMPLES, len(values)))
-    means = values[draws].mean(axis=1)
-    tail = (1 - LEVEL) / 2 * 100
-    return Score(
-        float(values.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
-    )
+    return Score(float(values.mean()), *bootstrap(values))
 
 
 def decide(

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stl_pipeline.metrics import true_ranks
+from stl_pipeline.metrics import bootstrap, true_ranks
 
 KS = (1, 5, 10, 50)
 POOLS = ("same_category", "catalogue")
 METRICS = [*(f"HR@{k}" for k in KS), "MRR", "NDCG@10", "AUC"]
-RESAMPLES, LEVEL = 1000, 0.95
 
 
 @dataclass
@@ -54,17 +53,6 @@ def per_query(scores: torch.Tensor, task: RetrievalTask, pool: str) -> dict[str,
         scores[rows, task.truth], scores.gather(1, task.auc_negatives.clamp(min=0)), task.auc_negatives >= 0
     )
     return {name: value.double().numpy() for name, value in values.items()}
-
-
-def bootstrap(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """The 95% percentile interval of the mean over ``RESAMPLES`` resamples of the queries."""
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    draws = np.random.default_rng(seed).integers(0, len(values), (RESAMPLES, len(values)))
-    means = values[draws].mean(axis=1)
-    tail = (1 - LEVEL) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
 def metrics(scores: torch.Tensor, task: RetrievalTask, pool: str) -> dict[str, float]:
