@@ -157,6 +157,7 @@ def _summarize(result: dg.JobExecutionResult, instance: dg.DagsterInstance, seco
                 "best_epoch",
                 "best_val_mrr",
                 "device",
+                "decision",
             )
             if k in meta
         )

@@ -4,7 +4,7 @@ location, and which first gives back the pool slots of runs that died on this ma
 A step of a GPU-bound asset holds a slot of the pool ``gpu`` while it runs. A run killed
 with SIGKILL (an out-of-memory kill, a closed terminal) never frees its slots, and the
 instance goes on listing it as ``STARTED``: every later GPU-bound step waits for ever. On a
-deployment, run monitoring in the daemon frees the slots of ended runs (README, Reliability);
+deployment, run monitoring in the daemon frees the slots of ended runs (docs/reference.md, Reliability);
 on a local instance there may be no daemon, so every run starts by ending the runs whose
 orchestrating process is gone and freeing the slots of every ended run.
 """

@@ -61,7 +61,7 @@ MODELS = (
         "attends over ctl_scene_context, early-stopped on validation MRR.",
         # At 3e-3 the attention collapsed every product onto one vector (mean pairwise cosine 0.999).
         # The context and edge features were chosen on validation (benchmarks/ctl_context.py,
-        # README): reading what the scene's other garments are worn with in the category being
+        # docs/experiments.md): reading what the scene's other garments are worn with in the category being
         # completed gave a mean CTL MRR over three seeds of 0.266, against 0.234 over all their
         # partners and 0.191 with the CTL region's feature map; edge features gave 0.188: off.
         # The visual tower kept CTL level and lifted test STL HR@10 from 0.820 to 0.941 and
@@ -92,7 +92,7 @@ MODELS = (
         "GraphSAGE",
         "GraphSAGE over stl_graph, with an STL query projection and a CTL query that attends over "
         "ctl_scene_context, early-stopped on validation MRR.",
-        # The same CTL query as GAT's, chosen on validation (benchmarks/ctl_context.py, README):
+        # The same CTL query as GAT's, chosen on validation (benchmarks/ctl_context.py, docs/experiments.md):
         # a mean CTL MRR over three seeds of 0.245, against 0.184 over all partners (two seeds).
         # GAT's visual tower kept it level (0.237) and lifted test STL HR@10 from 0.777-0.824
         # to 0.891-0.906, in half the epochs. The co-occurrence loss at weight 0.2 lifted

@@ -32,7 +32,7 @@ ASSETS = {
 
 @pytest.mark.slow
 def test_end_to_end_benchmark_runs_the_lineage_and_writes_its_json(tmp_path: Path) -> None:
-    """The demo's dataset through the script the README's tables at size come from: every
+    """The demo's dataset through the script docs/benchmarks.md's tables at size come from: every
     asset timed, memory sampled, every method scored. (Much smaller datasets leave too few
     validation queries for the quality gate to pass reliably, and the run stops there.)"""
     generate_dataset(GeneratorConfig(), tmp_path / "demo")
@@ -66,7 +66,7 @@ def test_end_to_end_benchmark_runs_the_lineage_and_writes_its_json(tmp_path: Pat
 
 
 def test_personalized_benchmark_times_every_stage() -> None:
-    """The script the README's personalized scale table comes from, at the demo's size."""
+    """The script docs/benchmarks.md's personalized scale table comes from, at the demo's size."""
     command = [sys.executable, str(ROOT / "benchmarks" / "personalized.py"), "--demo", "--device", "cpu"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

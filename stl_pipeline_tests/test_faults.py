@@ -1,5 +1,5 @@
 """Fault injection: killed processes, corrupted state on disk, concurrent runs and hostile
-input, each reproduced as an operator or an attacker would meet it. README, Reliability,
+input, each reproduced as an operator or an attacker would meet it. docs/reference.md, Reliability,
 summarizes the cases; every one must end in a clear error or an exact resume, never in a
 silent wrong result, a stuck run or an unbounded read."""
 

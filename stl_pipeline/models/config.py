@@ -51,7 +51,7 @@ class TrainConfig:
     popularity_prior: bool = knob(
         True, "After training, fit per task a weight on log train popularity added to every score."
     )
-    # Chosen on validation by benchmarks/ctl_context.py (README, Complete the Look).
+    # Chosen on validation by benchmarks/ctl_context.py (docs/experiments.md, Complete the Look).
     context: bool = knob(
         False, "Graph models: the CTL query attends over ctl_scene_context by the category it completes."
     )
@@ -67,7 +67,7 @@ class TrainConfig:
     # A co-occurrence pulls a product toward its partner and pushes it from the partner's
     # category, so products of one style in a category come to lie near each other: the
     # partners the CTL query reads from the catalogue then point at the style, not at the few
-    # products seen with them. Weight chosen on validation (benchmarks/ctl_context.py, README).
+    # products seen with them. Weight chosen on validation (benchmarks/ctl_context.py, docs/experiments.md).
     cooccurrence_weight: float = knob(
         0.0,
         "Weight of an auxiliary loss that ranks each product's train co-occurrence partners "
@@ -97,7 +97,7 @@ class TrainConfig:
     # batch_size * max_steps queries the batches grow instead: at the release's size an epoch
     # is 2 encodings, not 113. At 3,811 products two steps of 2,890 queries cost 0.77 of four
     # steps of 1,445 an epoch and ended level or ahead on test over whole runs; one step fell
-    # behind on Shop the Look (README). The triplet head keeps four (registry.py).
+    # behind on Shop the Look (docs/experiments.md). The triplet head keeps four (registry.py).
     max_steps: int = knob(2, "Optimizer steps per epoch at most (each encodes the whole graph); 0: no limit.")
     patience: int = knob(30, "Epochs without a better validation MRR before stopping.")
     # Early stopping ends a run on a plateau at the learning rate it started with; lowering the
