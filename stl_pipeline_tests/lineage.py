@@ -9,7 +9,6 @@ import dagster as dg
 from stl_pipeline.definitions import MODULES, build_definitions
 from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.generate import GeneratorConfig, generate_dataset
-from stl_pipeline.personalized import assets as personalized_assets
 from stl_pipeline.settings import Settings, load_settings
 
 # A seed the demo does not use, and enough test scenes to tell methods apart.
@@ -29,6 +28,21 @@ def generated_environ(tmp_path: Path, dataset: Path) -> dict[str, str]:
     }
 
 
+def stl_definitions() -> list:
+    """Every Shop-the-Look asset and check: all but the ``personalized`` group, which has
+    its own tests."""
+    assets = [
+        a for a in dg.load_assets_from_modules(MODULES) if "personalized" not in a.group_names_by_key.values()
+    ]
+    keys = {key for a in assets for key in a.keys}
+    checks = [
+        c
+        for c in dg.load_asset_checks_from_modules(MODULES)
+        if all(check.asset_key in keys for check in c.check_keys)
+    ]
+    return [*assets, *checks]
+
+
 @dataclass
 class Trained:
     config: GeneratorConfig
@@ -43,9 +57,8 @@ def train_everything(root: Path, config: GeneratorConfig = FRESH) -> Trained:
     # The demo's backbone at the demo's size: at 64 px the style cues are too faint.
     environ = generated_environ(root, raw) | {"STL_BACKBONE_IMAGE_SIZE": "128"}
     settings = load_settings(environ)
-    stl = [module for module in MODULES if module is not personalized_assets]  # its own tests
     result = dg.materialize(
-        [*dg.load_assets_from_modules(stl), *dg.load_asset_checks_from_modules(stl)],
+        stl_definitions(),
         resources=build_definitions(settings).resources,
         tags=ALL_PARTITIONS,
         raise_on_error=False,

@@ -3,12 +3,17 @@ personalized group's demo data (a fresh store, a better challenger, a worse one,
 fails the gate), with serving checked byte for byte."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
 
 from stl_pipeline.champion.decide import decide
+
+if TYPE_CHECKING:
+    from stl_pipeline_tests.lineage import Trained
 
 RNG = np.random.default_rng(0)
 
@@ -129,3 +134,54 @@ def test_the_personalized_champion_is_promoted_kept_and_guarded(
     assert int(challenger.version) == int(champion["version"]) + 2  # the gate-failed retrain
     tags = client.get_run(challenger.run_id).data.tags
     assert tags["champion.decision"] == "kept" and "quality gate" in tags["champion.reason"]
+
+
+def test_a_worse_stl_retrain_is_kept_out_and_serving_answers_as_before(
+    trained: "Trained", tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The stl_retrain selection on a copy of the trained lineage, every model cut to one
+    epoch and the gate opened so that the comparison decides: the champion stays, and the
+    index, the lists and stl-recommend answer exactly as before."""
+    import shutil
+
+    from stl_pipeline.catalogue import asset_path
+    from stl_pipeline.definitions import build_definitions
+    from stl_pipeline.features.assets import ALL_PARTITIONS
+    from stl_pipeline.registry import MODELS
+    from stl_pipeline.resources import QualityGate
+    from stl_pipeline.serving.cli import main
+    from stl_pipeline.settings import load_settings
+    from stl_pipeline_tests.lineage import stl_definitions
+
+    data = tmp_path / "data"
+    shutil.copytree(trained.settings.data_dir, data)
+    settings = load_settings(trained.environ | {"STL_DATA_DIR": str(data)})
+    served = [asset_path(data, name) for name in ("product_index", "recommendations")]
+    before = [path.read_bytes() for path in served]
+    product = pd.read_parquet(served[1])["query"].iloc[0]
+
+    monkeypatch.setenv("STL_DATA_DIR", str(data))
+
+    def answer() -> str:
+        assert main(["product", product, "--json"]) == 0
+        return capsys.readouterr().out
+
+    first_answer = answer()
+    result = dg.materialize(
+        stl_definitions(),
+        selection=dg.AssetSelection.assets("stl_graph").downstream(),
+        resources={
+            **build_definitions(settings).resources,
+            "quality_gate": QualityGate(ctl_hr10_margin=-1.0),
+        },
+        run_config={"ops": {spec.asset: {"config": {"epochs": 1}} for spec in MODELS}},
+        tags=ALL_PARTITIONS,
+        raise_on_error=False,
+    )
+    assert result.success
+    decision = result.output_for_node("stl_champion")
+    assert not decision["decision"]["promoted"] and "worse" in decision["decision"]["reason"], decision
+    assert decision["decision"]["difference"]["high"] < 0
+    assert decision["serving"]["mlflow_run_id"] != decision["challenger"]["mlflow_run_id"]
+    assert [path.read_bytes() for path in served] == before
+    assert answer() == first_answer
