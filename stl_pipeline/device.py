@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -72,3 +73,20 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@contextlib.contextmanager
+def deterministic(on: bool = True) -> Iterator[None]:
+    """PyTorch's deterministic kernels while the block runs (a process-wide switch, restored
+    after); ops without one warn instead of failing. Without them two CPU threads sum a graph's
+    messages in an order that varies from run to run: training would not repeat itself, and
+    served vectors would differ in their last bits from one materialization to the next."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)

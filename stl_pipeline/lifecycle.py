@@ -15,8 +15,7 @@ record reads. Both are written atomically and read with ``weights_only=True``.
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from stl_pipeline.checkpoints import BEST, BEST_KEYS, LAST, load_checkpoint, save_checkpoint
-from stl_pipeline.device import Precision, autocast, effective_precision
+from stl_pipeline.device import Precision, autocast, deterministic, effective_precision
 from stl_pipeline.storage import CorruptArtifactError, read_artifact
 
 OPTIMIZERS = ("adamw", "adam")
@@ -86,19 +85,6 @@ def check_schedule(config: Schedule) -> None:
     for knob in ("epochs", "patience", "eval_every", "checkpoint_every"):
         if getattr(config, knob) < 1:
             raise ValueError(f"{knob} is {getattr(config, knob)}: it must be at least 1")
-
-
-@contextmanager
-def deterministic(on: bool) -> Iterator[None]:
-    """PyTorch's deterministic kernels while the block runs (a process-wide switch, restored
-    after); ops without one warn instead of failing."""
-    before = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(on, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
 def _optimizer(model: torch.nn.Module, config: Schedule) -> torch.optim.Optimizer:

@@ -14,7 +14,7 @@ from stl_pipeline.features.partitions import PARTITIONS
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.graph.store import load_graph
 from stl_pipeline.images.download import DOWNLOADED, FAILED
-from stl_pipeline.registry import MODELS
+from stl_pipeline.registry import MODEL_ASSETS, MODELS
 from stl_pipeline.resources import StlFiles
 from stl_pipeline.serving.index import load_index
 from stl_pipeline.settings import load_settings
@@ -303,9 +303,13 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     assert index.ids == list(
         load_graph(settings.data_dir / "graph" / "stl_graph.safetensors")[0]["product"].ids
     )
+    # What is served is the champion: on a fresh store, the challenger that passed its gate.
+    champion = metadata(result, "stl_champion")
+    method = champion["serving"].split()[0]
+    assert champion["decision"] == "promoted" and champion["challenger"] == champion["serving"]
     assert (
-        index.info["model"] == "gat"
-        and index.info["mlflow_run_id"] == metadata(result, "gat_model")["mlflow_run_id"]
+        index.info["model"] == method
+        and index.info["mlflow_run_id"] == metadata(result, MODEL_ASSETS[method])["mlflow_run_id"]
     )
 
     embedding = pd.read_parquet(settings.data_dir / "tables" / "embedding_report.parquet")
@@ -337,7 +341,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     assert set(recommended["kind"]) == {"similar", "complementary", "complete_the_look"}
     assert (recommended.groupby(["kind", "query"]).size().loc["similar"] <= 10).all()
     rec_meta = metadata(result, "recommendations")
-    assert rec_meta["model"] == "gat" and 0 < rec_meta["coverage_similar"] <= 1
+    assert rec_meta["model"] == method and 0 < rec_meta["coverage_similar"] <= 1
     # A fraction of the test pairs (the quality test checks that it beats the product vectors').
     assert rec_meta["complementary_test_pairs"] > 0
     assert 0 <= rec_meta["complementary_test_hit_rate@10"] <= 1

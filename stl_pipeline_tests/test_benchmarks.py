@@ -24,6 +24,7 @@ ASSETS = {
     "two_tower",
     "retrieval_report",
     "embedding_report",
+    "stl_champion",
     "product_index",
     "recommendations",
     "recommendation_gallery",

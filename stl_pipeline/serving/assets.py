@@ -12,6 +12,7 @@ from pydantic import Field
 from stl_pipeline.artifacts import HeteroData, ProductIndex
 from stl_pipeline.asset_inputs import MODEL_INS
 from stl_pipeline.categories import LEAVES
+from stl_pipeline.device import deterministic
 from stl_pipeline.features.queries import on_disk
 from stl_pipeline.graph.schema import CONTAINS
 from stl_pipeline.lineage import require_trained_on
@@ -44,7 +45,7 @@ def product_index(config: ProductIndexConfig, stl_champion: dict) -> dg.Output[P
     serving, record, graph = _served(stl_champion)
     require_trained_on(serving["method"], record, graph.info)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), deterministic():  # the same champion gives the same index, bit for bit
         vectors = load_model(record).products(graph).numpy()
     index = build_index(vectors, graph["product"].ids, config.exact_limit, config.nprobe)
     index.info |= {
@@ -127,80 +128,88 @@ def recommendations(
         raise ValueError("product_index was built from another champion: rematerialize product_index")
     if product_index.ids != list(stl_graph["product"].ids):
         raise ValueError("product_index was built from another stl_graph: rematerialize product_index")
-    ids, category = product_index.ids, stl_graph["product"].category
-    names = [LEAVES[c] for c in category.tolist()]
-    vectors = torch.from_numpy(product_index.vectors())
-    k, per_category = config.k, config.complementary_per_category
-    scene = stl_graph["scene"]
-    require_trained_on(serving["method"], record, stl_graph.info)
-    model = load_model(record)
-    with torch.no_grad():
+    # The same champion gives the same lists, bit for bit: sums over edges in a fixed order.
+    with torch.no_grad(), deterministic():
+        ids, category = product_index.ids, stl_graph["product"].category
+        names = [LEAVES[c] for c in category.tolist()]
+        vectors = torch.from_numpy(product_index.vectors())
+        k, per_category = config.k, config.complementary_per_category
+        scene = stl_graph["scene"]
+        require_trained_on(serving["method"], record, stl_graph.info)
+        model = load_model(record)
         scene_queries = model.queries(scene.x, "ctl")
         ctl_bias = model.popularity_bias(stl_graph, "ctl")
-    edges = stl_graph[CONTAINS].edge_index  # train scenes only
+        edges = stl_graph[CONTAINS].edge_index  # train scenes only
 
-    def complementary_of(products: torch.Tensor, queries: torch.Tensor) -> pd.DataFrame:
-        return rows(
-            "complementary", ids, *top_complementary(products, category, k, per_category, queries), ids, names
+        def complementary_of(products: torch.Tensor, queries: torch.Tensor) -> pd.DataFrame:
+            return rows(
+                "complementary",
+                ids,
+                *top_complementary(products, category, k, per_category, queries),
+                ids,
+                names,
+            )
+
+        similar = rows("similar", ids, *top_similar(vectors, category, k), ids, names)
+        own_vectors = finds_partners(record["config"])
+        complementary = complementary_of(
+            vectors, complementary_queries(vectors, edges[1], edges[0], scene_queries, own_vectors)
         )
+        held_out = [s for s, test in zip(scene.ids, scene.test_mask.tolist(), strict=True) if test]
+        scenes, lacking = _lacking(stl_graph, stl_pairs, held_out)
+        wanted = torch.tensor(lacking, dtype=torch.long)
+        position = {s: i for i, s in enumerate(scene.ids)}
+        queries = scene_queries[[position[s] for s in scenes]]
+        looks = rows(
+            "complete_the_look",
+            scenes,
+            *complete_the_look(queries, vectors, category, wanted, k, ctl_bias),
+            ids,
+            names,
+        )
+        table = pd.concat([similar, complementary, looks], ignore_index=True)[COLUMNS]
 
-    similar = rows("similar", ids, *top_similar(vectors, category, k), ids, names)
-    own_vectors = finds_partners(record["config"])
-    complementary = complementary_of(
-        vectors, complementary_queries(vectors, edges[1], edges[0], scene_queries, own_vectors)
-    )
-    held_out = [s for s, test in zip(scene.ids, scene.test_mask.tolist(), strict=True) if test]
-    scenes, lacking = _lacking(stl_graph, stl_pairs, held_out)
-    wanted = torch.tensor(lacking, dtype=torch.long)
-    position = {s: i for i, s in enumerate(scene.ids)}
-    queries = scene_queries[[position[s] for s in scenes]]
-    looks = rows(
-        "complete_the_look",
-        scenes,
-        *complete_the_look(queries, vectors, category, wanted, k, ctl_bias),
-        ids,
-        names,
-    )
-    table = pd.concat([similar, complementary, looks], ignore_index=True)[COLUMNS]
-
-    # Held-out check of the complementary lists: products that share a test scene should
-    # find each other. Baselines: the other kind of query of the same model, and the frozen
-    # backbone's vectors.
-    category_of = dict(zip(ids, names, strict=True))
-    truth = scene_partners(stl_pairs[stl_pairs["scene"].isin(held_out)], category_of)
-    truth = truth[truth["query"].isin(category_of) & truth["product"].isin(category_of)]
-    frozen = stl_graph["product"].x[:, : record["query_dim"]]
-    used, other = (
-        ("product_vectors", "scene_context") if own_vectors else ("scene_context", "product_vectors")
-    )
-    other_queries = complementary_queries(vectors, edges[1], edges[0], scene_queries, not own_vectors)
-    baselines = {other: complementary_of(vectors, other_queries), "frozen": complementary_of(frozen, frozen)}
-    shares = table.groupby("kind")["category"].value_counts(normalize=True).unstack(0).fillna(0).round(3)
-    metadata = {
-        "model": serving["method"],
-        "mlflow_model": f"{serving['registered']} version {serving['version']}",
-        "mlflow_run_id": record["mlflow_run_id"],
-        "k": k,
-        "held_out_scenes": len(held_out),
-        **{
-            f"rows_{kind}": int((table["kind"] == kind).sum())
-            for kind in ("similar", "complementary", "complete_the_look")
-        },
-        **{
-            f"coverage_{kind}": round(table.loc[table["kind"] == kind, "product"].nunique() / len(ids), 4)
-            for kind in ("similar", "complementary", "complete_the_look")
-        },
-        "complementary_queries": used,
-        "complementary_test_pairs": len(truth),
-        f"complementary_test_hit_rate@{k}": round(hit_rate(complementary, truth), 4),
-        **{
-            f"complementary_test_hit_rate@{k}_{name}": round(hit_rate(lists, truth), 4)
-            for name, lists in baselines.items()
-        },
-        "category_share": dg.MetadataValue.md(markdown(shares.reset_index(), max_rows=20)),
-        "preview": dg.MetadataValue.md(markdown(table.groupby("kind").head(3).round(4), max_rows=12)),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+        # Held-out check of the complementary lists: products that share a test scene should
+        # find each other. Baselines: the other kind of query of the same model, and the frozen
+        # backbone's vectors.
+        category_of = dict(zip(ids, names, strict=True))
+        truth = scene_partners(stl_pairs[stl_pairs["scene"].isin(held_out)], category_of)
+        truth = truth[truth["query"].isin(category_of) & truth["product"].isin(category_of)]
+        frozen = stl_graph["product"].x[:, : record["query_dim"]]
+        used, other = (
+            ("product_vectors", "scene_context") if own_vectors else ("scene_context", "product_vectors")
+        )
+        other_queries = complementary_queries(vectors, edges[1], edges[0], scene_queries, not own_vectors)
+        baselines = {
+            other: complementary_of(vectors, other_queries),
+            "frozen": complementary_of(frozen, frozen),
+        }
+        shares = table.groupby("kind")["category"].value_counts(normalize=True).unstack(0).fillna(0).round(3)
+        metadata = {
+            "model": serving["method"],
+            "mlflow_model": f"{serving['registered']} version {serving['version']}",
+            "mlflow_run_id": record["mlflow_run_id"],
+            "k": k,
+            "held_out_scenes": len(held_out),
+            **{
+                f"rows_{kind}": int((table["kind"] == kind).sum())
+                for kind in ("similar", "complementary", "complete_the_look")
+            },
+            **{
+                f"coverage_{kind}": round(table.loc[table["kind"] == kind, "product"].nunique() / len(ids), 4)
+                for kind in ("similar", "complementary", "complete_the_look")
+            },
+            "complementary_queries": used,
+            "complementary_test_pairs": len(truth),
+            f"complementary_test_hit_rate@{k}": round(hit_rate(complementary, truth), 4),
+            **{
+                f"complementary_test_hit_rate@{k}_{name}": round(hit_rate(lists, truth), 4)
+                for name, lists in baselines.items()
+            },
+            "category_share": dg.MetadataValue.md(markdown(shares.reset_index(), max_rows=20)),
+            "preview": dg.MetadataValue.md(markdown(table.groupby("kind").head(3).round(4), max_rows=12)),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
     return dg.Output(table, metadata=metadata)
 
 

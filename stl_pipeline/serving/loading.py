@@ -11,6 +11,7 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.catalogue import asset_path
 from stl_pipeline.champion.store import CHAMPION, NoChampion, current, load_snapshot
+from stl_pipeline.device import deterministic
 from stl_pipeline.features.backbone import Backbone, BackboneUnavailable, load_backbone
 from stl_pipeline.features.spec import BackboneSpec
 from stl_pipeline.graph.schema import CONTAINS
@@ -110,7 +111,7 @@ def load(settings: Settings, model_name: str | None = None, model_version: str |
             f"{source['model']} does not fit the graph it is served with: {str(error)[:200]}"
         ) from error
     if index is None:
-        with torch.no_grad():
+        with torch.no_grad(), deterministic():  # as product_index computes them
             vectors = model.products(graph).numpy()
         index = build_index(vectors, list(graph["product"].ids))
     if index.ids != list(graph["product"].ids):
