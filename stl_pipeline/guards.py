@@ -1,5 +1,6 @@
-"""The blocking check every stage's output shares: not empty, and not shrunk past
-``QualityGate.max_shrink`` against the asset's previous materialization.
+"""The blocking checks stages share: an output not empty, and not shrunk past
+``QualityGate.max_shrink`` against the asset's previous materialization; a trained model's
+weights all finite.
 
 A run on the wrong raw files, on a mirror that lost its images or on stale inputs can produce
 a smaller, still well-formed output; its own checks would pass, and the models downstream
@@ -74,3 +75,20 @@ def not_shrunk(
         )
 
     return check
+
+
+def weights_finite(asset: str, weights: str) -> dg.AssetChecksDefinition:
+    """A blocking check that every tensor of a model record's ``weights`` entry is finite."""
+
+    @dg.asset_check(
+        asset=asset, name=f"{asset}_weights_finite", blocking=True, description="Every weight is finite."
+    )
+    def finite(record: dict) -> dg.AssetCheckResult:
+        import torch
+
+        bad = [name for name, tensor in record[weights].items() if not torch.isfinite(tensor.float()).all()]
+        return dg.AssetCheckResult(
+            passed=not bad, metadata={"non_finite_tensors": len(bad), "sample": ", ".join(bad[:5]) or "none"}
+        )
+
+    return finite

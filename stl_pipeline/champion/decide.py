@@ -11,8 +11,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from stl_pipeline.metrics import bootstrap
-
 
 @dataclass(frozen=True)
 class Score:
@@ -37,6 +35,8 @@ class Decision:
 
 def interval(values: np.ndarray) -> Score:
     """The mean and its 95% bootstrap interval (metrics.bootstrap)."""
+    from stl_pipeline.metrics import bootstrap  # here: metrics imports torch, the code location must not
+
     if not len(values):
         return Score(float("nan"), float("nan"), float("nan"))
     return Score(float(values.mean()), *bootstrap(values))

@@ -10,6 +10,7 @@ import pandas as pd
 from stl_pipeline.artifacts import HeteroData
 from stl_pipeline.asset_inputs import MODEL_INS
 from stl_pipeline.generate import STYLES_FILE
+from stl_pipeline.guards import weights_finite
 from stl_pipeline.registry import MODEL_ASSETS, MODELS, by_method
 from stl_pipeline.reporting import markdown
 from stl_pipeline.resources import MlflowTracker, QualityGate, StlFiles
@@ -216,24 +217,7 @@ def retrieval_report_complete(retrieval_report: pd.DataFrame) -> dg.AssetCheckRe
     )
 
 
-def _finite_check(asset: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=asset, name=f"{asset}_weights_finite", blocking=True, description="Every weight is finite."
-    )
-    def weights_finite(record: dict) -> dg.AssetCheckResult:
-        import torch
-
-        bad = [
-            name for name, tensor in record["state_dict"].items() if not torch.isfinite(tensor.float()).all()
-        ]
-        return dg.AssetCheckResult(
-            passed=not bad, metadata={"non_finite_tensors": len(bad), "sample": ", ".join(bad[:5]) or "none"}
-        )
-
-    return weights_finite
-
-
-model_checks = [_finite_check(asset) for asset in MODEL_ASSETS.values()]
+model_checks = [weights_finite(asset, "state_dict") for asset in MODEL_ASSETS.values()]
 
 
 @dg.asset_check(

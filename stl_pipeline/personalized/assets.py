@@ -9,7 +9,7 @@ from pydantic import Field
 
 from stl_pipeline.artifacts import HeteroData
 from stl_pipeline.executor import GPU_POOL, GPU_STEP_TAGS
-from stl_pipeline.guards import not_shrunk
+from stl_pipeline.guards import not_shrunk, weights_finite
 from stl_pipeline.ingest.parse import reason_kinds
 from stl_pipeline.lineage import RAW_DIGEST
 from stl_pipeline.personalized.config import REGISTERED, HmTrainConfig
@@ -297,16 +297,7 @@ def hm_sage_model(
     )
 
 
-@dg.asset_check(asset="hm_sage_model", blocking=True, description="Every weight is finite.")
-def hm_sage_model_weights_finite(hm_sage_model: dict) -> dg.AssetCheckResult:
-    import torch
-
-    bad = [
-        name for name, tensor in hm_sage_model["state"].items() if not torch.isfinite(tensor.float()).all()
-    ]
-    return dg.AssetCheckResult(
-        passed=not bad, metadata={"non_finite_tensors": len(bad), "sample": ", ".join(bad[:5]) or "none"}
-    )
+hm_sage_model_weights_finite = weights_finite("hm_sage_model", "state")
 
 
 class HmReportConfig(dg.Config):
