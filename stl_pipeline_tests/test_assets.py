@@ -277,7 +277,7 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
         assert tracked.data.params["epochs"] == "6" and "val_mrr" in tracked.data.metrics
         assert len(client.get_metric_history(tracked.info.run_id, "loss")) == 6
         assert {a.path for a in client.list_artifacts(tracked.info.run_id, "checkpoint")} == {
-            "checkpoint/best.pt",
+            "checkpoint/record.pt",
             "checkpoint/config.json",
         }
         assert {a.path for a in client.list_artifacts(tracked.info.run_id, "reports")} == {
