@@ -166,5 +166,5 @@ def test_bad_input_is_named_with_what_to_do(
 
 
 def test_without_a_materialized_model_it_says_how_to_get_one(tmp_path: Path) -> None:
-    with pytest.raises(ColdStartError, match=r"no materialized stl_graph .*`make demo`"):
+    with pytest.raises(ColdStartError, match=r"no stl champion .*`make demo`.*passes its gate"):
         load(load_settings({"STL_DATA_DIR": str(tmp_path)}))
