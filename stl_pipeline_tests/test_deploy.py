@@ -279,11 +279,11 @@ def test_schedule_sensor_and_tracking_on_postgres(
         assert {r.data.tags["asset"] for r in runs} == {spec.asset for spec in MODELS}
         for run in runs:
             assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
-            assert "checkpoint/best.pt" in {
+            assert "checkpoint/record.pt" in {
                 a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")
             }
             # uploaded through the server's artifact proxy, onto the server's disk
-            path = artifacts / experiment.experiment_id / run.info.run_id / "artifacts/checkpoint/best.pt"
+            path = artifacts / experiment.experiment_id / run.info.run_id / "artifacts/checkpoint/record.pt"
             assert path.stat().st_size > 0
         assert {m.name for m in client.search_registered_models()} >= {spec.registered for spec in MODELS}
 

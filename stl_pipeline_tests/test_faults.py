@@ -342,9 +342,17 @@ def test_every_truncated_artifact_is_named_with_what_to_do(
 def test_stl_recommend_names_a_truncated_artifact_in_one_line(
     graphed: tuple[dict, dg.DagsterInstance], tmp_path: Path
 ) -> None:
+    from stl_pipeline.champion.store import set_current, write_snapshot
+
     data = tmp_path / "data"
     shutil.copytree(graphed[0]["STL_DATA_DIR"], data)
-    _truncate(data / "graph" / "stl_graph.safetensors")
+    # A champion whose snapshot's graph was damaged on disk: what stl-recommend reads first.
+    graph = {"graph.safetensors": data / "graph" / "stl_graph.safetensors"}
+    folder = write_snapshot(data, "stl", "0123abcd", {"config": {}}, graph, {})
+    set_current(
+        data, "stl", {"method": "gat", "registered": "stl-gat", "version": "1", "mlflow_run_id": "0123abcd"}
+    )
+    _truncate(folder / "graph.safetensors")
     product = pd.read_parquet(data / "tables" / "stl_products.parquet")["product"].iloc[0]
     env = {**os.environ, "STL_DATA_DIR": str(data)}
     answer = subprocess.run(
@@ -356,7 +364,7 @@ def test_stl_recommend_names_a_truncated_artifact_in_one_line(
     )
     assert answer.returncode == 2 and answer.stdout == ""
     (line,) = answer.stderr.strip().splitlines()
-    assert "stl_graph.safetensors is damaged or truncated" in line and "rematerialize it (stl_graph)" in line
+    assert "graph.safetensors is damaged or truncated" in line and "promote a model again" in line
 
 
 def test_a_truncated_resume_checkpoint_starts_training_afresh(tmp_path: Path) -> None:

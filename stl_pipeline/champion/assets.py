@@ -8,9 +8,11 @@ asset downstream stops. What is served is the champion's snapshot (champion/stor
 serving keeps answering from it while a retrain runs and after a challenger loses.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -81,12 +83,13 @@ def _conclude(
     challenger: dict,
     record: dict,
     files: dict[str, Path],
+    arrays: Callable[[], dict[str, np.ndarray]],
     gate: dict,
 ) -> dg.Output[dict]:
     """Promote (snapshot, then ``current.json``), move the aliases, tag both MLflow runs, and
     return what the asset stores: the decision and what is served now."""
     if decision.promoted:
-        write_snapshot(data_dir, group, challenger["mlflow_run_id"], record, files)
+        write_snapshot(data_dir, group, challenger["mlflow_run_id"], record, files, arrays())
         set_current(data_dir, group, challenger)
     tracker = mlflow.tracker()
     move_aliases(tracker.client, names, challenger["registered"], challenger["version"], decision.promoted)
@@ -176,7 +179,15 @@ def stl_champion(
         "graph.safetensors": asset_path(data_dir, "stl_graph"),
         "pairs.parquet": asset_path(data_dir, "stl_pairs"),
     }
-    return _conclude(context, "stl", data_dir, mlflow, names, decision, challenger, record, files, gate)
+    from stl_pipeline.champion.scoring import product_vectors
+    from stl_pipeline.champion.store import PRODUCTS
+
+    def arrays() -> dict:  # computed once, on promotion: what every server of the champion reads
+        return {PRODUCTS: product_vectors(record, stl_graph)}
+
+    return _conclude(
+        context, "stl", data_dir, mlflow, names, decision, challenger, record, files, arrays, gate
+    )
 
 
 class HmChampionConfig(dg.Config):
@@ -242,6 +253,7 @@ def hm_champion(
         challenger,
         hm_sage_model,
         files,
+        dict,  # nothing to compute: hm_recommendations scores customers from the graph
         gate,
     )
 

@@ -92,3 +92,12 @@ def hm_scores(record: dict, champion: Path | None, graph: HeteroData) -> Paired:
         return ours, values(found), ""
     except (MismatchedInputError, RuntimeError, KeyError) as error:  # other customers or articles
         return ours, None, f"the champion cannot be scored on the current hm_graph ({str(error)[:200]})"
+
+
+def product_vectors(record: dict, graph: HeteroData) -> np.ndarray:
+    """(P, d) a model's product vectors over the graph it was trained on, as served."""
+    from stl_pipeline.device import deterministic
+    from stl_pipeline.models.record import load_model
+
+    with torch.no_grad(), deterministic():
+        return load_model(record).products(graph).numpy()

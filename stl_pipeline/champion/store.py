@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from stl_pipeline.checkpoints import RECORD, load_checkpoint, save_checkpoint
 from stl_pipeline.storage import atomic_write_bytes, read_artifact
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from torch_geometric.data import HeteroData
 
 CURRENT = "current.json"
+PRODUCTS = "products.npy"  # the STL champion's product vectors, in its graph's order
 CHAMPION, CHALLENGER = "champion", "challenger"  # MLflow aliases
 
 
@@ -33,8 +36,16 @@ def group_dir(data_dir: Path, group: str) -> Path:
     return Path(data_dir) / "champion" / group
 
 
-def write_snapshot(data_dir: Path, group: str, run_id: str, record: dict, files: dict[str, Path]) -> Path:
-    """The snapshot of ``run_id``: its record and ``files`` (name in the snapshot -> source)."""
+def write_snapshot(
+    data_dir: Path,
+    group: str,
+    run_id: str,
+    record: dict,
+    files: dict[str, Path],
+    arrays: dict[str, np.ndarray],
+) -> Path:
+    """The snapshot of ``run_id``: its record, ``files`` (name in the snapshot -> source) and
+    ``arrays`` computed once for it (the served product vectors), saved as ``.npy``."""
     if not run_id.isalnum():
         raise ValueError(f"MLflow run id {run_id!r} is not alphanumeric: refusing it as a folder name")
     folder = group_dir(data_dir, group) / run_id
@@ -49,7 +60,9 @@ def write_snapshot(data_dir: Path, group: str, run_id: str, record: dict, files:
             os.link(source, staging / name)
         except OSError:  # another file system, or links unsupported
             shutil.copy2(source, staging / name)
-    (staging / "complete.json").write_text(json.dumps(sorted(files)))
+    for name, array in arrays.items():
+        np.save(staging / name, array, allow_pickle=False)
+    (staging / "complete.json").write_text(json.dumps(sorted([*files, *arrays])))
     shutil.rmtree(folder, ignore_errors=True)  # an incomplete one from a killed promotion
     os.replace(staging, folder)
     return folder
@@ -82,6 +95,14 @@ def load_snapshot(folder: Path) -> tuple[dict, "HeteroData"]:
     graph, info = read_artifact(Path(folder) / "graph.safetensors", load_graph, "promote a model again")
     graph.info = info
     return snapshot_record(folder), graph
+
+
+def snapshot_products(folder: Path) -> np.ndarray:
+    """The champion's product vectors, computed once at promotion: everything that serves it
+    reads these, so a kept champion serves the same vectors bit for bit."""
+    return read_artifact(
+        Path(folder) / PRODUCTS, lambda path: np.load(path, allow_pickle=False), "promote a model again"
+    )
 
 
 def served(champion: dict, group: str) -> tuple[dict, dict, "HeteroData"]:

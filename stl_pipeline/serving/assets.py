@@ -37,16 +37,15 @@ def _served(stl_champion: dict) -> tuple[dict, dict, HeteroData]:
 @dg.asset(group_name="serving", io_manager_key="index_io_manager")
 def product_index(config: ProductIndexConfig, stl_champion: dict) -> dg.Output[ProductIndex]:
     """A FAISS index of the champion's product vectors, with the id map and provenance."""
-    import torch
-
-    from stl_pipeline.models.record import load_model
+    from stl_pipeline.champion.store import snapshot_products
     from stl_pipeline.serving.index import build_index
 
     serving, record, graph = _served(stl_champion)
     require_trained_on(serving["method"], record, graph.info)
     start = time.perf_counter()
-    with torch.no_grad(), deterministic():  # the same champion gives the same index, bit for bit
-        vectors = load_model(record).products(graph).numpy()
+    vectors = snapshot_products(Path(serving["folder"]))  # computed once, at promotion
+    if len(vectors) != graph["product"].num_nodes:
+        raise ValueError(f"the champion's snapshot {serving['folder']} holds vectors of another graph")
     index = build_index(vectors, graph["product"].ids, config.exact_limit, config.nprobe)
     index.info |= {
         "model": serving["method"],

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.catalogue import asset_path
-from stl_pipeline.champion.store import CHAMPION, NoChampion, current, load_snapshot
+from stl_pipeline.champion.store import CHAMPION, NoChampion, current, load_snapshot, snapshot_products
 from stl_pipeline.device import deterministic
 from stl_pipeline.features.backbone import Backbone, BackboneUnavailable, load_backbone
 from stl_pipeline.features.spec import BackboneSpec
@@ -88,17 +88,20 @@ def load(settings: Settings, model_name: str | None = None, model_version: str |
                 f"{model_name} version {version} was trained on another stl_graph than the latest one: "
                 f"leave out --model-name to use the champion with its own graph ({error})"
             ) from error
-        index = None
+        index = None  # its vectors are computed below
         source = {"model": model_name, "version": version, "mlflow_run_id": record["mlflow_run_id"]}
     else:
         try:
             serving = current(root, "stl")
         except NoChampion as error:
             raise ColdStartError(str(error)) from error
-        record, graph = load_snapshot(Path(serving["folder"]))
-        index = _read(asset_path(root, "product_index"), "materialized product_index", load_index)
-        if index.info.get("mlflow_run_id") != record["mlflow_run_id"]:
-            index = None  # the champion was just promoted and its index is not built yet
+        folder = Path(serving["folder"])
+        record, graph = load_snapshot(folder)
+        path = asset_path(root, "product_index")
+        index = _read(path, "materialized product_index", load_index) if path.is_file() else None
+        if index is None or index.info.get("mlflow_run_id") != record["mlflow_run_id"]:
+            # the champion was just promoted and its index is not built yet: its frozen vectors
+            index = build_index(snapshot_products(folder), list(graph["product"].ids))
         source = {
             "model": serving["method"],
             "version": f"{serving['registered']} version {serving['version']} (@champion)",
@@ -111,7 +114,7 @@ def load(settings: Settings, model_name: str | None = None, model_version: str |
             f"{source['model']} does not fit the graph it is served with: {str(error)[:200]}"
         ) from error
     if index is None:
-        with torch.no_grad(), deterministic():  # as product_index computes them
+        with torch.no_grad(), deterministic():
             vectors = model.products(graph).numpy()
         index = build_index(vectors, list(graph["product"].ids))
     if index.ids != list(graph["product"].ids):
