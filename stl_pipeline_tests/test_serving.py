@@ -153,3 +153,23 @@ def test_a_model_trained_on_co_occurrences_complements_with_its_own_vectors() ->
     assert torch.allclose(mine, torch.tensor([[0.0, -1.0], [0.6, 0.8]]))
     theirs = complementary_queries(own, products, scenes, queries, own_vectors=False)
     assert torch.allclose(theirs, queries)
+
+
+def test_the_same_index_is_the_same_file_from_any_process(tmp_path: Path) -> None:
+    """A kept champion's index is rebuilt by another process: it must be the same bytes (a
+    header whose entries came in hash order differed between processes)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np; from stl_pipeline.serving.index import build_index, save_index\n"
+        "x = np.random.default_rng(0).normal(size=(50, 8)).astype('float32')\n"
+        "index = build_index(x, [f'p{i}' for i in range(50)])\n"
+        "index.info |= {'model': 'gat', 'version': '1'}\n"
+        "save_index(index, sys.argv[1])\n"
+    )
+    files = [tmp_path / f"index{i}.safetensors" for i in range(4)]
+    for path in files:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=120)
+    assert len({path.read_bytes() for path in files}) == 1
+    assert load_index(files[0]).info["model"] == "gat"

@@ -64,8 +64,10 @@ def build_index(
 
 
 def save_index(product_index: ProductIndex, path: Path) -> None:
+    """One metadata entry: safetensors writes several in hash order, which changes from process
+    to process, and the same index must be the same file."""
     data = faiss.serialize_index(product_index.index)
-    metadata = {"ids": json.dumps(product_index.ids), "info": json.dumps(product_index.info)}
+    metadata = {"index": json.dumps({"ids": product_index.ids, "info": product_index.info}, sort_keys=True)}
     tensors = {"faiss": torch.from_numpy(np.asarray(data, dtype=np.uint8))}
     atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
@@ -75,4 +77,8 @@ def load_index(path: Path) -> ProductIndex:
         metadata = handle.metadata()
     data = load_file(str(path))["faiss"].numpy()
     index = faiss.deserialize_index(data)
-    return ProductIndex(index, json.loads(metadata["ids"]), json.loads(metadata["info"]))
+    if "index" in metadata:
+        stored = json.loads(metadata["index"])
+    else:  # written before the entries were one
+        stored = {"ids": json.loads(metadata["ids"]), "info": json.loads(metadata["info"])}
+    return ProductIndex(index, stored["ids"], stored["info"])
