@@ -132,7 +132,7 @@ def test_a_registered_model_version_answers_too(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["scene", "{text}"], "is not a readable image"),
+        (["scene", "{text}"], "corrupt or unreadable"),
         (["scene", "{missing}"], "does not exist"),
         (["scene", "{fifo}"], "is not a file"),
         (["scene", "/dev/zero"], "is not a file"),

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from stl_pipeline.generate.dataset import signature
+from stl_pipeline.images.decode import ImageLimits
 from stl_pipeline.images.download import (
     CACHED,
     DOWNLOADED,
@@ -100,7 +101,7 @@ def assert_store_consistent(store: Path, manifest) -> None:
         else:
             data = Path(row.path).read_bytes()
             assert hashlib.sha256(data).hexdigest() == row.sha256
-            assert verify_image(data, 10**7).width == row.width
+            assert verify_image(data, ImageLimits(10**7)).width == row.width
     assert set(files) <= set(manifest["signature"])
 
 

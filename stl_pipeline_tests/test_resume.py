@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from stl_pipeline.generate.dataset import signature
+from stl_pipeline.images.decode import ImageLimits
 from stl_pipeline.images.download import CACHED, DOWNLOADED, Downloader
 from stl_pipeline.images.policy import DownloadPolicy
 from stl_pipeline.images.verify import verify_image
@@ -44,7 +45,7 @@ def test_killed_run_resumes_without_refetching(tmp_path: Path) -> None:
         survivors = sorted(store.rglob("*.jpg"))
         assert 40 <= len(survivors) < len(signatures)
         for path in survivors:  # whatever reached its final name is a whole, valid image
-            verify_image(path.read_bytes(), 10**6)
+            verify_image(path.read_bytes(), ImageLimits(10**6))
         hits_before = dict(server.hits)
 
         policy = DownloadPolicy(server.url(), frozenset({"127.0.0.1"}), concurrency=4)

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from stl_pipeline.features.regions import Box
+from stl_pipeline.images.decode import decode
 
 if TYPE_CHECKING:
     import torch
@@ -69,12 +70,12 @@ class Letterbox:
 
 
 def decode_batch(jobs: list[Job], transform: Letterbox) -> np.ndarray:
-    """(B, 3, S, S) uint8: each image opened, cropped and letterboxed; a bad file is named."""
+    """(B, 3, S, S) uint8: each image decoded as shown (upright, over white), cropped and
+    letterboxed, so boxes meet the pixels they were drawn on; a bad file is named."""
     out = np.empty((len(jobs), 3, transform.size, transform.size), dtype=np.uint8)
     for row, (key, path, box, mask) in enumerate(jobs):
         try:
-            with Image.open(path) as image:
-                out[row] = transform(image, box, mask)
+            out[row] = transform(decode(path), box, mask)
         except (OSError, ValueError) as error:
             raise RuntimeError(
                 f"cannot read the image of {key} at {path}: {error}; "

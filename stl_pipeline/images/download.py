@@ -25,8 +25,9 @@ import requests
 
 from stl_pipeline import __version__
 from stl_pipeline.ids import image_url, is_signature
+from stl_pipeline.images.decode import BadImageError
 from stl_pipeline.images.policy import DownloadPolicy
-from stl_pipeline.images.verify import EXTENSIONS, BadImageError, sniff, verify_image
+from stl_pipeline.images.verify import EXTENSIONS, sniff, verify_image
 from stl_pipeline.storage import atomic_write_bytes, remove_stale_parts
 
 DOWNLOADED, CACHED, FAILED = "downloaded", "cached", "failed"
@@ -236,7 +237,7 @@ class Downloader:
                 if sniff(data[:16]) != image_format:
                     raise BadImageError("content does not match its extension")
                 # The check a download passes, whole: a header survives truncation.
-                info = verify_image(data, self.policy.max_pixels)
+                info = verify_image(data, self.policy.limits)
             except BadImageError:
                 path.unlink(missing_ok=True)  # tampered or damaged: fetch it again
                 continue
@@ -264,7 +265,7 @@ class Downloader:
                 attempt += 1
                 try:
                     data, http_status = (self._fetch_file(url), None) if is_file else self._fetch_http(url)
-                    info = verify_image(data, self.policy.max_pixels)
+                    info = verify_image(data, self.policy.limits)
                     path = store_path(self.store, signature, info.format)
                     atomic_write_bytes(path, data)
                     return _row(

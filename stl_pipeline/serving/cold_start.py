@@ -23,6 +23,7 @@ from stl_pipeline.categories import LEAVES
 from stl_pipeline.features.backbone import Backbone
 from stl_pipeline.features.embed import Embedder
 from stl_pipeline.features.regions import ctl_box, stl_box
+from stl_pipeline.images.decode import BadImageError, ImageLimits, decode
 from stl_pipeline.models.recommender import TASKS, Recommender
 from stl_pipeline.serving.index import ProductIndex, build_index
 from stl_pipeline.serving.recommend import complementary_queries
@@ -113,7 +114,7 @@ class ColdStart:
     source: dict[str, str]
     per_category: int = 3  # most products of one category in a complete-the-look list
     own_vectors: bool = False  # complementary queries: the products' vectors (recommend.finds_partners)
-    max_pixels: int = MAX_PIXELS
+    limits: ImageLimits = field(default_factory=lambda: ImageLimits(max_pixels=MAX_PIXELS))
 
     def __post_init__(self) -> None:
         self.embedder = Embedder(self.backbone, torch.device("cpu"))
@@ -181,15 +182,9 @@ class ColdStart:
         if not path.is_file():
             raise ColdStartError(f"{path} does not exist or is not a file")
         try:
-            with Image.open(path) as opened:
-                if opened.width * opened.height > self.max_pixels:
-                    size = f"{opened.width}x{opened.height}"
-                    raise ColdStartError(f"{path} is {size}, over {self.max_pixels:,} pixels: downscale it")
-                return opened.convert("RGB")
-        except (OSError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
-            raise ColdStartError(
-                f"{path} is not a readable image ({error}); use a JPEG, PNG or WebP file"
-            ) from error
+            return decode(path, self.limits)
+        except BadImageError as error:
+            raise ColdStartError(f"{path}: {error}; use a JPEG, PNG or WebP photo of the scene") from error
 
     def scene(
         self,

@@ -19,6 +19,7 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.evaluation.report import popularity_scorer, vector_methods
 from stl_pipeline.features.regions import Box, ctl_box, stl_box
+from stl_pipeline.images.decode import decode
 from stl_pipeline.models.queries import Queries
 from stl_pipeline.vectors import Embeddings
 
@@ -191,8 +192,7 @@ def data_uri(jpeg_bytes: bytes) -> str:
 
 def scene_image(path: str, stl_box: Box, ctl_box: Box | None, size: int) -> Image.Image:
     """The scene with its STL bbox (orange) and CTL region (blue) drawn, scaled to ``size``."""
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
+    image = decode(path)
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / size * 2))
     if ctl_box is not None:
@@ -209,13 +209,11 @@ class Thumbnails:
 
     def __call__(self, product: str) -> str:
         if product not in self._cache:
-            with Image.open(self.paths[product]) as image:
-                self._cache[product] = data_uri(jpeg(image, self.size))
+            self._cache[product] = data_uri(jpeg(decode(self.paths[product]), self.size))
         return self._cache[product]
 
     def image(self, product: str) -> Image.Image:
-        with Image.open(self.paths[product]) as image:
-            return ImageOps.contain(image.convert("RGB"), (self.size, self.size))
+        return ImageOps.contain(decode(self.paths[product]), (self.size, self.size))
 
 
 CSS = """
