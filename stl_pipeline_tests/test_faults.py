@@ -4,6 +4,7 @@ summarizes the cases; every one must end in a clear error or an exact resume, ne
 silent wrong result, a stuck run or an unbounded read."""
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from stl_pipeline.catalogue import read_embeddings
 from stl_pipeline.definitions import MODULES, build_definitions
@@ -27,18 +30,23 @@ from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.generate import generate_dataset
 from stl_pipeline.generate.dataset import signature
 from stl_pipeline.graph.store import load_graph
+from stl_pipeline.images.decode import ImageLimits, decode
 from stl_pipeline.images.download import CACHED, DOWNLOADED, FAILED, Downloader
 from stl_pipeline.images.policy import DownloadPolicy
 from stl_pipeline.images.verify import verify_image
+from stl_pipeline.ingest.parse import IngestError
 from stl_pipeline.ingest.tables import ingest
 from stl_pipeline.lineage import MismatchedInputError
 from stl_pipeline.models.splits import QUERY_ASSETS, split_queries
-from stl_pipeline.settings import load_settings
+from stl_pipeline.personalized.files import HM_FILES
+from stl_pipeline.personalized.generate import HmConfig, generate_hm
+from stl_pipeline.personalized.ingest import ingest_hm, read_hm, split_windows
+from stl_pipeline.settings import HM_VARIABLES, load_settings
 from stl_pipeline.storage import UMASK, CorruptArtifactError, atomic_write_bytes, read_artifact
 from stl_pipeline.vectors import Embeddings
 from stl_pipeline_tests.conftest import SMALL
 from stl_pipeline_tests.http_server import ImageServer
-from stl_pipeline_tests.images import encoded
+from stl_pipeline_tests.images import animated, encoded, exif_rotated, grey16, saved, see_through
 from stl_pipeline_tests.lineage import generated_environ
 
 ROOT = Path(__file__).parents[1]
@@ -208,7 +216,7 @@ def test_a_truncated_cached_image_is_fetched_again(tmp_path: Path) -> None:
     second = downloader.run(names)
     assert list(second["status"]) == [DOWNLOADED, CACHED, CACHED]
     assert second.loc[0, "sha256"] == first.loc[0, "sha256"]
-    verify_image(stored.read_bytes(), 10**6)
+    verify_image(stored.read_bytes(), ImageLimits(10**6))
 
 
 def _special_files(mirror: Path) -> dict[str, str]:
@@ -301,6 +309,31 @@ def test_one_pathological_category_is_quarantined_by_product(
     assert len(result.products) == len(clean.products) and len(result.pairs) == len(clean.pairs)
     (row,) = result.quarantine.itertuples()
     assert row.key == "f" * 32 and reason in row.reason
+
+
+def test_a_product_listed_twice_in_the_categories_is_quarantined_both_times(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    """Two entries for one product id (two categories): which one a JSON reader keeps is
+    arbitrary, so neither is; not two product rows and two graph nodes."""
+    text = (small_dataset / "fashion-cat.json").read_text()
+    categories = json.loads(text)
+    product = json.loads((small_dataset / "fashion.json").read_text().splitlines()[0])["product"]
+    first = categories[product]
+    other = next(c for c in categories.values() if c != first)
+    (tmp_path / "fashion-cat.json").write_text(text.rstrip()[:-1] + f', "{product}": "{other}"}}')
+    result = ingest(small_dataset / "fashion.json", tmp_path / "fashion-cat.json")
+    clean = ingest(small_dataset / "fashion.json", small_dataset / "fashion-cat.json")
+    assert result.products["product"].is_unique and product not in set(result.products["product"])
+    assert len(result.products) == len(clean.products) - 1
+    rejected = result.quarantine
+    twice = rejected[(rejected["key"] == product) & (rejected["file"] == str(tmp_path / "fashion-cat.json"))]
+    assert len(twice) == 2 and twice["reason"].str.contains("product id appears 2 times").all()
+    assert other in twice["reason"].iloc[0] and first in twice["reason"].iloc[0]
+    assert product not in set(result.pairs["product"])  # its pairs are quarantined, by line
+    assert (
+        result.quarantine["reason"] == f"product {product} has no valid category in fashion-cat.json"
+    ).any()
 
 
 def _truncate(path: Path) -> None:
@@ -530,7 +563,7 @@ def test_concurrent_materializations_leave_tables_and_images_intact(
         manifest = pd.read_parquet(data / "tables" / f"{table}.parquet")
         assert set(manifest["status"]) <= {DOWNLOADED, CACHED}
         for path in manifest["path"]:
-            verify_image(Path(path).read_bytes(), 10**6)
+            verify_image(Path(path).read_bytes(), ImageLimits(10**6))
     assert len(pd.read_parquet(data / "tables" / "stl_products.parquet")) == SMALL.products
     assert not list(data.rglob("*.part"))
 
@@ -645,3 +678,217 @@ def test_one_partition_runs_alone_and_a_partition_that_shrank_fails(
     assert not shrunk.success
     assert "count fell from 1000 to" in failed_checks(shrunk)["product_embeddings_not_shrunk"]
     assert "in partition 0" in failed_checks(shrunk)["product_embeddings_not_shrunk"]
+
+
+# Inputs real users send: phone photos, 16-bit and transparent PNGs, animations, slivers.
+
+
+def _photo(size: tuple[int, int] = (96, 128)) -> Image.Image:
+    """An upright picture whose top and bottom differ, so a quarter turn shows."""
+    pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    pixels[..., 1] = np.linspace(0, 120, size[0], dtype=np.uint8)  # a green ramp, left to right
+    pixels[: size[1] // 2, :, 0] = 220  # red top
+    pixels[size[1] // 2 :, :, 2] = 220  # blue bottom
+    return Image.fromarray(pixels)
+
+
+def _as_shown(tmp_path: Path) -> dict[str, tuple[bytes, Image.Image]]:
+    """Each kind of file with the picture a browser shows for it."""
+    photo = _photo()
+    return {
+        "phone photo": (exif_rotated(photo), photo),
+        "16-bit grey": grey16(photo),
+        "transparent": see_through(photo),
+        "animated": animated(),
+    }
+
+
+def test_downloads_and_embeddings_see_images_as_a_browser_shows_them(tmp_path: Path) -> None:
+    """EXIF orientation applied, 16 bits scaled to 8, transparency over white, the first frame:
+    the manifest's size is the shown one, and a box crops the pixels it was drawn on."""
+    from stl_pipeline.features.transform import Letterbox, decode_batch
+
+    cases = _as_shown(tmp_path)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    names = {case: signature(5, "shown", i) for i, case in enumerate(cases)}
+    for case, (data, _) in cases.items():
+        (mirror / f"{names[case]}.jpg").write_bytes(data)  # a PNG named .jpg, as mirrors do
+    manifest = Downloader(DownloadPolicy(mirror.as_uri() + "/{signature}.jpg"), tmp_path / "store").run(
+        list(names.values())
+    )
+    rows = manifest.set_index("signature")
+    letterbox = Letterbox(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    for case, (_, shown) in cases.items():
+        row = rows.loc[names[case]]
+        assert row["status"] == DOWNLOADED, (case, row["error"])
+        assert (row["width"], row["height"]) == shown.size, case
+        got = np.asarray(decode(row["path"]), dtype=np.int16)
+        tolerance = 6 if case == "phone photo" else 0  # JPEG's loss only
+        assert got.shape == np.asarray(shown).shape and np.abs(got - np.asarray(shown)).mean() <= tolerance, (
+            case
+        )
+        top = (0, 0, shown.width, shown.height // 2)
+        embedded = decode_batch([(case, row["path"], top, None)], letterbox)[0].astype(np.int16)
+        assert np.abs(embedded - letterbox(shown, top)).mean() <= tolerance, case
+
+
+UNUSABLE = {
+    "1x1": (saved(Image.new("RGB", (1, 1), (10, 20, 30))), "under 32 pixels on a side"),
+    "20000x2 strip": (saved(Image.new("RGB", (20_000, 2), (10, 20, 30))), "under 32 pixels on a side"),
+    "1600x40 banner": (saved(Image.new("RGB", (1600, 40), (10, 20, 30))), "40.0 times longer than wide"),
+    "fully transparent": (
+        saved(Image.new("RGBA", (64, 64), (0, 0, 0, 0))),
+        "every pixel is fully transparent",
+    ),
+}
+
+
+def test_images_that_show_no_product_are_refused_with_the_reason(tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    names = {case: signature(6, "unusable", i) for i, case in enumerate(UNUSABLE)}
+    for case, (data, _) in UNUSABLE.items():
+        (mirror / f"{names[case]}.png").write_bytes(data)
+    policy = DownloadPolicy(mirror.as_uri() + "/{signature}.png")
+    rows = Downloader(policy, tmp_path / "store").run(list(names.values())).set_index("signature")
+    for case, (_, reason) in UNUSABLE.items():
+        assert rows.loc[names[case], "status"] == FAILED and reason in rows.loc[names[case], "error"], case
+    assert not list((tmp_path / "store").rglob("*.png"))
+    # The limits are the image source's settings: a looser one takes the banner.
+    loose = Downloader(dataclasses.replace(policy, max_aspect=50), tmp_path / "loose")
+    assert loose.run([names["1600x40 banner"]])["status"].tolist() == [DOWNLOADED]
+
+
+def test_stl_recommend_answers_a_photo_as_it_is_shown(trained, tmp_path: Path) -> None:
+    """The same picture as a phone photo, a 16-bit or a transparent PNG gets the answer its
+    shown pixels get; a sliver or an empty picture is refused with the reason."""
+    from stl_pipeline.generate import unseen_scenes
+    from stl_pipeline.serving.cold_start import ColdStartError
+    from stl_pipeline.serving.loading import load
+
+    cold = load(trained.settings)
+    (pair, *_) = unseen_scenes(trained.config, 1, tmp_path / "unseen")
+    photo = decode(tmp_path / "unseen" / f"{pair['scene']}.jpg")
+    files = {
+        "phone photo": (exif_rotated(photo, "PNG"), photo),  # lossless: answers must be equal
+        "16-bit grey": grey16(photo),
+        "transparent": see_through(photo),
+    }
+    for case, (data, shown) in files.items():
+        (tmp_path / f"{case}.png").write_bytes(data)
+        shown.save(tmp_path / f"{case} shown.png")
+        answer = cold.scene(tmp_path / f"{case}.png", tuple(pair["bbox"]), k=10)
+        expected = cold.scene(tmp_path / f"{case} shown.png", tuple(pair["bbox"]), k=10)
+        assert answer == expected, case
+    for data, reason in UNUSABLE.values():
+        (tmp_path / "unusable.png").write_bytes(data)
+        with pytest.raises(ColdStartError, match=re.escape(reason)):
+            cold.scene(tmp_path / "unusable.png")
+
+
+# H&M files as spreadsheets and exports write them.
+
+HM_SMALL = HmConfig(customers=150, articles=60, purchases=2_000, days=40, seed=5)
+
+
+@pytest.fixture(scope="module")
+def hm_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("hm") / "small"
+    generate_hm(HM_SMALL, folder)
+    return folder
+
+
+def _hm_copy(
+    source: Path, folder: Path, edit: dict[str, Callable[[pd.DataFrame], pd.DataFrame]]
+) -> list[Path]:
+    """The files of ``source`` in ``folder``, each named in ``edit`` rewritten by it."""
+    folder.mkdir()
+    for name in HM_FILES:
+        frame = pd.read_csv(source / name, dtype=str, keep_default_na=False)
+        edit.get(name, lambda f: f)(frame).to_csv(folder / name, index=False)
+    return [folder / name for name in HM_FILES]
+
+
+def test_hm_files_with_a_byte_order_mark_are_read_as_without(hm_small: Path, tmp_path: Path) -> None:
+    for name in HM_FILES:
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + (hm_small / name).read_bytes())
+    marked = ingest_hm(*(tmp_path / name for name in HM_FILES))
+    clean = ingest_hm(*(hm_small / name for name in HM_FILES))
+    assert marked.quarantine.empty and marked.transactions.equals(clean.transactions)
+
+
+def _day_first(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(t_dat=pd.to_datetime(frame["t_dat"]).dt.strftime("%d/%m/%Y"))
+
+
+def _with_time(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(t_dat=frame["t_dat"] + " 10:30:00")
+
+
+def _no_leading_zero(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(article_id=frame["article_id"].str.lstrip("0"))
+
+
+SPREADSHEET_EXPORTS = {
+    "day-first dates": (
+        {HM_FILES[0]: _day_first},
+        HM_FILES[0],
+        "is not a date in the format YYYY-MM-DD (as 2020-09-22)",
+    ),
+    "dates with a time": ({HM_FILES[0]: _with_time}, HM_FILES[0], "10:30:00' is not a date in the format"),
+    "ids without the leading zero": (
+        {HM_FILES[0]: _no_leading_zero, HM_FILES[1]: _no_leading_zero},
+        HM_FILES[1],
+        "not 10 digits with the leading zero",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SPREADSHEET_EXPORTS)
+def test_a_spreadsheet_export_is_refused_naming_its_first_bad_line(
+    case: str, hm_small: Path, tmp_path: Path
+) -> None:
+    """The error names the first bad line and what it should look like, and the quarantine
+    table it points to is written."""
+    edit, refused, reason = SPREADSHEET_EXPORTS[case]
+    paths = _hm_copy(hm_small, tmp_path / "export", edit)
+    environ = {"STL_DATA_DIR": str(tmp_path / "data")} | dict(zip(HM_VARIABLES, map(str, paths), strict=True))
+    result = materialize(
+        environ, ["hm_transactions", "hm_articles", "hm_customers"], dg.DagsterInstance.ephemeral()
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.cause.message
+    assert f"{tmp_path / 'export' / refused}:2: " in message and reason in message, message
+    quarantine = pd.read_parquet(tmp_path / "data" / "quarantine" / "hm.parquet")
+    rejected = quarantine[quarantine["file"] == str(tmp_path / "export" / refused)]
+    assert (
+        len(rejected) == len(pd.read_csv(tmp_path / "export" / refused))
+        and rejected["reason"].str.contains(reason, regex=False).all()
+    )
+    # With every line allowed to fail, the refusal still names the first one.
+    if refused == HM_FILES[0]:
+        with pytest.raises(IngestError, match=re.escape(f"First rejected: {paths[0]}:2: t_dat")):
+            split_windows(read_hm(*paths), paths[0])
+
+
+def test_an_id_listed_twice_in_the_hm_files_is_quarantined_both_times(hm_small: Path, tmp_path: Path) -> None:
+    def twice(frame: pd.DataFrame) -> pd.DataFrame:
+        again = frame.iloc[[0]].assign(product_type_name="Umbrella")
+        return pd.concat([frame, again], ignore_index=True)
+
+    paths = _hm_copy(hm_small, tmp_path / "twice", {HM_FILES[1]: twice, HM_FILES[2]: twice})
+    tables = ingest_hm(*paths)
+    for path, column in ((paths[1], "article_id"), (paths[2], "customer_id")):
+        first = pd.read_csv(path, dtype=str)[column].iloc[0]
+        rows = tables.quarantine[
+            (tables.quarantine["file"] == str(path)) & (tables.quarantine["key"] == first)
+        ]
+        last = len(pd.read_csv(path)) + 1
+        assert list(rows["line"]) == [2, last]
+        assert rows["reason"].str.contains(f"is on lines 2, {last} of {path.name}").all()
+    assert first not in set(tables.customers["customer_id"])
+    article = pd.read_csv(paths[1], dtype=str)["article_id"].iloc[0]
+    assert article not in set(tables.articles["article_id"])
+    assert article not in set(tables.transactions["article_id"].astype(str))

@@ -74,7 +74,7 @@ def _write_bad_copy(small: Path, folder: Path) -> dict[str, int]:
     lines = (folder / HM_FILES[0]).read_text().splitlines()
     good = lines[5].split(",")
     broken = {
-        "is not a YYYY-MM-DD date": ["2020-13-45", *good[1:]],
+        "is not a date in the format YYYY-MM-DD": ["2020-13-45", *good[1:]],
         "is not in customers.csv": [good[0], "f" * 64, *good[2:]],
         "is not in articles.csv": [good[0], good[1], "0000000000", *good[3:]],
         "is not a number": [*good[:3], "-0.5", good[4]],

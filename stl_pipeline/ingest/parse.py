@@ -129,7 +129,12 @@ def read_categories(path: Path, quarantine: Quarantine) -> pd.DataFrame:
     except UnicodeDecodeError as exc:
         raise IngestError(f"{path} is not UTF-8 ({exc}); fashion-cat.json must be UTF-8 JSON") from exc
     rows = []
-    for product, category, raw_value in _members(text, path):
+    members = list(_members(text, path))
+    repeated = _repeated(members)
+    for product, category, raw_value in members:
+        if product in repeated:
+            quarantine.add(path, None, product, repeated[product], f"{json.dumps(product)}: {raw_value}")
+            continue
         if isinstance(category, Exception):
             quarantine.add(path, None, product, _unparsable(category), f"{json.dumps(product)}: {raw_value}")
             continue
@@ -150,6 +155,20 @@ def read_categories(path: Path, quarantine: Quarantine) -> pd.DataFrame:
             continue
         rows.append((product, category_path, leaf))
     return pd.DataFrame(rows, columns=["product", "category_path", "category"])
+
+
+def _repeated(members: list[tuple[str, object, str]]) -> dict[str, str]:
+    """Keys that the object holds more than once, each with the reason to quarantine every
+    entry: JSON readers keep one of them, but which one differs, and so would the category."""
+    values: dict[str, list[str]] = {}
+    for key, _, raw_value in members:
+        values.setdefault(key, []).append(raw_value)
+    return {
+        key: f"product id appears {len(found)} times in the object (as {'; '.join(found)[:150]}); "
+        "keep one entry with the right category"
+        for key, found in values.items()
+        if len(found) > 1
+    }
 
 
 def _members(text: str, path: Path) -> Iterator[tuple[str, object, str]]:

@@ -43,14 +43,16 @@ def hm_tables(
     context: dg.AssetExecutionContext, config: HmIngestConfig, hm_files: HmFiles
 ) -> Iterator[dg.Output[pd.DataFrame]]:
     """Stream and validate the three CSVs; quarantine what is malformed; split time."""
-    from stl_pipeline.personalized.ingest import check_quarantine, ingest_hm
+    from stl_pipeline.personalized.ingest import check_quarantine, read_hm, split_windows
 
     began = time.perf_counter()
     paths = hm_files.ensure(context.log)
-    tables = ingest_hm(*paths, window_days=config.window_days)
+    tables = read_hm(*paths)
     quarantine_path = hm_files.path("quarantine", "hm.parquet")
+    # Written first: a refused file's rejected lines are what the operator needs to see.
     atomic_write_with(quarantine_path, lambda tmp: tables.quarantine.to_parquet(tmp, index=False))
     check_quarantine(tables, config.max_quarantine_share, quarantine_path)
+    split_windows(tables, paths[0], config.window_days)
     purchases = tables.transactions
     shares = tables.quarantined_shares()
     by_window = purchases.groupby("window", observed=False)

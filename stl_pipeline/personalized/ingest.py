@@ -34,6 +34,9 @@ ARTICLE_FEATURES = (
 )
 CUSTOMER_ID, ARTICLE_ID, DAY = r"^[0-9a-f]{64}$", r"^[0-9]{10}$", r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 PRICE = r"^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$"
+# What a spreadsheet does to these columns: drops the leading zero, rewrites the date.
+ARTICLE_SHAPE = "10 digits with the leading zero (as 0108775015; a spreadsheet may have dropped it)"
+DAY_SHAPE = "a date in the format YYYY-MM-DD (as 2020-09-22), without a time"
 MAX_PRICE = 100.0  # the release's prices are scaled to below 1; past this a value is corrupt
 WINDOWS = ("train", "val", "test")
 BLOCK_BYTES = 64 << 20
@@ -73,7 +76,7 @@ class HmTables:
     customers: pd.DataFrame
     quarantine: pd.DataFrame
     records: dict[str, int]  # file -> data lines read
-    windows: Windows
+    windows: Windows | None = None  # set by split_windows
 
     def quarantined_shares(self) -> dict[str, float]:
         rejected = self.quarantine["file"].value_counts()
@@ -113,7 +116,8 @@ def _header(path: Path, required: tuple[str, ...]) -> list[str]:
     if not path.is_file():
         raise IngestError(f"{path} does not exist")
     with open(path, "rb") as handle:
-        first = handle.readline(1 << 16).decode("utf-8", errors="replace").strip()
+        # A spreadsheet's UTF-8 export starts with a byte-order mark; pyarrow skips it too.
+        first = handle.readline(1 << 16).decode("utf-8-sig", errors="replace").strip()
     names = [name.strip().strip('"') for name in first.split(",")]
     missing = [c for c in required if c not in names]
     if missing:
@@ -148,9 +152,10 @@ def _raw(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
 
 
 def _unique_valid(
-    frame: pd.DataFrame, column: str, pattern: str, path: Path, rejected: _Rejected, what: str
+    frame: pd.DataFrame, column: str, pattern: str, path: Path, rejected: _Rejected, shape: str
 ) -> pd.DataFrame:
-    """Rows whose id matches ``pattern``, first of each id; the rest quarantined."""
+    """Rows whose id matches ``pattern`` and appears once; the rest quarantined. Every line of
+    a repeated id is: which one holds the right attributes cannot be told."""
     ids = frame[column].str.strip()
     valid = ids.str.fullmatch(pattern.strip("^$"))
     bad = frame[~valid]
@@ -158,17 +163,22 @@ def _unique_valid(
         path,
         bad["line"].to_numpy(),
         bad[column],
-        f"invalid {what} " + bad[column].str.slice(0, 70).map(repr),
+        f"invalid {column} " + bad[column].str.slice(0, 70).map(repr) + f": not {shape}",
         _raw(bad, list(frame.columns[1:])),
     )
     frame = frame[valid].assign(**{column: ids[valid]})
-    repeated = frame.duplicated(column)
+    repeated = frame.duplicated(column, keep=False)
     dup = frame[repeated]
+    lines = dup.groupby(column)["line"].agg(lambda found: ", ".join(map(str, found[:5])))
     rejected.add(
         path,
         dup["line"].to_numpy(),
         dup[column],
-        f"duplicate {what} " + dup[column].map(repr),
+        f"{column} "
+        + dup[column].map(repr)
+        + " is on lines "
+        + dup[column].map(lines)
+        + f" of {path.name}; keep one line per {column}",
         _raw(dup, list(frame.columns[1:])),
     )
     return frame[~repeated]
@@ -178,7 +188,7 @@ def read_articles(path: Path, rejected: _Rejected) -> tuple[pd.DataFrame, int]:
     """The valid articles with their attributes as categories, and the lines read."""
     frame = _read_strings(path, ("article_id", "product_type_name"))
     lines = len(frame)
-    frame = _unique_valid(frame, "article_id", ARTICLE_ID, path, rejected, "article_id")
+    frame = _unique_valid(frame, "article_id", ARTICLE_ID, path, rejected, ARTICLE_SHAPE)
     for column in ARTICLE_FEATURES:
         values = frame[column].str.strip() if column in frame else pd.Series(UNKNOWN, index=frame.index)
         frame[column] = values.mask(values == "", UNKNOWN).astype("category")
@@ -189,7 +199,7 @@ def read_customers(path: Path, rejected: _Rejected) -> tuple[pd.DataFrame, int]:
     """The valid customers, their flags and age, and the lines read."""
     frame = _read_strings(path, ("customer_id",))
     lines = len(frame)
-    frame = _unique_valid(frame, "customer_id", CUSTOMER_ID, path, rejected, "customer_id")
+    frame = _unique_valid(frame, "customer_id", CUSTOMER_ID, path, rejected, "64 lowercase hex characters")
     age_text = frame["age"].str.strip() if "age" in frame else pd.Series("", index=frame.index)
     age = pd.to_numeric(age_text, errors="coerce")
     bad_age = (age_text != "") & ~age.between(10, 120)
@@ -303,9 +313,17 @@ def _reject_purchases(
             ~channel_ok.take(pa.array(bad)).to_numpy(zero_copy_only=False),
         ],
         [
-            "t_dat " + rows["t_dat"].str.slice(0, 20).map(repr) + " is not a YYYY-MM-DD date",
-            "customer_id " + rows["customer_id"].str.slice(0, 70).map(repr) + " is not in customers.csv",
-            "article_id " + rows["article_id"].str.slice(0, 20).map(repr) + " is not in articles.csv",
+            "t_dat " + rows["t_dat"].str.slice(0, 20).map(repr) + f" is not {DAY_SHAPE}",
+            "customer_id "
+            + rows["customer_id"].str.slice(0, 70).map(repr)
+            + " is not in customers.csv, or its line there is quarantined",
+            "article_id "
+            + rows["article_id"].str.slice(0, 20).map(repr)
+            + np.where(
+                rows["article_id"].str.fullmatch(ARTICLE_ID.strip("^$")),
+                " is not in articles.csv, or its line there is quarantined",
+                f" is not {ARTICLE_SHAPE}",
+            ),
             "price " + rows["price"].str.slice(0, 20).map(repr) + f" is not a number in (0, {MAX_PRICE:g})",
             "sales_channel_id " + rows["sales_channel_id"].str.slice(0, 10).map(repr) + " is not 1 or 2",
         ],
@@ -314,25 +332,15 @@ def _reject_purchases(
     rejected.add(path, seen + bad + 2, rows["customer_id"].str.slice(0, 64), pd.Series(reasons), raw)
 
 
-def ingest_hm(
-    transactions_path: Path, articles_path: Path, customers_path: Path, window_days: int = 7
-) -> HmTables:
+def read_hm(transactions_path: Path, articles_path: Path, customers_path: Path) -> HmTables:
+    """The three files validated, every rejected line in the quarantine; no windows yet, so
+    that the quarantine can be written before a file with no usable purchase is refused."""
     rejected = _Rejected()
     articles, article_lines = read_articles(articles_path, rejected)
     customers, customer_lines = read_customers(customers_path, rejected)
     transactions, lines = read_transactions(
         transactions_path, articles["article_id"], customers["customer_id"], rejected
     )
-    if transactions.empty:
-        raise IngestError(f"{transactions_path}: no valid purchase; see the quarantine table for why")
-    last = transactions["t_dat"].max().date()
-    windows = windows_for(last, window_days)
-    if transactions["t_dat"].min().date() >= windows.val_start:
-        raise IngestError(
-            f"{transactions_path}: purchases span {transactions['t_dat'].min().date()} to {last}, less than "
-            f"{2 * window_days} days before the validation window; training needs an earlier history"
-        )
-    transactions["window"] = windows.label(transactions["t_dat"])
     return HmTables(
         transactions=transactions,
         articles=articles,
@@ -343,8 +351,40 @@ def ingest_hm(
             str(customers_path): customer_lines,
             str(transactions_path): lines,
         },
-        windows=windows,
     )
+
+
+def split_windows(tables: HmTables, transactions_path: Path, window_days: int = 7) -> HmTables:
+    """Label each purchase train, val or test; refuse purchases too few or too short to split."""
+    transactions = tables.transactions
+    if transactions.empty:
+        raise IngestError(
+            f"{transactions_path}: no valid purchase in {tables.records[str(transactions_path)]} lines. "
+            f"First rejected: {first_rejected(tables.quarantine, transactions_path) or 'none'}"
+        )
+    last = transactions["t_dat"].max().date()
+    windows = windows_for(last, window_days)
+    if transactions["t_dat"].min().date() >= windows.val_start:
+        raise IngestError(
+            f"{transactions_path}: purchases span {transactions['t_dat'].min().date()} to {last}, less than "
+            f"{2 * window_days} days before the validation window; training needs an earlier history"
+        )
+    transactions["window"] = windows.label(transactions["t_dat"])
+    tables.windows = windows
+    return tables
+
+
+def ingest_hm(
+    transactions_path: Path, articles_path: Path, customers_path: Path, window_days: int = 7
+) -> HmTables:
+    tables = read_hm(transactions_path, articles_path, customers_path)
+    return split_windows(tables, transactions_path, window_days)
+
+
+def first_rejected(quarantine: pd.DataFrame, file: Path | str, count: int = 1) -> str:
+    """The first ``count`` rejected lines of ``file`` as ``file:line: reason``, in file order."""
+    rows = quarantine[quarantine["file"] == str(file)].sort_values("line").head(count)
+    return "; ".join(f"{file}:{row.line}: {row.reason}" for row in rows.itertuples())
 
 
 def check_windows(transactions: pd.DataFrame, days: int) -> Windows:
@@ -368,10 +408,10 @@ def check_quarantine(tables: HmTables, max_share: float, quarantine_path: Path) 
     for file, share in tables.quarantined_shares().items():
         if share <= max_share:
             continue
-        rejected = tables.quarantine[tables.quarantine["file"] == file]
-        examples = "; ".join(f"{file}:{row.line}: {row.reason}" for row in rejected.head(3).itertuples())
+        rejected = int((tables.quarantine["file"] == file).sum())
         raise IngestError(
-            f"{len(rejected)} of {tables.records[file]} lines of {file} ({share:.2%}) failed validation, "
-            f"over the limit of {max_share:.2%}. First: {examples}. Every rejected line is listed in "
+            f"{rejected} of {tables.records[file]} lines of {file} ({share:.2%}) failed validation, over "
+            f"the limit of {max_share:.2%}. First: {first_rejected(tables.quarantine, file, 3)}. "
+            "Every rejected line is listed in "
             f"{quarantine_path}. Fix the input file, or raise max_quarantine_share in the run config."
         )
