@@ -3,7 +3,7 @@ evaluation and serving read, without importing either's code."""
 
 from pathlib import Path
 
-from stl_pipeline.storage import atomic_write_with
+from stl_pipeline.storage import atomic_writer
 
 LAST, BEST = "last.pt", "best.pt"
 RECORD = "record.pt"  # a model record (what the model assets return), registered in MLflow
@@ -14,9 +14,12 @@ BEST_KEYS = ("epoch", "model", "history", "best_epoch", "best_score", "config")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Through a Python file, so that a full disk surfaces as the OSError it is (torch's own
+    writer reports "unexpected pos") and the file is closed, its space freed, at once."""
     import torch  # here: the code location loads this module without torch
 
-    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+    with atomic_writer(path) as handle:
+        torch.save(state, handle)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from stl_pipeline.artifacts import HeteroData, ProductIndex
 from stl_pipeline.catalogue import STORES
+from stl_pipeline.checkpoints import load_checkpoint, save_checkpoint
 from stl_pipeline.storage import atomic_write_with, read_artifact
 from stl_pipeline.vectors import Embeddings
 
@@ -124,15 +125,11 @@ class ModelIOManager(_FileIOManager):
     key: ClassVar[str] = "model_io_manager"
 
     def write(self, obj: dict, path: Path) -> dict:
-        import torch
-
-        atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
+        save_checkpoint(path, obj)
         return {}
 
     def read(self, path: Path) -> dict:
-        import torch
-
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_checkpoint(path)
 
 
 class IndexIOManager(_FileIOManager):

@@ -3,11 +3,15 @@
 Temporary files carry their writer's process id, so a cleanup removes only what
 a dead writer left behind, never the in-flight file of a concurrent run.
 Content digests tell a changed file from a touched one. Reads of an artifact that
-was damaged anyway (a full disk, a copy cut short, a hand edit) name the file.
+was damaged anyway (a full disk, a copy cut short, a hand edit) name the file, and so does a
+write that the disk has no room for: libraries report that as a bare "unexpected pos" or
+"basic_ios::clear", with no path.
 """
 
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,10 +20,55 @@ from typing import BinaryIO, TypeVar
 
 PART_SUFFIX = ".part"
 T = TypeVar("T")
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class CorruptArtifactError(ValueError):
     """A file that exists but cannot be read as what it should be."""
+
+
+class DiskFullError(OSError):
+    """A write that failed for want of space; the message names the file and what to free."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def _no_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during is a full disk or quota."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def disk_full(path: Path, exc: BaseException, written: int | None = None) -> DiskFullError | None:
+    """The error to raise for ``exc`` if it came from a full disk while writing ``path``."""
+    if not _no_space(exc):
+        return None
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    usage = shutil.disk_usage(folder)
+    wrote = "" if written is None else f" after {_size(written)}"
+    return DiskFullError(
+        f"cannot write {path}: the disk that holds it is full (the write stopped{wrote}; "
+        f"{_size(usage.free)} free of {_size(usage.total)} now). Free space there (old checkpoints "
+        "and plots under STL_DATA_DIR, runs deleted in MLflow with `mlflow gc`, unused Docker images) "
+        "or move STL_DATA_DIR to a larger disk, then rerun: finished steps are kept"
+    )
 
 
 def read_artifact(path: Path, reader: Callable[[Path], T], remedy: str) -> T:
@@ -66,8 +115,12 @@ def _staged(path: Path) -> Iterator[Path]:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else None
+        Path(tmp).unlink(missing_ok=True)  # first: the space it held is free again
+        full = disk_full(path, exc, written)
+        if full is not None:
+            raise full from exc
         raise
 
 

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from stl_pipeline.checkpoints import RECORD, load_checkpoint, save_checkpoint
 from stl_pipeline.metrics import mlflow_name
-from stl_pipeline.storage import atomic_write_bytes
+from stl_pipeline.storage import atomic_write_bytes, disk_full
 
 MAX_PARAM_LENGTH = 6000
 # MLflow retries a request for about four minutes; a server that does not answer this fast
@@ -51,21 +51,36 @@ class TrackedRun:
         for start in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
 
+    @contextmanager
+    def _storing(self, name: str) -> Iterator[None]:
+        """An artifact write that a full disk fails with the artifact's path, not a bare errno."""
+        try:
+            yield
+        except Exception as exc:
+            uri = self.client.get_run(self.run_id).info.artifact_uri
+            local = urlsplit(uri).path if urlsplit(uri).scheme in ("", "file") else None
+            full = disk_full(Path(local) / name, exc) if local else None
+            if full is not None:
+                raise full from exc
+            raise
+
     def log_artifact(self, path: Path, directory: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), directory)
+        with self._storing(f"{directory}/{Path(path).name}" if directory else Path(path).name):
+            self.client.log_artifact(self.run_id, str(path), directory)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value)[:5000])
 
     def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        with self._storing(name):
+            self.client.log_text(self.run_id, text, name)
 
     def log_image(self, png: bytes, name: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / name
             path.write_bytes(png)
-            self.client.log_artifact(self.run_id, str(path))
+            self.log_artifact(path)
 
     def register(self, name: str, directory: str, tags: dict[str, str] | None = None) -> str:
         """Register ``directory`` of this run's artifacts as a new version of model ``name``."""
@@ -170,8 +185,15 @@ class Tracker:
         tracked = TrackedRun(self.client, run.info.run_id)
         try:
             yield tracked
-        except BaseException:
-            self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        except BaseException as exc:
+            try:
+                self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            except Exception as error:  # the store may be on the disk that just filled
+                reason = (str(error).strip().splitlines() or [""])[0][:200]
+                exc.add_note(
+                    f"MLflow run {run.info.run_id} could not be marked FAILED ({reason}); the next "
+                    "training run marks it KILLED"
+                )
             raise
         self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
 

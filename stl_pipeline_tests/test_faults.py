@@ -117,12 +117,12 @@ def failed_checks(result: dg.ExecuteInProcessResult) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def graphed(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> tuple[dict, dg.DagsterInstance]:
-    """The small dataset materialized through stl_graph and the queries, on an instance that
-    keeps its history."""
+    """The small dataset materialized through stl_graph and the queries (what training reads),
+    on an instance that keeps its history."""
     root = tmp_path_factory.mktemp("graphed")
     environ = generated_environ(root, small_dataset)
     instance = dg.DagsterInstance.ephemeral()
-    queries = dg.AssetSelection.assets(*QUERY_ASSETS.values())
+    queries = dg.AssetSelection.assets(*QUERY_ASSETS.values(), "ctl_scene_context")
     assert materialize(environ, dg.AssetSelection.assets("stl_graph").upstream() | queries, instance).success
     return environ, instance
 
@@ -631,6 +631,78 @@ def test_a_graph_build_killed_while_writing_leaves_the_old_graph_and_no_part(
     child.wait()
     assert path.read_bytes() == before and len(list(path.parent.glob("*.part"))) == 1
     assert remove_stale_parts(data) == 1 and not list(path.parent.glob("*.part"))
+
+
+FULL_DISK_CHILD = """
+import json, shutil, sys
+from pathlib import Path
+import dagster as dg
+from mlflow import MlflowClient
+from stl_pipeline_tests.test_faults import materialize
+source, disk, environ = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+shutil.copytree(source, disk / "data")
+# Ballast leaves 4 MiB: room for MLflow's store and its first rows, not for a checkpoint.
+with open(disk / "ballast", "wb") as ballast:
+    while (free := shutil.disk_usage(disk).free - 4 * 2**20) > 0:
+        ballast.write(bytes(min(free, 1 << 20)))
+result = materialize(environ, "gat_model", dg.DagsterInstance.ephemeral())
+failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.cause
+client = MlflowClient(environ["MLFLOW_TRACKING_URI"])
+runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+print(json.dumps({
+    "success": result.success,
+    "message": failure.message,
+    "runs": [run.info.status for run in runs],
+    "parts": [str(p) for p in (disk / "data").rglob("*.part")],
+}))
+"""
+
+
+def test_a_full_disk_names_the_file_and_fails_the_mlflow_run_at_once(
+    graphed: tuple[dict, dg.DagsterInstance], tmp_path: Path
+) -> None:
+    """Training on a data dir whose disk fills: the error names the checkpoint, the space
+    left and what to free (not torch's "unexpected pos"), and the MLflow run ends FAILED."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("needs a mount namespace (unshare -rm) for a small tmpfs to fill")
+    source = Path(graphed[0]["STL_DATA_DIR"])
+    size = sum(f.stat().st_size for f in source.rglob("*") if f.is_file()) + (64 << 20)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    data = disk / "data"
+    environ = graphed[0] | {
+        "STL_DATA_DIR": str(data),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{data}/mlflow/mlflow.db",
+    }
+    mount = f"mount -t tmpfs -o size={size} tmpfs {disk}"
+    child = f'{mount} && exec "$0" -c "$1" "$2" "$3" "$4"'
+    ran = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            child,
+            sys.executable,
+            FULL_DISK_CHILD,
+            str(source),
+            str(disk),
+            json.dumps(environ),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    outcome = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert not outcome["success"]
+    message = outcome["message"]
+    assert re.search(
+        rf"cannot write {re.escape(str(data))}/checkpoints/gat_model/\w+/\w+\.pt: the disk", message
+    ), message
+    assert "free of" in message and "mlflow gc" in message and "unexpected pos" not in message
+    assert outcome["runs"] == ["FAILED"] and outcome["parts"] == []
 
 
 @pytest.mark.parametrize("k", ["0", "1001", "1000000000", "9" * 5000, "-3", "ten"])
