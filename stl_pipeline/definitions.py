@@ -8,6 +8,7 @@ from stl_pipeline.evaluation import assets as evaluation_assets
 from stl_pipeline.executor import step_executor
 from stl_pipeline.features import assets as feature_assets
 from stl_pipeline.graph import assets as graph_assets
+from stl_pipeline.guards import blocking_checks
 from stl_pipeline.images import assets as image_assets
 from stl_pipeline.ingest import assets as ingest_assets
 from stl_pipeline.io_managers import (
@@ -59,10 +60,12 @@ MODULES = [
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    assets, checks = dg.load_assets_from_modules(MODULES), dg.load_asset_checks_from_modules(MODULES)
+    blocking = blocking_checks([*assets, *checks])
     return dg.Definitions(
         executor=step_executor(settings.executor),
-        assets=dg.load_assets_from_modules(MODULES),
-        asset_checks=dg.load_asset_checks_from_modules(MODULES),
+        assets=assets,
+        asset_checks=checks,
         jobs=[stl_full_pipeline, stl_ingest, stl_embed, stl_retrain, hm_personalized],
         schedules=[retrain_schedule(settings.retrain_cron), hm_retrain_schedule(settings.hm_retrain_cron)],
         sensors=[stl_raw_files_sensor],
@@ -84,7 +87,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 image_size=settings.image_size,
             ),
             **{
-                key: manager(base_dir=str(store_dir(settings.data_dir, key)))
+                key: manager(base_dir=str(store_dir(settings.data_dir, key)), blocking_checks=blocking)
                 for key, manager in IO_MANAGERS.items()
             },
             "hm_files": HmFiles(

@@ -1,11 +1,18 @@
 """The blocking checks stages share: an output not empty, and not shrunk past
 ``QualityGate.max_shrink`` against the asset's previous materialization; a trained model's
-weights all finite.
+weights all finite. And what makes a blocking failure last: Dagster stops the steps after a
+failed blocking check in its own run only, so the IO managers refuse, in any later run, an
+input whose latest materialization failed one, until it is materialized again or the failure
+is acknowledged (``stl-acknowledge``).
 
 A run on the wrong raw files, on a mirror that lost its images or on stale inputs can produce
 a smaller, still well-formed output; its own checks would pass, and the models downstream
 would train on what is left. Counts from the materialization's metadata tell.
 """
+
+import getpass
+import math
+from collections.abc import Iterable, Sequence
 
 import dagster as dg
 
@@ -29,8 +36,10 @@ def not_shrunk(
 ) -> dg.AssetChecksDefinition:
     """A blocking check that the metadata counts ``names`` of ``asset`` are not zero and kept
     at least ``1 - max_shrink`` of their previous values. An asset of ``partitions`` compares
-    each partition its run wrote with that partition's previous materialization, and its total
-    over every partition materialized so far must not be zero (one partition may be empty)."""
+    what its run wrote as a whole (the sum over the run's partitions, against their previous
+    sum), and its total over every partition must not be zero. A run of some partitions only
+    also allows three standard deviations of sampling noise: partitions split the ids by hash,
+    so a new dataset of the same size moves a few items between them."""
 
     @dg.asset_check(
         asset=asset,
@@ -46,20 +55,17 @@ def not_shrunk(
         pairs = {p: _latest(context.instance, asset, p) for p in everywhere}
         latest = {p: _counts(r[0], names) if r else {} for p, r in pairs.items()}
         now = {name: sum(latest[p].get(name, 0) for p in latest) for name in names}
-        before: dict[str, int] = {}
         problems = [f"{name} is {now[name]}" for name in names if not now[name]]
-        for partition in mine:
-            records = pairs[partition]
-            current = latest[partition]
-            previous = _counts(records[1], names) if len(records) > 1 else {}
-            where = "" if partition is None else f" in partition {partition}"
-            problems += [
-                f"{name} fell from {previous[name]} to {current.get(name, 0)}{where}"
-                for name in names
-                if previous.get(name) and current.get(name, 0) < floor * previous[name]
-            ]
-            for name, value in previous.items():
-                before[name] = before.get(name, 0) + value
+        # Like with like: the run's partitions that had a previous materialization.
+        compared = [p for p in mine if len(pairs[p]) > 1]
+        before = {n: sum(_counts(pairs[p][1], names).get(n, 0) for p in compared) for n in names}
+        after = {n: sum(latest[p].get(n, 0) for p in compared) for n in names}
+        partial = partitions is not None and set(mine) != set(partitions)
+        where = f" in partition{'s' if len(compared) > 1 else ''} {', '.join(compared)}" if partial else ""
+        for name in names:
+            noise = 3 * math.sqrt(2 * before[name]) if partial else 0.0
+            if before[name] and after[name] < floor * before[name] - noise:
+                problems.append(f"{name} fell from {before[name]} to {after[name]}{where}")
         advice = (
             f"; the limit is quality_gate.max_shrink = {quality_gate.max_shrink:.0%}. Check the raw "
             "files and the image source, or raise max_shrink if the catalogue really shrank."
@@ -68,13 +74,94 @@ def not_shrunk(
             passed=not problems,
             metadata={
                 **now,
-                **{f"previous_{k}": v for k, v in before.items()},
+                **{f"previous_{k}": v for k, v in before.items() if compared},
                 "max_shrink": quality_gate.max_shrink,
             },
             description="; ".join(problems) + advice if problems else None,
         )
 
     return check
+
+
+class FailedCheckError(RuntimeError):
+    """An input whose latest materialization failed a blocking check in an earlier run."""
+
+
+def blocking_checks(definitions: Iterable[dg.AssetsDefinition]) -> dict[str, list[str]]:
+    """asset -> the names of its blocking checks, from asset and check definitions."""
+    found: dict[str, list[str]] = {}
+    for definition in definitions:
+        for spec in definition.check_specs:
+            if spec.blocking:
+                found.setdefault(spec.asset_key.to_user_string(), []).append(spec.name)
+    return found
+
+
+def _failed_evaluation(instance: dg.DagsterInstance, key: dg.AssetCheckKey) -> tuple | None:
+    """(record, evaluation) of the check's latest evaluation if it failed with ERROR severity."""
+    record = instance.get_latest_asset_check_evaluation_record(key)
+    event = record.event if record is not None else None
+    evaluation = event.dagster_event.event_specific_data if event and event.dagster_event else None
+    if not isinstance(evaluation, dg.AssetCheckEvaluation) or evaluation.passed:
+        return None
+    return (record, evaluation) if evaluation.severity == dg.AssetCheckSeverity.ERROR else None
+
+
+def _materialized_since(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: str, since: float) -> bool:
+    """Whether every partition the failed run wrote (or the asset) was materialized again since."""
+    written = [
+        entry.dagster_event.partition
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        if entry.dagster_event is not None and entry.dagster_event.asset_key == key
+    ] or [None]
+    for partition in written:
+        found = instance.fetch_materializations(
+            dg.AssetRecordsFilter(key, None if partition is None else [partition]), limit=1
+        ).records
+        if not found or found[0].timestamp <= since:
+            return False
+    return True
+
+
+def unresolved_failure(instance: dg.DagsterInstance, asset: str, checks: Sequence[str]) -> str | None:
+    """Why ``asset`` must not be read: the latest evaluation of one of its blocking ``checks``
+    failed, and the asset was neither materialized again since nor the failure acknowledged."""
+    key = dg.AssetKey(asset)
+    for name in checks:
+        failed = _failed_evaluation(instance, dg.AssetCheckKey(key, name))
+        if failed is None:
+            continue
+        record, evaluation = failed
+        if _materialized_since(instance, key, record.run_id, record.event.timestamp):
+            continue
+        return (
+            f"{asset} failed its blocking check {name} in run {record.run_id}: "
+            f"{evaluation.description or 'see the check in the Dagster UI'}. Nothing reads it until it "
+            f"is materialized again with the cause fixed, or, if the output is right after all, the "
+            f"failure is acknowledged: stl-acknowledge {name} --reason '<why>'"
+        )
+    return None
+
+
+def acknowledge(instance: dg.DagsterInstance, asset: str, check: str, reason: str) -> str:
+    """Record a passing evaluation of ``check`` that names who accepted its failure and why;
+    returns the failure it acknowledges. Raises ValueError when the check has not failed."""
+    key = dg.AssetCheckKey(dg.AssetKey(asset), check)
+    failed = _failed_evaluation(instance, key)
+    if failed is None:
+        raise ValueError(f"the latest evaluation of {check} did not fail: there is nothing to acknowledge")
+    record, evaluation = failed
+    failure = evaluation.description or "no description"
+    instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(
+            asset_key=key.asset_key,
+            check_name=check,
+            passed=True,
+            description=f"Acknowledged by {getpass.getuser()}: {reason}",
+            metadata={"acknowledged_failure": failure, "failed_run": record.run_id, "reason": reason},
+        )
+    )
+    return failure
 
 
 def weights_finite(asset: str, weights: str) -> dg.AssetChecksDefinition:

@@ -6,20 +6,32 @@ from typing import Any, ClassVar
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from stl_pipeline.artifacts import HeteroData, ProductIndex
 from stl_pipeline.catalogue import STORES
 from stl_pipeline.checkpoints import load_checkpoint, save_checkpoint
+from stl_pipeline.guards import FailedCheckError, unresolved_failure
 from stl_pipeline.storage import atomic_write_with, read_artifact
 from stl_pipeline.vectors import Embeddings
 
 
 class _FileIOManager(dg.ConfigurableIOManager):
     """One file per asset: ``<base_dir>/<asset key path><suffix>``, replaced atomically; the
-    folder and suffix of each store are in catalogue.py."""
+    folder and suffix of each store are in catalogue.py. An input whose latest materialization
+    failed a blocking check, in any run, is refused (guards.unresolved_failure)."""
 
     base_dir: str
+    blocking_checks: dict[str, list[str]] = Field(
+        default_factory=dict, description="asset -> its blocking checks (set in definitions.py)."
+    )
     key: ClassVar[str]
+
+    def _refuse_failed(self, context: dg.InputContext) -> None:
+        asset = context.asset_key.to_user_string()
+        checks = self.blocking_checks.get(asset)
+        if checks and (reason := unresolved_failure(context.instance, asset, checks)):
+            raise FailedCheckError(reason)
 
     @property
     def suffix(self) -> str:
@@ -34,6 +46,7 @@ class _FileIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), **extra})
 
     def load_input(self, context: dg.InputContext) -> Any:
+        self._refuse_failed(context)
         path = self._path(context)
         if not path.is_file():
             raise FileNotFoundError(
@@ -85,6 +98,7 @@ class EmbeddingIOManager(_FileIOManager):
     def load_input(self, context: dg.InputContext) -> Any:
         if not context.has_asset_partitions:
             return super().load_input(context)
+        self._refuse_failed(context)
         return self.load_partitions(context.asset_key.to_user_string(), context.asset_partition_keys)
 
     def load_partitions(self, asset: str, partitions: list[str]) -> Embeddings:
