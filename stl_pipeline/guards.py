@@ -123,16 +123,22 @@ def _materialized_since(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: 
     return True
 
 
-def unresolved_failure(instance: dg.DagsterInstance, asset: str, checks: Sequence[str]) -> str | None:
-    """Why ``asset`` must not be read: the latest evaluation of one of its blocking ``checks``
-    failed, and the asset was neither materialized again since nor the failure acknowledged."""
+def unresolved_failure(
+    instance: dg.DagsterInstance, asset: str, checks: Sequence[str], run_id: str
+) -> str | None:
+    """Why run ``run_id`` must not read ``asset``: the latest evaluation of one of its blocking
+    ``checks`` failed in an earlier run, and the asset was neither materialized again since nor
+    the failure acknowledged. In the failing run itself Dagster already skips what is
+    downstream, and the asset's other checks still read it."""
     key = dg.AssetKey(asset)
     for name in checks:
         failed = _failed_evaluation(instance, dg.AssetCheckKey(key, name))
         if failed is None:
             continue
         record, evaluation = failed
-        if _materialized_since(instance, key, record.run_id, record.event.timestamp):
+        if record.run_id == run_id or _materialized_since(
+            instance, key, record.run_id, record.event.timestamp
+        ):
             continue
         return (
             f"{asset} failed its blocking check {name} in run {record.run_id}: "

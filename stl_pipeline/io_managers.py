@@ -30,7 +30,8 @@ class _FileIOManager(dg.ConfigurableIOManager):
     def _refuse_failed(self, context: dg.InputContext) -> None:
         asset = context.asset_key.to_user_string()
         checks = self.blocking_checks.get(asset)
-        if checks and (reason := unresolved_failure(context.instance, asset, checks)):
+        run_id = context.step_context.run_id
+        if checks and (reason := unresolved_failure(context.instance, asset, checks, run_id)):
             raise FailedCheckError(reason)
 
     @property
