@@ -140,11 +140,11 @@ def unresolved_failure(
             instance, key, record.run_id, record.event.timestamp
         ):
             continue
+        why = (evaluation.description or "see the check in the Dagster UI").rstrip(".")
         return (
-            f"{asset} failed its blocking check {name} in run {record.run_id}: "
-            f"{evaluation.description or 'see the check in the Dagster UI'}. Nothing reads it until it "
-            f"is materialized again with the cause fixed, or, if the output is right after all, the "
-            f"failure is acknowledged: stl-acknowledge {name} --reason '<why>'"
+            f"{asset} failed its blocking check {name} in run {record.run_id}: {why}. Nothing reads it "
+            "until it is materialized again with the cause fixed, or, if the output is right after all, "
+            f"the failure is acknowledged: stl-acknowledge {name} --reason '<why>'"
         )
     return None
 
