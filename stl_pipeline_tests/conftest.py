@@ -5,10 +5,13 @@ from pathlib import Path
 import pytest
 
 from stl_pipeline.generate import GeneratorConfig, generate_dataset
+from stl_pipeline.personalized.generate import HmConfig, generate_hm
 from stl_pipeline_tests.lineage import Trained, train_everything
 
 # A small dataset most tests share: every (style, category) group has a product.
 SMALL = GeneratorConfig(products=120, scenes=60, styles=6, seed=7)
+# Its H&M-format counterpart, for the personalized group's tests.
+HM_SMALL = HmConfig(customers=400, articles=120, purchases=8_000, days=70, seed=3)
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +51,10 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """The whole lineage with default knobs on a fresh generated dataset (about 5 minutes)."""
     return train_everything(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="session")
+def hm_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("hm") / "small"
+    generate_hm(HM_SMALL, folder)
+    return folder

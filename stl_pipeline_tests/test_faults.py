@@ -40,7 +40,6 @@ from stl_pipeline.ingest.tables import ingest
 from stl_pipeline.lineage import MismatchedInputError
 from stl_pipeline.models.splits import QUERY_ASSETS, split_queries
 from stl_pipeline.personalized.files import HM_FILES
-from stl_pipeline.personalized.generate import HmConfig, generate_hm
 from stl_pipeline.personalized.ingest import ingest_hm, read_hm, split_windows
 from stl_pipeline.settings import HM_VARIABLES, load_settings
 from stl_pipeline.storage import UMASK, CorruptArtifactError, atomic_write_bytes, read_artifact
@@ -862,15 +861,6 @@ def test_stl_recommend_answers_a_photo_as_it_is_shown(trained, tmp_path: Path) -
 
 # H&M files as spreadsheets and exports write them.
 
-HM_SMALL = HmConfig(customers=150, articles=60, purchases=2_000, days=40, seed=5)
-
-
-@pytest.fixture(scope="module")
-def hm_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("hm") / "small"
-    generate_hm(HM_SMALL, folder)
-    return folder
-
 
 def _hm_copy(
     source: Path, folder: Path, edit: dict[str, Callable[[pd.DataFrame], pd.DataFrame]]
@@ -1006,11 +996,8 @@ def test_a_failed_blocking_check_stops_later_runs_until_rematerialized_or_acknow
     instance = dg.DagsterInstance.from_config(str(home))
     resources = build_definitions(load_settings(environ)).resources
 
-    def shrink_partition_0() -> None:
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization("product_embeddings", partition="0", metadata={"count": 1000})
-        )
-        shrunk = dg.materialize(
+    def partition_0() -> dg.ExecuteInProcessResult:
+        return dg.materialize(
             ASSETS,
             selection=dg.AssetSelection.assets("product_embeddings"),
             resources=resources,
@@ -1018,6 +1005,12 @@ def test_a_failed_blocking_check_stops_later_runs_until_rematerialized_or_acknow
             partition_key="0",
             raise_on_error=False,
         )
+
+    def shrink_partition_0() -> None:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("product_embeddings", partition="0", metadata={"count": 1000})
+        )
+        shrunk = partition_0()
         assert "count fell from 1000" in failed_checks(shrunk)["product_embeddings_not_shrunk"]
 
     def graph_run() -> dg.ExecuteInProcessResult:
@@ -1047,14 +1040,6 @@ def test_a_failed_blocking_check_stops_later_runs_until_rematerialized_or_acknow
     # Or materializes the partition again, once the cause is fixed.
     shrink_partition_0()
     assert not graph_run().success
-    rerun = dg.materialize(
-        ASSETS,
-        selection=dg.AssetSelection.assets("product_embeddings"),
-        resources=resources,
-        instance=instance,
-        partition_key="0",
-        raise_on_error=False,
-    )
-    assert rerun.success
+    assert partition_0().success
     assert graph_run().success
     instance.dispose()

@@ -19,23 +19,17 @@ from stl_pipeline.personalized.generate import HmConfig, generate_hm, load_truth
 from stl_pipeline.personalized.graph import BUYS, build_hm_graph
 from stl_pipeline.personalized.ingest import check_quarantine, check_windows, ingest_hm
 from stl_pipeline.personalized.windows import temporal_violations
+from stl_pipeline_tests.conftest import HM_SMALL
 
-SMALL = HmConfig(customers=400, articles=120, purchases=8_000, days=70, seed=3)
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("hm") / "small"
-    generate_hm(SMALL, folder)
-    return folder
+SMALL = HM_SMALL
 
 
 def _paths(folder: Path) -> list[Path]:
     return [folder / name for name in HM_FILES]
 
 
-def test_generated_files_have_the_release_formats(small: Path, tmp_path: Path) -> None:
-    transactions, articles, customers = (pd.read_csv(p, dtype=str) for p in _paths(small))
+def test_generated_files_have_the_release_formats(hm_small: Path, tmp_path: Path) -> None:
+    transactions, articles, customers = (pd.read_csv(p, dtype=str) for p in _paths(hm_small))
     assert list(transactions.columns) == ["t_dat", "customer_id", "article_id", "price", "sales_channel_id"]
     assert len(transactions) == SMALL.purchases and len(customers) == SMALL.customers
     assert transactions["customer_id"].str.fullmatch(r"[0-9a-f]{64}").all()
@@ -60,16 +54,16 @@ def test_generated_files_have_the_release_formats(small: Path, tmp_path: Path) -
     generate_hm(SMALL, tmp_path / "again")
     assert all(
         a.read_bytes() == b.read_bytes()
-        for a, b in zip(_paths(small), _paths(tmp_path / "again"), strict=True)
+        for a, b in zip(_paths(hm_small), _paths(tmp_path / "again"), strict=True)
     )
     with pytest.raises(FileExistsError):
-        generate_hm(SMALL, small)
+        generate_hm(SMALL, hm_small)
 
 
-def _write_bad_copy(small: Path, folder: Path) -> dict[str, int]:
+def _write_bad_copy(hm_small: Path, folder: Path) -> dict[str, int]:
     """A copy with one broken line of each kind; returns reason -> its line number."""
     folder.mkdir()
-    for path in _paths(small):
+    for path in _paths(hm_small):
         (folder / path.name).write_bytes(path.read_bytes())
     lines = (folder / HM_FILES[0]).read_text().splitlines()
     good = lines[5].split(",")
@@ -91,8 +85,8 @@ def _write_bad_copy(small: Path, folder: Path) -> dict[str, int]:
     return numbers
 
 
-def test_ingestion_quarantines_each_bad_line_with_its_number(small: Path, tmp_path: Path) -> None:
-    numbers = _write_bad_copy(small, tmp_path / "bad")
+def test_ingestion_quarantines_each_bad_line_with_its_number(hm_small: Path, tmp_path: Path) -> None:
+    numbers = _write_bad_copy(hm_small, tmp_path / "bad")
     tables = ingest_hm(*_paths(tmp_path / "bad"))
     assert len(tables.transactions) == SMALL.purchases  # every good line kept
     rejected = tables.quarantine
@@ -111,10 +105,10 @@ def test_ingestion_quarantines_each_bad_line_with_its_number(small: Path, tmp_pa
     assert tables.transactions["window"].value_counts()["test"] > 0
 
 
-def test_a_missing_column_is_named_with_its_file(small: Path, tmp_path: Path) -> None:
+def test_a_missing_column_is_named_with_its_file(hm_small: Path, tmp_path: Path) -> None:
     folder = tmp_path / "cut"
     folder.mkdir()
-    for path in _paths(small):
+    for path in _paths(hm_small):
         (folder / path.name).write_bytes(path.read_bytes())
     text = (folder / HM_FILES[0]).read_text().replace("sales_channel_id", "channel", 1)
     (folder / HM_FILES[0]).write_text(text)
@@ -122,8 +116,8 @@ def test_a_missing_column_is_named_with_its_file(small: Path, tmp_path: Path) ->
         ingest_hm(*_paths(folder))
 
 
-def test_later_purchases_never_reach_an_earlier_window(small: Path) -> None:
-    tables = ingest_hm(*_paths(small))
+def test_later_purchases_never_reach_an_earlier_window(hm_small: Path) -> None:
+    tables = ingest_hm(*_paths(hm_small))
     graph = build_hm_graph(tables.transactions, tables.articles, tables.customers, tables.windows)
     assert temporal_violations(graph, tables.transactions) == []
     # A graph whose test purchases were moved a week earlier leaks them into validation.
@@ -191,7 +185,7 @@ def test_graph_sage_beats_every_baseline_on_the_test_week(tmp_path: Path) -> Non
 
 
 def test_the_hm_variables_feed_the_group_and_bad_files_stop_it(
-    small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hm_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Dagster reads the operator's files, not the demo's; over the quarantine limit the run
     fails with the file, the line and the reason."""
@@ -210,15 +204,15 @@ def test_the_hm_variables_feed_the_group_and_bad_files_stop_it(
             instance=dg.DagsterInstance.ephemeral(), asset_selection=tables, raise_on_error=False
         )
 
-    result = ingest(small)
+    result = ingest(hm_small)
     assert result.success
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == tables[0]]
     metadata = event.step_materialization_data.materialization.metadata
     assert metadata["purchases"].value == SMALL.purchases
-    assert metadata["source"].value == str(small / HM_FILES[0])
+    assert metadata["source"].value == str(hm_small / HM_FILES[0])
     assert not (tmp_path / "stl_data" / "demo_hm").exists()  # nothing generated
 
-    _write_bad_copy(small, tmp_path / "bad")
+    _write_bad_copy(hm_small, tmp_path / "bad")
     lines = (tmp_path / "bad" / HM_FILES[2]).read_text().splitlines()
     lines += [f"{'e' * 64},,,ACTIVE,NONE,{age},x" for age in ("abc",) * 20]  # 5% of customers: too many
     (tmp_path / "bad" / HM_FILES[2]).write_text("\n".join(lines) + "\n")
