@@ -71,7 +71,7 @@ def stage(name: str, work: Path, scale: float | None, device_spec: str, epochs: 
 
         from stl_pipeline.graph.store import save_graph
         from stl_pipeline.personalized.graph import BUYS, build_hm_graph
-        from stl_pipeline.personalized.ingest import Windows
+        from stl_pipeline.personalized.split import Windows
 
         windows = Windows(
             **{k: date.fromisoformat(v) for k, v in json.loads((work / "windows.json").read_text()).items()}

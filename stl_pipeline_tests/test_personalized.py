@@ -17,7 +17,8 @@ from stl_pipeline.personalized.evaluate import ranking_metrics, scorers
 from stl_pipeline.personalized.files import HM_FILES
 from stl_pipeline.personalized.generate import HmConfig, generate_hm, load_truth
 from stl_pipeline.personalized.graph import BUYS, build_hm_graph
-from stl_pipeline.personalized.ingest import check_quarantine, check_windows, ingest_hm
+from stl_pipeline.personalized.ingest import check_quarantine, ingest_hm
+from stl_pipeline.personalized.split import check_windows
 from stl_pipeline.personalized.windows import temporal_violations
 from stl_pipeline_tests.conftest import HM_SMALL
 

@@ -183,7 +183,7 @@ def hm_graph(
     """Customers and articles with their attribute features; every purchase as a ``buys`` edge
     (day, price) and its reverse, sorted by day so a window's snapshot is a prefix."""
     from stl_pipeline.personalized.graph import ARTICLE, BUYS, CUSTOMER, build_hm_graph
-    from stl_pipeline.personalized.ingest import check_windows
+    from stl_pipeline.personalized.split import check_windows
 
     began = time.perf_counter()
     windows = check_windows(hm_transactions, config.window_days)

@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.personalized.ingest import ARTICLE_FEATURES, Windows
+from stl_pipeline.personalized.ingest import ARTICLE_FEATURES
+from stl_pipeline.personalized.split import Windows
 
 CUSTOMER, ARTICLE = "customer", "article"
 BUYS, REV_BUYS = (CUSTOMER, "buys", ARTICLE), (ARTICLE, "rev_buys", CUSTOMER)

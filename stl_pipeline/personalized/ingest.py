@@ -8,7 +8,6 @@ Rejected lines go to the quarantine table with their line number and reason.
 """
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from stl_pipeline.ingest.parse import QUARANTINE_COLUMNS, IngestError
+from stl_pipeline.personalized.split import Windows, windows_for
 
 TRANSACTION_COLUMNS = ("t_dat", "customer_id", "article_id", "price", "sales_channel_id")
 # The article attributes the graph's features use; all are in the release's articles.csv.
@@ -38,35 +38,8 @@ PRICE = r"^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$"
 ARTICLE_SHAPE = "10 digits with the leading zero (as 0108775015; a spreadsheet may have dropped it)"
 DAY_SHAPE = "a date in the format YYYY-MM-DD (as 2020-09-22), without a time"
 MAX_PRICE = 100.0  # the release's prices are scaled to below 1; past this a value is corrupt
-WINDOWS = ("train", "val", "test")
 BLOCK_BYTES = 64 << 20
 UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class Windows:
-    """The temporal split: test is the last ``days`` days, validation the ``days`` before."""
-
-    val_start: date
-    test_start: date
-    end: date  # the last day with purchases
-
-    def label(self, days: pd.Series) -> pd.Categorical:
-        labels = np.where(
-            days >= pd.Timestamp(self.test_start),
-            "test",
-            np.where(days >= pd.Timestamp(self.val_start), "val", "train"),
-        )
-        return pd.Categorical(labels, categories=WINDOWS)
-
-    def as_dict(self) -> dict[str, str]:
-        return {k: getattr(self, k).isoformat() for k in ("val_start", "test_start", "end")}
-
-
-def windows_for(last: date, days: int = 7) -> Windows:
-    return Windows(
-        val_start=last - timedelta(days=2 * days - 1), test_start=last - timedelta(days=days - 1), end=last
-    )
 
 
 @dataclass
@@ -385,22 +358,6 @@ def first_rejected(quarantine: pd.DataFrame, file: Path | str, count: int = 1) -
     """The first ``count`` rejected lines of ``file`` as ``file:line: reason``, in file order."""
     rows = quarantine[quarantine["file"] == str(file)].sort_values("line").head(count)
     return "; ".join(f"{file}:{row.line}: {row.reason}" for row in rows.itertuples())
-
-
-def check_windows(transactions: pd.DataFrame, days: int) -> Windows:
-    """The windows of ``days`` days ending on the last purchase, after checking that the table's
-    labels agree: a table split with other settings is refused, not silently re-split."""
-    from stl_pipeline.lineage import MismatchedInputError
-
-    windows = windows_for(transactions["t_dat"].max().date(), days)
-    relabelled = windows.label(transactions["t_dat"])
-    differ = int((np.asarray(relabelled) != transactions["window"].to_numpy()).sum())
-    if differ:
-        raise MismatchedInputError(
-            f"{differ} purchases of hm_transactions are in other windows than {days}-day windows ending "
-            f"{windows.end} give; set the same window_days for hm_tables and hm_graph, and rematerialize"
-        )
-    return windows
 
 
 def check_quarantine(tables: HmTables, max_share: float, quarantine_path: Path) -> None:
