@@ -44,10 +44,11 @@ class StlFiles(dg.ConfigurableResource):
     categories_path: str = Field(description="fashion-cat.json: id -> category path (STL_CATEGORIES_PATH).")
     demo: bool = Field(description="The paths are the generated demo, made on first use.")
     demo_products: int = 400
-    demo_scenes: int = 300
+    # The release's shape, 1.5 annotated garments a scene: about 1,000 pairs.
+    demo_scenes: int = 670
     demo_seed: int = 0
-    # A release's 10% of scenes is thousands of test queries; the demo's would be about 90,
-    # too few to rank methods. 30% of its 300 scenes gives over 250.
+    # A release's 10% of scenes is thousands of test queries; the demo's would be about 100,
+    # too few to rank methods. 30% of its 670 scenes gives about 300.
     demo_test_fraction: float = 0.3
 
     def test_fraction(self, asked: float | None) -> float:

@@ -9,7 +9,8 @@ from stl_pipeline.personalized.generate import HmConfig, generate_hm
 from stl_pipeline_tests.lineage import Trained, train_everything
 
 # A small dataset most tests share: every (style, category) group has a product.
-SMALL = GeneratorConfig(products=120, scenes=60, styles=6, seed=7)
+# Dense: every scene annotates 2-5 garments, so plumbing tests see context tokens everywhere.
+SMALL = GeneratorConfig(products=120, scenes=60, shape="dense", styles=6, seed=7)
 # Its H&M-format counterpart, for the personalized group's tests.
 HM_SMALL = HmConfig(customers=400, articles=120, purchases=8_000, days=70, seed=3)
 

@@ -60,13 +60,52 @@ def test_popularity_is_long_tailed() -> None:
     assert (counts > 0).mean() > 0.9
 
 
-def test_full_scale_composition_has_the_release_counts() -> None:
+def test_full_scale_composition_has_the_release_counts_and_shape() -> None:
+    """47,739 scenes for 72,198 pairs: most scenes annotate one garment of the outfit they show."""
     config = GeneratorConfig(**FULL_SCALE)
     catalogue, scenes = compose(config)
-    assert len(catalogue.products) == 38_111
-    assert sum(len(s.items) for s in scenes) == 72_198
+    assert len(catalogue.products) == 38_111 and len(scenes) == 47_739
+    annotated = np.array([len(s.items) for s in scenes])
+    shown = np.array([len(s.shown) for s in scenes])
+    assert annotated.sum() == 72_198
+    assert 0.55 < (annotated == 1).mean() < 0.65 and annotated.max() <= 5
+    assert (shown >= 2).all() and (shown <= 5).all() and (shown >= annotated).all()
+    assert len({p for s in scenes for p, _ in s.items}) == 38_111  # every product is annotated
     counts = {leaf: sum(p.category == leaf for p in catalogue.products) for leaf in LEAVES}
     assert counts["Shoes"] > counts["Shirts & Tops"] > counts["Necklaces"]
+
+
+@pytest.mark.parametrize(
+    ("annotated", "single"), [(1.0, (1.0, 1.0)), (1.5, (0.55, 0.65)), (2.5, (0.15, 0.3))]
+)
+def test_the_annotated_share_is_a_knob(annotated: float, single: tuple[float, float]) -> None:
+    _, scenes = compose(GeneratorConfig(scenes=2_000, products=1_000, annotated=annotated))
+    counts = np.array([len(s.items) for s in scenes])
+    assert counts.sum() == round(annotated * 2_000)
+    assert single[0] <= (counts == 1).mean() <= single[1]
+    assert all(2 <= len(s.shown) <= 5 for s in scenes)
+
+
+def test_the_dense_shape_annotates_every_garment_shown(tmp_path: Path) -> None:
+    _, scenes = compose(GeneratorConfig(scenes=300, shape="dense"))
+    assert all(not s.worn and 2 <= len(s.items) <= 5 for s in scenes)
+    _, release = compose(GeneratorConfig(scenes=300))
+    assert sum(len(s.worn) for s in release) > sum(len(s.items) for s in release)
+
+
+def test_unannotated_garments_are_drawn_in_the_scene(tmp_path: Path) -> None:
+    """A scene with one annotated garment still shows the outfit: its photo differs from
+    the same scene drawn with that garment alone."""
+    from stl_pipeline.generate.dataset import _init_worker, _render
+
+    config = GeneratorConfig(products=120, scenes=40, styles=6, seed=3)
+    catalogue, scenes = compose(config)
+    scene = next(s for s in scenes if len(s.items) == 1 and len(s.worn) >= 2)
+    _init_worker(config, catalogue, tmp_path)
+    _render(("scene", 0, "outfit", (scene.style, scene.shown)))
+    _render(("scene", 0, "alone", (scene.style, scene.items)))
+    outfit, alone = (np.asarray(Image.open(tmp_path / f"{n}.jpg"), dtype=float) for n in ("outfit", "alone"))
+    assert np.abs(outfit - alone).mean() > 5
 
 
 def _pixels(path: Path, box: tuple[float, ...] | None = None) -> np.ndarray:
@@ -119,6 +158,10 @@ def test_scenes_share_a_style_but_complementary_looks_differ(small_dataset: Path
         ({"products": 10}, "too few"),
         ({"scenes": 0}, "scenes must be"),
         ({"pairs": 10_000}, "cannot be spread"),
+        ({"pairs": 200}, "between 500 and 1250"),
+        ({"shape": "dense", "pairs": 800}, "between 1000 and 2500"),
+        ({"shape": "sparse"}, "unknown: use one of release, dense"),
+        ({"annotated": 3.0}, r"annotated=3.0 must lie in \[1, 2.5\]"),
         ({"off_style": 1.5}, "off_style"),
     ],
 )

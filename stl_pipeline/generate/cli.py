@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stl_pipeline.generate.dataset import FULL_SCALE, GeneratorConfig, generate_dataset
+from stl_pipeline.generate.dataset import FULL_SCALE, SHAPES, GeneratorConfig, generate_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +22,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="directory to create")
     parser.add_argument("--products", type=int, default=defaults.products)
     parser.add_argument("--scenes", type=int, default=defaults.scenes)
-    parser.add_argument("--pairs", type=int, default=None, help="total pairs (default: 2-5 per scene)")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=None,
+        help="total pairs (default: scenes x annotated, or 2-5 a dense scene)",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=SHAPES,
+        default=defaults.shape,
+        help="release: every photo shows 2-5 garments and about --annotated of them are in pairs; "
+        "dense: all of them are",
+    )
+    parser.add_argument(
+        "--annotated",
+        type=float,
+        default=defaults.annotated,
+        help="release shape: annotated garments a scene on average, 1 to 2.5 (most scenes have one)",
+    )
     parser.add_argument(
         "--full-scale",
         action="store_true",
-        help=f"the release's size: {FULL_SCALE['products']:,} products, {FULL_SCALE['pairs']:,} pairs",
+        help=f"the release's size: {FULL_SCALE['products']:,} products, {FULL_SCALE['pairs']:,} pairs "
+        f"over {FULL_SCALE['scenes']:,} scenes",
     )
     parser.add_argument("--styles", type=int, default=defaults.styles)
     parser.add_argument(
@@ -49,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         else {"products": args.products, "scenes": args.scenes, "pairs": args.pairs}
     )
     config = GeneratorConfig(
-        **sizes, styles=args.styles, off_style=args.off_style, jitter=args.jitter, seed=args.seed
+        **sizes,
+        shape=args.shape,
+        annotated=args.annotated,
+        styles=args.styles,
+        off_style=args.off_style,
+        jitter=args.jitter,
+        seed=args.seed,
     )
     return write(
         parser, config, args.out, args.force, lambda: generate_dataset(config, args.out, args.workers)

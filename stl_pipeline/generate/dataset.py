@@ -6,10 +6,16 @@ that only an oracle baseline may read. The data carries a learnable signal: a
 scene dresses its person in one dominant style, and a style gives every
 category its own look, so complementary products are not visually similar and
 frozen-feature kNN cannot solve Complete-the-Look by colour matching.
+
+Scenes take the release's shape by default: every photo shows a whole outfit of 2-5
+garments, of which 1.5 on average are annotated (most scenes annotate one), so a
+Complete-the-Look query mostly has only the image around its box to go on. The
+``dense`` shape annotates every garment, as the generator did before.
 """
 
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -38,15 +44,22 @@ CATEGORIES_FILE = "fashion-cat.json"
 STYLES_FILE = "fashion-styles.json"
 IMAGES_DIR = "images"
 
-# The release's size: 38,111 products in 72,198 pairs.
-FULL_SCALE = {"products": 38_111, "scenes": 24_000, "pairs": 72_198}
+# The release's size: 38,111 products in 72,198 pairs over 47,739 scenes (Kang et al.'s
+# count), 1.51 annotated products a scene.
+FULL_SCALE = {"products": 38_111, "scenes": 47_739, "pairs": 72_198}
+# release: a whole outfit in every photo, ``annotated`` of its garments in pairs on average;
+# dense: every garment in pairs.
+SHAPES = ("release", "dense")
+OUTFIT = (2, 5)  # garments a scene shows
 
 
 @dataclass(frozen=True)
 class GeneratorConfig:
     products: int = 400
-    scenes: int = 250
-    pairs: int | None = None  # None: each scene holds 2-5 products at random
+    scenes: int = 500
+    pairs: int | None = None  # None: scenes x annotated (release), 2-5 a scene at random (dense)
+    shape: str = "release"
+    annotated: float = 1.5  # release shape: mean annotated garments a scene, 1 to 2.5
     styles: int = 8
     off_style: float = 0.15  # share of a scene's products drawn from another style
     jitter: float = 0.1  # colour, placement and pixel noise
@@ -67,10 +80,16 @@ class GeneratorConfig:
             )
         if self.scenes < 1:
             raise ValueError("scenes must be at least 1")
-        if self.pairs is not None and not 2 * self.scenes <= self.pairs <= 5 * self.scenes:
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape={self.shape!r} is unknown: use one of {', '.join(SHAPES)}")
+        if self.shape == "release" and not 1.0 <= self.annotated <= 2.5:
+            raise ValueError(f"annotated={self.annotated} must lie in [1, 2.5] garments a scene")
+        low, high = (1, 2.5) if self.shape == "release" else OUTFIT
+        if self.pairs is not None and not low * self.scenes <= self.pairs <= high * self.scenes:
             raise ValueError(
-                f"pairs={self.pairs} cannot be spread over {self.scenes} scenes of 2-5 products; "
-                f"choose pairs between {2 * self.scenes} and {5 * self.scenes}"
+                f"pairs={self.pairs} cannot be spread over {self.scenes} {self.shape}-shaped scenes "
+                f"of {low}-{high} pairs; choose pairs between {math.ceil(low * self.scenes)} and "
+                f"{int(high * self.scenes)}"
             )
         if not 0.0 <= self.off_style <= 1.0 or not 0.0 <= self.jitter <= 0.5:
             raise ValueError("off_style must lie in [0, 1] and jitter in [0, 0.5]")
@@ -80,7 +99,12 @@ class GeneratorConfig:
 class Scene:
     signature: str
     style: int
-    items: tuple[tuple[int, tuple[float, ...]], ...]  # (product index, bbox)
+    items: tuple[tuple[int, tuple[float, ...]], ...]  # the annotated (product index, bbox)
+    worn: tuple[tuple[int, tuple[float, ...]], ...] = ()  # shown in the photo, not annotated
+
+    @property
+    def shown(self) -> tuple[tuple[int, tuple[float, ...]], ...]:
+        return self.items + self.worn
 
 
 def signature(seed: int, kind: str, index: int) -> str:
@@ -129,29 +153,56 @@ class _Catalogue:
         }
 
     def pick(self, style: int, category: str, rng: np.random.Generator) -> int:
-        """Every product is used once before popularity decides: no dead catalogue."""
+        """Every product is annotated once before popularity decides: no dead catalogue."""
         key = (style, category)
         if self._unused[key]:
             return int(self._unused[key].pop())
+        return self.popular(style, category, rng)
+
+    def popular(self, style: int, category: str, rng: np.random.Generator) -> int:
+        key = (style, category)
         return int(rng.choice(self._ranked[key], p=self._weights[key]))
 
 
-def _scene_sizes(config: GeneratorConfig, rng: np.random.Generator) -> np.ndarray:
-    if config.pairs is None:
-        return rng.integers(2, 6, config.scenes)
-    sizes = np.full(config.scenes, 2)
-    extra = config.pairs - 2 * config.scenes
-    while extra:
-        open_scenes = np.flatnonzero(sizes < 5)
-        chosen = rng.choice(open_scenes, size=min(extra, len(open_scenes)), replace=False)
-        sizes[chosen] += 1
-        extra -= len(chosen)
+def _scene_sizes(config: GeneratorConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(garments shown, garments annotated) of each scene."""
+    if config.shape == "dense":
+        if config.pairs is None:
+            sizes = rng.integers(OUTFIT[0], OUTFIT[1] + 1, config.scenes)
+        else:
+            sizes = _spread(np.full(config.scenes, OUTFIT[0]), config.pairs, OUTFIT[1], rng)
+        return sizes, sizes
+    shown = rng.integers(OUTFIT[0], OUTFIT[1] + 1, config.scenes)
+    # Most scenes annotate one garment, a few several (1 + Poisson), to an exact total.
+    count = _rng(config.seed, 5, 0)
+    extra = np.minimum(count.poisson(config.annotated - 1.0, config.scenes), OUTFIT[1] - 1)
+    pairs = config.pairs if config.pairs is not None else round(config.annotated * config.scenes)
+    annotated = _spread(1 + extra, pairs, OUTFIT[1], count)
+    return np.maximum(shown, annotated), annotated
+
+
+def _spread(sizes: np.ndarray, total: int, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """``sizes`` moved one at a time in random scenes, within [1, ``cap``], until they sum to
+    ``total`` (which validation keeps within reach)."""
+    sizes = sizes.copy()
+    while (gap := total - int(sizes.sum())) != 0:
+        movable = np.flatnonzero(sizes < cap) if gap > 0 else np.flatnonzero(sizes > 1)
+        chosen = rng.choice(movable, size=min(abs(gap), len(movable)), replace=False)
+        sizes[chosen] += 1 if gap > 0 else -1
     return sizes
 
 
 def _compose_scenes(
-    config: GeneratorConfig, catalogue: _Catalogue, rng: np.random.Generator, sizes: np.ndarray, kind: str
+    config: GeneratorConfig,
+    catalogue: _Catalogue,
+    rng: np.random.Generator,
+    sizes: np.ndarray,
+    kind: str,
+    annotated: np.ndarray | None = None,
 ) -> list[Scene]:
+    """Each scene's style and its ``sizes`` garments, of which the first ``annotated`` (all
+    when None) are in its pairs: those are picked so that every product gets annotated, the
+    rest by popularity alone."""
     region_weight = {
         region: sum(PUBLISHED_COUNTS[c] for c in cats) for region, (_, _, cats) in REGIONS.items()
     }
@@ -161,17 +212,19 @@ def _compose_scenes(
     for index, size in enumerate(sizes):
         style = int(rng.integers(config.styles))
         chosen = rng.choice(len(regions), size=int(size), replace=False, p=p_region / p_region.sum())
+        annotate = int(size if annotated is None else annotated[index])
         items = []
-        for r in chosen:
+        for position, r in enumerate(chosen):
             cats = REGIONS[regions[r]][2]
             weights = np.array([PUBLISHED_COUNTS[c] for c in cats], dtype=float)
             category = cats[int(rng.choice(len(cats), p=weights / weights.sum()))]
             product_style = style
             if config.styles > 1 and rng.random() < config.off_style:
                 product_style = int((style + rng.integers(1, config.styles)) % config.styles)
-            product = catalogue.pick(product_style, category, rng)
-            items.append((product, place_bbox(category, rng, config.jitter)))
-        scenes.append(Scene(signature(config.seed, kind, index), style, tuple(items)))
+            choose = catalogue.pick if position < annotate else catalogue.popular
+            items.append((choose(product_style, category, rng), place_bbox(category, rng, config.jitter)))
+        name = signature(config.seed, kind, index)
+        scenes.append(Scene(name, style, tuple(items[:annotate]), tuple(items[annotate:])))
     return scenes
 
 
@@ -180,7 +233,8 @@ def compose(config: GeneratorConfig) -> tuple[_Catalogue, list[Scene]]:
     config.validate()
     catalogue = _Catalogue(config)
     rng = _rng(config.seed, 2, 0)
-    return catalogue, _compose_scenes(config, catalogue, rng, _scene_sizes(config, rng), "scene")
+    shown, annotated = _scene_sizes(config, rng)
+    return catalogue, _compose_scenes(config, catalogue, rng, shown, "scene", annotated)
 
 
 def unseen_scenes(config: GeneratorConfig, count: int, out: Path, stream: int = 1) -> list[dict]:
@@ -195,7 +249,7 @@ def unseen_scenes(config: GeneratorConfig, count: int, out: Path, stream: int = 
     product_ids = [signature(config.seed, "product", i) for i in range(config.products)]
     pairs = []
     for index, scene in enumerate(scenes):
-        _render(("scene", 10_000_000 * stream + index, scene.signature, (scene.style, scene.items)))
+        _render(("scene", 10_000_000 * stream + index, scene.signature, (scene.style, scene.shown)))
         pairs += [
             {"scene": scene.signature, "product": product_ids[p], "bbox": list(box), "style": scene.style}
             for p, box in scene.items
@@ -243,7 +297,7 @@ def _tasks(config: GeneratorConfig, scenes: list[Scene]) -> Iterator[tuple]:
     for index in range(config.products):
         yield ("product", index, signature(config.seed, "product", index), None)
     for index, scene in enumerate(scenes):
-        yield ("scene", index, scene.signature, (scene.style, scene.items))
+        yield ("scene", index, scene.signature, (scene.style, scene.shown))
 
 
 def _write(
@@ -311,9 +365,11 @@ def generate_dataset(config: GeneratorConfig, out: Path, workers: int | None = N
             raise FileExistsError(f"{out} was created by another process while generating") from exc
         raise
     return {
+        "shape": config.shape,
         "products": config.products,
         "scenes": len(scenes),
         "pairs": sum(len(s.items) for s in scenes),
+        "single_annotated_scenes": sum(len(s.items) == 1 for s in scenes),
         "images": config.products + len(scenes),
         "categories": {c: sum(p.category == c for p in catalogue.products) for c in LEAVES},
     }
