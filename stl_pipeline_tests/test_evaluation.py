@@ -138,3 +138,53 @@ def test_graph_density_counts_typed_pairs() -> None:
     edges = sum(data[e].edge_index.shape[1] for e in data.edge_types)
     possible = sum(data[s].num_nodes * data[d].num_nodes for s, _, d in data.edge_types)
     assert graph_density(data) == pytest.approx(edges / possible)
+
+
+def test_complete_the_look_rows_split_by_context_and_recovered_share() -> None:
+    """CTL rows come for all queries, for those whose scene has other annotated garments and
+    for those with the image only; the recovered share puts popularity at 0 and the oracle at 1."""
+    import pandas as pd
+    from torch_geometric.data import HeteroData
+
+    from stl_pipeline.evaluation.report import RECOVERED, overall, popularity_scorer, report
+    from stl_pipeline.models.queries import Queries
+
+    graph = HeteroData()
+    graph["product"].ids = [f"p{i}" for i in range(40)]
+    graph["product"].category = torch.arange(40) % 2
+    # Scene a holds two pairs, b to f one each: 2 annotated queries, 5 image-only ones.
+    pairs = pd.DataFrame({"scene": list("aabcdef"), "product": [f"p{i}" for i in (0, 1, 2, 3, 4, 5, 6)]})
+    truth = torch.arange(7)
+    queries = Queries(torch.zeros(7, 4), truth, truth % 2)
+
+    def oracle(task: str, q: Queries, rows: pd.DataFrame) -> torch.Tensor:
+        return torch.nn.functional.one_hot(q.product, 40).float()
+
+    def half(task: str, q: Queries, rows: pd.DataFrame) -> torch.Tensor:  # finds the image-only ones
+        found = torch.tensor([s != "a" for s in rows["scene"]])
+        hits = oracle(task, q, rows)
+        return torch.where(found[:, None], hits, 1 - hits)  # the truth last in scene a
+
+    popularity = popularity_scorer(torch.arange(40))  # the true products are the least popular
+    methods = {"popularity": popularity, "half": half, "oracle": oracle}
+    table = report(
+        methods,
+        graph,
+        pairs,
+        {"test": {"stl": queries, "ctl": queries}},
+        {"test": {"stl": pairs, "ctl": pairs}},
+    )
+    rows = table[table["pool"] == "same_category"].set_index(["method", "task", "context"])
+    assert set(rows.loc["half"].index) == {
+        ("stl", "all"),
+        ("ctl", "all"),
+        ("ctl", "annotated"),
+        ("ctl", "image_only"),
+    }
+    assert rows.loc[("half", "ctl", "annotated"), "queries"] == 2
+    assert rows.loc[("half", "ctl", "image_only"), "queries"] == 5
+    assert rows.loc[("half", "ctl", "image_only"), "HR@1"] == 1.0
+    assert rows.loc[("half", "ctl", "annotated"), "HR@1"] == 0.0
+    assert rows.loc[("oracle", "ctl", "annotated"), RECOVERED] == 1.0
+    assert rows.loc[("popularity", "ctl", "image_only"), RECOVERED] == 0.0
+    assert len(overall(table)) == 2 * 3 * 2  # two tasks, three methods, two pools

@@ -52,6 +52,7 @@ def parts(small_dataset: Path) -> tuple[list[Sample], list[Strip], Thumbnails, p
                 scene_path=str(images / f"{pair['scene']}.jpg"),
                 stl_box=stl_box(bbox, width, height),
                 ctl_box=ctl_box(bbox, width, height),
+                others=0,
                 lists=lists,
             )
         )

@@ -131,12 +131,14 @@ def stl_champion(
     """The Shop-the-Look model that serving uses: the best trained method on validation,
     promoted over the current champion unless worse on the same test queries."""
     from stl_pipeline.champion.scoring import stl_scores
+    from stl_pipeline.evaluation.report import overall
 
     records = by_method(models)
-    rows = retrieval_report[
-        (retrieval_report["split"] == "val")
-        & (retrieval_report["task"] == config.task)
-        & (retrieval_report["pool"] == "same_category")
+    rows = overall(retrieval_report)
+    rows = rows[
+        (rows["split"] == "val")
+        & (rows["task"] == config.task)
+        & (rows["pool"] == "same_category")
     ].set_index("method")[config.metric]
     method = max(records, key=lambda m: rows.get(m, float("-inf")))  # registry order on ties
     baseline = max(rows.get("popularity", float("inf")), rows.get("frozen_knn", float("inf")))

@@ -57,12 +57,17 @@ def _mlflow_name(*parts: str) -> str:
     return "_".join(parts).lower().replace("@", "_at_")
 
 
+def _context(row: pd.Series) -> list[str]:
+    """A row's context in its metric names, unless it is over all queries (as all STL rows)."""
+    return [] if row["context"] == "all" else [row["context"]]
+
+
 def _test_metrics(table: pd.DataFrame, method: str) -> dict[str, float]:
     from stl_pipeline.evaluation.retrieval import METRICS
 
     own = table[(table["method"] == method) & (table["split"] == "test")]
     return {
-        _mlflow_name(row["split"], row["task"], row["pool"], metric): float(row[metric])
+        _mlflow_name(row["split"], row["task"], *_context(row), row["pool"], metric): float(row[metric])
         for _, row in own.iterrows()
         for metric in METRICS
         if pd.notna(row[metric])
@@ -126,6 +131,8 @@ def retrieval_report(
     metrics = {method: _test_metrics(table, method) for method in records}
     _log_to_model_runs(mlflow, records, table, "retrieval_report", metrics)
     test = table[(table["split"] == "test") & (table["pool"] == "same_category")]
+    counts = test[test["method"] == "random"][["task", "context", "queries"]]
+    queries = {f"test_{t}_{c}_queries": int(n) for t, c, n in counts.itertuples(index=False)}
     summary = shown(table)
     context.log.info(f"retrieval_report, test scenes, same-category pool:\n{summary.to_string(index=False)}")
     return dg.Output(
@@ -133,7 +140,7 @@ def retrieval_report(
         metadata={
             "test_same_category": dg.MetadataValue.md(markdown(summary, max_rows=40)),
             "test_catalogue": dg.MetadataValue.md(markdown(shown(table, pool="catalogue"), max_rows=40)),
-            "test_queries": int(test["queries"].iloc[0]) if len(test) else 0,
+            **queries,
             "mlflow_runs": ", ".join(f"{m}: {r['mlflow_run_id']}" for m, r in records.items()),
         },
     )

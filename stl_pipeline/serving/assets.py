@@ -244,10 +244,17 @@ GALLERY_METHODS = {"popularity": "popularity", "frozen_knn": "frozen kNN"} | {
 
 
 def _sample_pairs(pairs: pd.DataFrame, usable: set[str], count: int, seed: int) -> pd.DataFrame:
-    """One held-out test pair per scene, for ``count`` scenes chosen at random (seeded)."""
-    test = pairs[(pairs["split"].astype(str) == "test") & pairs["pair_id"].isin(usable)]
-    one = test.sort_values("pair_id").drop_duplicates("scene")
-    return one.sample(min(count, len(one)), random_state=seed).sort_values("pair_id")
+    """One held-out test pair per scene, for ``count`` scenes chosen at random (seeded): half
+    with other annotated garments in the scene, half with only the image around the box
+    (``context``), while both kinds last."""
+    others = pairs["scene"].map(pairs.groupby("scene").size()) - 1
+    test = pairs.assign(others=others)
+    test = test[(test["split"].astype(str) == "test") & test["pair_id"].isin(usable)]
+    one = test.sort_values("pair_id").drop_duplicates("scene").sample(frac=1.0, random_state=seed)
+    image_only, annotated = one[one["others"] == 0], one[one["others"] > 0]
+    half = min(len(image_only), max(count - len(annotated), (count + 1) // 2))
+    chosen = pd.concat([image_only.head(half), annotated.head(count - half)])
+    return chosen.sort_values("pair_id")
 
 
 @dg.asset(group_name="serving", ins=MODEL_INS)
@@ -274,6 +281,7 @@ def recommendation_gallery(
     Its value is the table of what it shows: per pair, method and task, the true product's rank."""
     import torch
 
+    from stl_pipeline.evaluation.report import overall
     from stl_pipeline.models.queries import Queries
     from stl_pipeline.models.splits import context_tokens
     from stl_pipeline.serving.gallery import (
@@ -317,12 +325,12 @@ def recommendation_gallery(
     test = retrieval_report[
         (retrieval_report["split"] == "test") & (retrieval_report["pool"] == "same_category")
     ]
+    queries_count = int(overall(test)["queries"].iloc[0]) if len(test) else 0
     products = on_disk(product_images)
     thumbnails = Thumbnails(dict(zip(products["signature"], products["path"], strict=True)), config.thumbnail)
     served = stl_champion["serving"]
     runs = ", ".join(f"{m} {r['mlflow_run_id'][:8]}" for m, r in records.items())
     runs += f" · serving: {served['method']} ({served['registered']} version {served['version']})"
-    queries_count = int(test["queries"].iloc[0]) if len(test) else 0
     page = render(
         "stl-pipeline recommendation gallery",
         f"{len(samples)} held-out test scenes · {queries_count} test queries in the metrics · "

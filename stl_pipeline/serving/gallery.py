@@ -48,6 +48,7 @@ class Sample:
     scene_path: str
     stl_box: Box
     ctl_box: Box | None
+    others: int  # the scene's other annotated garments: 0 leaves CTL only the image to go on
     lists: dict[str, dict[str, Ranked]] = field(default_factory=dict)  # task -> method -> list
 
 
@@ -108,7 +109,8 @@ def build_samples(
     categories: list[str],
     lists: dict[str, dict[str, list[Ranked]]],
 ) -> list[Sample]:
-    """One sample per row of ``pairs``; ``scenes`` is the scene manifest indexed by signature,
+    """One sample per row of ``pairs`` (with ``others``, the scene's other annotated
+    garments); ``scenes`` is the scene manifest indexed by signature,
     ``lists[task][method][row]`` the row's ranked list."""
     samples = []
     for row, pair in enumerate(pairs.itertuples(index=False)):
@@ -124,6 +126,7 @@ def build_samples(
                 scene_path=scene["path"],
                 stl_box=stl_box(bbox, width, height),
                 ctl_box=ctl_box(bbox, width, height),
+                others=int(pair.others),
                 lists={task: {m: ranked[row] for m, ranked in by.items()} for task, by in lists.items()},
             )
         )
@@ -140,19 +143,36 @@ def strips_of(recommendations: pd.DataFrame, product: str, k: int) -> list[Strip
     return strips
 
 
-def metrics_table(test: pd.DataFrame, methods: dict[str, str]) -> pd.DataFrame:
-    """HR@10 and MRR per task of each of ``methods`` (name -> label), from report rows, each
-    with its 95% bootstrap interval over the test queries."""
-    rows = test[test["method"].isin(methods)].set_index(["method", "task"])
-    present = [m for m in methods if m in rows.index.get_level_values(0)]
+# (task, context) of the report rows the page shows, and their column titles.
+SHOWN_ROWS = {
+    ("stl", "all"): "STL",
+    ("ctl", "all"): "CTL",
+    ("ctl", "image_only"): "CTL image only",
+    ("ctl", "annotated"): "CTL annotated",
+}
 
-    def cell(method: str, task: str, metric: str) -> str:
-        row = rows.loc[(method, task)]
+
+def _context(others: int) -> str:
+    if not others:
+        return "no other garment annotated: Complete the Look reads the image only"
+    return f"{others} other garment{'s' if others > 1 else ''} annotated"
+
+
+def metrics_table(test: pd.DataFrame, methods: dict[str, str]) -> pd.DataFrame:
+    """HR@10 and MRR of each of ``methods`` (name -> label) on each task, and on Complete the
+    Look's queries by context, from report rows, each with its 95% bootstrap interval over
+    the test queries."""
+    rows = test[test["method"].isin(methods)].set_index(["method", "task", "context"])
+    present = [m for m in methods if m in rows.index.get_level_values(0)]
+    kinds = {key: title for key, title in SHOWN_ROWS.items() if key in rows.droplevel(0).index}
+
+    def cell(method: str, key: tuple[str, str], metric: str) -> str:
+        row = rows.loc[(method, *key)]
         return f"{row[metric]:.3f} ({row[f'{metric}_low']:.3f}-{row[f'{metric}_high']:.3f})"
 
     columns = {
-        f"{task.upper()} {metric} (95% CI)": [cell(m, task, metric) for m in present]
-        for task in ("stl", "ctl")
+        f"{title} {metric} (95% CI)": [cell(m, key, metric) for m in present]
+        for key, title in kinds.items()
         for metric in ("HR@10", "MRR")
     }
     return pd.DataFrame({"method": [methods[m] for m in present], **columns})
@@ -299,7 +319,7 @@ def render(
         parts += [
             "<section>",
             f"<h3>Scene {html.escape(sample.scene[:12])}… · {html.escape(sample.category)}"
-            f" · pair {html.escape(sample.pair_id[:12])}…</h3>",
+            f" · pair {html.escape(sample.pair_id[:12])}… · {_context(sample.others)}</h3>",
             '<div class="query">',
             f'<figure><img src="{scene_uri}" alt="scene"><figcaption>scene</figcaption></figure>',
             f'<figure class="truth"><img src="{thumbnails(sample.truth)}" width="{tile * 2}"'
