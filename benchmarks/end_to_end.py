@@ -1,14 +1,15 @@
 """The whole lineage through Dagster at a chosen size: seconds, throughput, memory, GPU, quality.
 
-Generates a dataset at ``--scale`` of the release (1.0: 38,111 products, 24,000 scenes,
-72,198 pairs; 0.1: 3,811 products, 7,220 pairs) unless ``--data`` points at one, then
+Generates a dataset at ``--scale`` of the release (1.0: 38,111 products, 47,739 scenes,
+72,198 pairs; 0.1: 3,811 products, 4,774 scenes, 7,220 pairs; ``--shape dense`` puts the
+pairs on a third as many scenes, every garment annotated) unless ``--data`` points at one, then
 runs every asset and check of ``stl_full_pipeline`` with the ``dagster job execute`` CLI
 on a fresh instance. A sampler reads the resident memory of that whole process tree
 (data-loader workers and step processes included) and, on CUDA, the card's busy share
 and memory. It prints one row per asset (its step, the checks on it, throughput, peak
 memory and GPU during the step) and the retrieval report's held-out test rows.
 
-    .venv/bin/python benchmarks/end_to_end.py --scale 0.1 [--data DIR] [--device auto]
+    .venv/bin/python benchmarks/end_to_end.py --scale 0.1 [--shape release] [--data DIR] [--device auto]
         [--workers N] [--precision fp32] [--executor in_process] [--work DIR] [--json PATH]
 
 The demo backbone (tf_efficientnet_lite0, packaged weights, 128 px) embeds, as in
@@ -35,7 +36,7 @@ from tabulate import tabulate
 from stl_pipeline.catalogue import asset_path
 from stl_pipeline.evaluation.report import shown
 from stl_pipeline.features.assets import ALL_PARTITIONS
-from stl_pipeline.generate import FULL_SCALE, GeneratorConfig, generate_dataset
+from stl_pipeline.generate import FULL_SCALE, SHAPES, GeneratorConfig, generate_dataset
 
 JOB = "stl_full_pipeline"
 
@@ -91,10 +92,14 @@ def sample(root: psutil.Process, samples: Samples, cuda: bool, stop: threading.E
         stop.wait(0.25)
 
 
-def make_dataset(scale: float, out: Path, seed: int) -> tuple[Path, float]:
+def make_dataset(scale: float, out: Path, seed: int, shape: str = "release") -> tuple[Path, float]:
+    """The release's counts times ``scale``; a dense dataset keeps its products and pairs on
+    fewer scenes (2-5 pairs each)."""
     sizes = {k: max(1, round(v * scale)) for k, v in FULL_SCALE.items()}
+    if shape == "dense":
+        sizes["scenes"] = round(sizes["pairs"] / 3)
     start = time.perf_counter()
-    generate_dataset(GeneratorConfig(**sizes, seed=seed), out)
+    generate_dataset(GeneratorConfig(**sizes, shape=shape, seed=seed), out)
     return out, time.perf_counter() - start
 
 
@@ -197,6 +202,9 @@ def main() -> int:
         "--data", type=Path, help="an STL-format dataset (fashion.json, fashion-cat.json, images/)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--shape", default="release", choices=SHAPES, help="generated scenes' shape (stl-generate --shape)"
+    )
     parser.add_argument("--device", default="auto", help="STL_DEVICE: auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--workers", type=int, help="data-loader processes (default: the resource's)")
@@ -213,8 +221,8 @@ def main() -> int:
         generated = None
         data = args.data
         if data is None:
-            data, generated = make_dataset(args.scale, work / "dataset", args.seed)
-            print(f"Generated scale {args.scale} into {data} in {generated:.1f} s", flush=True)
+            data, generated = make_dataset(args.scale, work / "dataset", args.seed, args.shape)
+            print(f"Generated {args.shape} scale {args.scale} into {data} in {generated:.1f} s", flush=True)
         env = environment(data, work, args.device)
         Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(Path(__file__).parents[1] / "instance" / "dagster.yaml", env["DAGSTER_HOME"])
@@ -291,7 +299,7 @@ def report(
     peak_rss = max((mb for _, mb in samples.rss), default=0.0)
     print(f"\n{JOB} run {run.run_id[:8]}: {run.status.value}, exit code {code}; {args.executor} executor")
     print(
-        f"Dataset: {args.data or f'generated at scale {args.scale}'}"
+        f"Dataset: {args.data or f'generated, {args.shape}, at scale {args.scale}'}"
         + (f" ({generated:.1f} s to generate, not counted below)" if generated else "")
     )
     print(f"Lineage: {total:.1f} s in all, peak RSS of the process tree {peak_rss:,.0f} MB\n")
@@ -307,6 +315,7 @@ def report(
     if args.json:
         result = {
             "scale": None if args.data else args.scale,
+            "shape": None if args.data else args.shape,
             "device": args.device,
             "executor": args.executor,
             "succeeded": code == 0,
@@ -314,6 +323,11 @@ def report(
             "total_seconds": round(total, 2),
             "peak_rss_mb": round(peak_rss, 1),
             "assets": assets,
+            "training": {
+                asset: {k: meta[k] for k in ("epochs_run", "best_epoch", "seconds_per_epoch") if k in meta}
+                for asset, meta in metadata.items()
+                if "epochs_run" in meta
+            },
             "retrieval": [] if retrieval is None else retrieval.to_dict(orient="records"),
         }
         args.json.write_text(json.dumps(result, indent=2))

@@ -63,6 +63,10 @@ def test_end_to_end_benchmark_runs_the_lineage_and_writes_its_json(tmp_path: Pat
     assert rows == {
         ("test", m, t, p) for m in methods for t in ("stl", "ctl") for p in ("same_category", "catalogue")
     }
+    # The demo's release shape: CTL queries with other annotated garments and without.
+    contexts = {r["context"] for r in result["retrieval"] if r["task"] == "ctl"}
+    assert contexts == {"all", "annotated", "image_only"}
+    assert set(result["training"]) == {"gat_model", "sage_model", "triplet_head", "two_tower"}
     assert "gat_model" in run.stdout and "Retrieval report" in run.stdout
 
 

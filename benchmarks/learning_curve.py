@@ -1,0 +1,143 @@
+"""How each method's quality moves with the size of the data: the lineage at several scales.
+
+Runs ``benchmarks/end_to_end.py`` at each ``--scales`` (shares of the release's size, the
+release's shape unless ``--shape dense``) on the same seed, and prints, per scale and
+method, test HR@10 and MRR on the same-category pool with their 95% intervals for Shop the
+Look and for Complete the Look by context (``all``, ``annotated``: other garments of the
+scene are annotated, ``image_only``: Kang et al.'s setting), the share of the room
+between popularity and the oracle each recovers on HR@10, and each trained model's epochs
+and training seconds. The plot (``--plot``) draws the recovered share on image-only and
+all Complete-the-Look queries against the catalogue's size.
+
+    .venv/bin/python benchmarks/learning_curve.py --scales 0.01 0.03 0.1 0.3 \\
+        [--shape release] [--plot docs/learning_curve.png] [--json PATH] [--device cpu]
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from stl_pipeline.generate import FULL_SCALE, SHAPES
+from stl_pipeline.registry import MODEL_ASSETS
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSET_OF = MODEL_ASSETS
+SHOWN = [("stl", "all"), ("ctl", "all"), ("ctl", "image_only"), ("ctl", "annotated")]
+
+
+def run_scale(scale: float, shape: str, device: str, seed: int, work: Path) -> dict:
+    out = work / f"scale-{scale}.json"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "end_to_end.py"),
+        *("--scale", str(scale), "--shape", shape, "--device", device, "--seed", str(seed)),
+        *("--json", str(out)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode or not out.exists():
+        raise SystemExit(f"scale {scale} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    print(done.stdout, flush=True)
+    return json.loads(out.read_text())
+
+
+def rows_of(result: dict, scale: float) -> list[dict]:
+    """One row per method and (task, context) at ``scale``: the figures the table shows."""
+    table = pd.DataFrame(result["retrieval"])
+    table = table[table["pool"] == "same_category"]
+    rows = []
+    for (method, task, context), row in table.set_index(["method", "task", "context"]).iterrows():
+        asset = ASSET_OF.get(method)
+        training = result["training"].get(asset, {})
+        rows.append(
+            {
+                "scale": scale,
+                "products": round(FULL_SCALE["products"] * scale),
+                "method": method,
+                "task": task,
+                "context": context,
+                "queries": int(row["queries"]),
+                **{m: row[m] for m in ("HR@10", "HR@10_low", "HR@10_high", "MRR", "MRR_low", "MRR_high")},
+                "recovered": row.get("recovered_HR@10"),
+                "epochs": training.get("epochs_run"),
+                "train_s": result["assets"].get(asset) if asset else None,
+            }
+        )
+    return rows
+
+
+def shown_table(rows: pd.DataFrame) -> pd.DataFrame:
+    out = rows[["scale", "products", "method", "task", "context", "queries"]].copy()
+    for metric in ("HR@10", "MRR"):
+        out[metric] = [
+            f"{v:.3f} ({lo:.3f}-{hi:.3f})"
+            for v, lo, hi in zip(rows[metric], rows[f"{metric}_low"], rows[f"{metric}_high"], strict=True)
+        ]
+    out["recovered"] = rows["recovered"].round(2)
+    out["epochs"] = rows["epochs"].astype("Int64")
+    out["train s"] = rows["train_s"].round(0).astype("Int64")
+    order = {key: i for i, key in enumerate(SHOWN)}
+    out["_order"] = [order.get((t, c), 9) for t, c in zip(out["task"], out["context"], strict=True)]
+    return out.sort_values(["_order", "scale"], kind="stable").drop(columns="_order")
+
+
+def plot(rows: pd.DataFrame, path: Path, shape: str) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4))
+    methods = [m for m in rows["method"].unique() if m not in ("random", "popularity", "oracle")]
+    for axis, context in zip(figure.subplots(1, 2, sharey=True), ("image_only", "all"), strict=True):
+        ctl = rows[(rows["task"] == "ctl") & (rows["context"] == context)]
+        for method in methods:
+            own = ctl[ctl["method"] == method].sort_values("products")
+            axis.plot(own["products"], own["recovered"], marker="o", label=method)
+        axis.axhline(0.6, color="grey", linestyle=":", linewidth=1)
+        axis.set_xscale("log")
+        axis.set_xlabel("products in the catalogue")
+        axis.set_title(f"Complete the Look, {context.replace('_', ' ')} queries")
+        axis.grid(alpha=0.3)
+    first = figure.axes[0]
+    first.set_ylabel("share of popularity-to-oracle HR@10 recovered")
+    first.legend(fontsize=8)
+    figure.suptitle(f"Test HR@10 (same-category pool), {shape}-shaped generated data")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100, bbox_inches="tight")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
+    parser.add_argument("--shape", default="release", choices=SHAPES)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", type=Path, help="write the PNG plot here")
+    parser.add_argument("--json", type=Path, help="also write every row here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="stl-curve-") as work:
+        rows = pd.DataFrame(
+            [
+                row
+                for scale in args.scales
+                for row in rows_of(run_scale(scale, args.shape, args.device, args.seed, Path(work)), scale)
+            ]
+        )
+    print(f"\nLearning curve, {args.shape}-shaped data, test scenes, same-category pool (95% intervals):\n")
+    print(tabulate(shown_table(rows), headers="keys", showindex=False))
+    if args.plot:
+        plot(rows, args.plot, args.shape)
+        print(f"\nplot: {args.plot}")
+    if args.json:
+        args.json.write_text(rows.to_json(orient="records", indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
