@@ -9,6 +9,13 @@ between popularity and the oracle each recovers on HR@10, and each trained model
 and training seconds. The plot (``--plot``) draws the recovered share on image-only and
 all Complete-the-Look queries against the catalogue's size.
 
+A second table asks what the frozen vectors know at each size: a linear probe
+(scikit-learn's logistic regression, trained on the train pairs, scored on the test
+pairs) predicts the scene's latent style from the Complete-the-Look region's vector (all
+queries and image-only ones) and from the whole scene's, and a product's style from its
+image and from its Shop-the-Look crop, against the majority class. A model cannot read
+from the region more of a look than the probe finds there.
+
     .venv/bin/python benchmarks/learning_curve.py --scales 0.01 0.03 0.1 0.3 \\
         [--shape release] [--plot docs/learning_curve.png] [--json PATH] [--device cpu]
 """
@@ -23,8 +30,11 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from stl_pipeline.generate import FULL_SCALE, SHAPES
+from stl_pipeline.catalogue import asset_path
+from stl_pipeline.features.partitions import PARTITIONS
+from stl_pipeline.generate import FULL_SCALE, SHAPES, STYLES_FILE
 from stl_pipeline.registry import MODEL_ASSETS
+from stl_pipeline.vectors import load_partitions
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET_OF = MODEL_ASSETS
@@ -32,18 +42,69 @@ SHOWN = [("stl", "all"), ("ctl", "all"), ("ctl", "image_only"), ("ctl", "annotat
 
 
 def run_scale(scale: float, shape: str, device: str, seed: int, work: Path) -> dict:
-    out = work / f"scale-{scale}.json"
+    """end_to_end.py's JSON at ``scale``; its run's files stay in ``work``."""
+    out = work / "result.json"
     command = [
         sys.executable,
         str(ROOT / "benchmarks" / "end_to_end.py"),
         *("--scale", str(scale), "--shape", shape, "--device", device, "--seed", str(seed)),
-        *("--json", str(out)),
+        *("--work", str(work), "--json", str(out)),
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode or not out.exists():
         raise SystemExit(f"scale {scale} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
     print(done.stdout, flush=True)
     return json.loads(out.read_text())
+
+
+def probes(work: Path, scale: float) -> list[dict]:
+    """Linear probes of the latent style on the frozen vectors of the run in ``work``."""
+    from sklearn.linear_model import LogisticRegression
+
+    data = work / "stl_data"
+    truth = json.loads((work / "dataset" / STYLES_FILE).read_text())
+    pairs = pd.read_parquet(asset_path(data, "stl_pairs"))
+    pairs["scene_style"] = pairs["scene"].map(truth["scenes"])
+    pairs["product_style"] = pairs["product"].map(truth["products"])
+    single = pairs["scene"].map(pairs.groupby("scene").size()) == 1
+    split = pairs["split"].astype(str)
+    vectors = {
+        asset: load_partitions(asset_path(data, asset), PARTITIONS)
+        for asset in ("ctl_scene_embeddings", "scene_embeddings", "product_embeddings", "stl_crop_embeddings")
+    }
+    cases = [
+        ("CTL region -> scene style", "ctl_scene_embeddings", "pair_id", "scene_style", split == "test"),
+        (
+            "CTL region -> scene style, image only",
+            "ctl_scene_embeddings",
+            "pair_id",
+            "scene_style",
+            (split == "test") & single,
+        ),
+        ("whole scene -> scene style", "scene_embeddings", "scene", "scene_style", split == "test"),
+        ("product image -> product style", "product_embeddings", "product", "product_style", split == "test"),
+        ("STL crop -> product style", "stl_crop_embeddings", "pair_id", "product_style", split == "test"),
+    ]
+    rows = []
+    for name, asset, key, label, tested in cases:
+        embeddings = vectors[asset]
+        train = (split == "train") & pairs[key].isin(embeddings.keys)
+        tested = tested & pairs[key].isin(embeddings.keys)
+        probe = LogisticRegression(max_iter=2000)
+        probe.fit(embeddings.take(list(pairs.loc[train, key])), pairs.loc[train, label])
+        truth_test = pairs.loc[tested, label]
+        accuracy = probe.score(embeddings.take(list(pairs.loc[tested, key])), truth_test)
+        rows.append(
+            {
+                "scale": scale,
+                "probe": name,
+                "train": int(train.sum()),
+                "test": int(tested.sum()),
+                "accuracy": round(float(accuracy), 3),
+                "majority": round(float(truth_test.value_counts(normalize=True).max()), 3),
+            }
+        )
+    return rows
 
 
 def rows_of(result: dict, scale: float) -> list[dict]:
@@ -121,21 +182,22 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write every row here")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="stl-curve-") as work:
-        rows = pd.DataFrame(
-            [
-                row
-                for scale in args.scales
-                for row in rows_of(run_scale(scale, args.shape, args.device, args.seed, Path(work)), scale)
-            ]
-        )
+    found, probed = [], []
+    for scale in args.scales:
+        with tempfile.TemporaryDirectory(prefix=f"stl-curve-{scale}-") as work:
+            found += rows_of(run_scale(scale, args.shape, args.device, args.seed, Path(work)), scale)
+            probed += probes(Path(work), scale)
+    rows = pd.DataFrame(found)
     print(f"\nLearning curve, {args.shape}-shaped data, test scenes, same-category pool (95% intervals):\n")
     print(tabulate(shown_table(rows), headers="keys", showindex=False))
+    print("\nLinear probes of the latent style on the frozen vectors (test pairs):\n")
+    print(tabulate(probed, headers="keys"))
     if args.plot:
         plot(rows, args.plot, args.shape)
         print(f"\nplot: {args.plot}")
     if args.json:
-        args.json.write_text(rows.to_json(orient="records", indent=2))
+        result = {"rows": rows.to_dict(orient="records"), "probes": probed}
+        args.json.write_text(json.dumps(result, indent=2))
     return 0
 
 
