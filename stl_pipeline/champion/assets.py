@@ -136,9 +136,7 @@ def stl_champion(
     records = by_method(models)
     rows = overall(retrieval_report)
     rows = rows[
-        (rows["split"] == "val")
-        & (rows["task"] == config.task)
-        & (rows["pool"] == "same_category")
+        (rows["split"] == "val") & (rows["task"] == config.task) & (rows["pool"] == "same_category")
     ].set_index("method")[config.metric]
     method = max(records, key=lambda m: rows.get(m, float("-inf")))  # registry order on ties
     baseline = max(rows.get("popularity", float("inf")), rows.get("frozen_knn", float("inf")))
