@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from stl_pipeline.catalogue import read_embeddings
 from stl_pipeline.definitions import MODULES, build_definitions
+from stl_pipeline.evaluation.report import overall
 from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.features.partitions import PARTITIONS
 from stl_pipeline.graph.schema import CONTAINS
@@ -257,7 +258,14 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
     report = pd.read_parquet(settings.data_dir / "tables" / "retrieval_report.parquet")
     methods = {"random", "popularity", "frozen_knn", "triplet_head", "two_tower", "gat", "sage", "oracle"}
     assert set(report["method"]) == methods and set(report["task"]) == {"stl", "ctl"}
-    assert len(report) == len(methods) * 2 * 2 * 2  # splits x tasks x pools
+    # Dense scenes: every CTL query has other annotated garments, so its context rows are
+    # all and annotated, the same queries with the same figures; none is image-only.
+    contexts = set(report[["task", "context"]].itertuples(index=False, name=None))
+    assert contexts == {("stl", "all"), ("ctl", "all"), ("ctl", "annotated")}
+    assert len(report) == len(methods) * 2 * 3 * 2  # splits x (task, context) x pools
+    ctl = report[report["task"] == "ctl"].set_index(["split", "method", "pool", "context"])["HR@10"]
+    assert (ctl.xs("all", level="context") == ctl.xs("annotated", level="context")).all()
+    report = overall(report)
     catalogue = report[(report["pool"] == "catalogue")].set_index(["split", "task", "method"])["MRR"]
     for split in ("val", "test"):
         for task in ("stl", "ctl"):
