@@ -51,6 +51,7 @@ FULL_SCALE = {"products": 38_111, "scenes": 47_739, "pairs": 72_198}
 # dense: every garment in pairs.
 SHAPES = ("release", "dense")
 OUTFIT = (2, 5)  # garments a scene shows
+ANNOTATED = (1, 2.5)  # release shape: the mean annotated garments a scene may take
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,9 @@ class GeneratorConfig:
             raise ValueError("scenes must be at least 1")
         if self.shape not in SHAPES:
             raise ValueError(f"shape={self.shape!r} is unknown: use one of {', '.join(SHAPES)}")
-        if self.shape == "release" and not 1.0 <= self.annotated <= 2.5:
+        if self.shape == "release" and not ANNOTATED[0] <= self.annotated <= ANNOTATED[1]:
             raise ValueError(f"annotated={self.annotated} must lie in [1, 2.5] garments a scene")
-        low, high = (1, 2.5) if self.shape == "release" else OUTFIT
+        low, high = ANNOTATED if self.shape == "release" else OUTFIT
         if self.pairs is not None and not low * self.scenes <= self.pairs <= high * self.scenes:
             raise ValueError(
                 f"pairs={self.pairs} cannot be spread over {self.scenes} {self.shape}-shaped scenes "
@@ -243,7 +244,8 @@ def unseen_scenes(config: GeneratorConfig, count: int, out: Path, stream: int = 
     config.validate()
     catalogue, _ = compose(config)  # the dataset's own scenes first: popularity stays the same
     rng = _rng(config.seed, 4, stream)
-    scenes = _compose_scenes(config, catalogue, rng, rng.integers(2, 6, count), f"unseen-{stream}")
+    sizes = rng.integers(OUTFIT[0], OUTFIT[1] + 1, count)
+    scenes = _compose_scenes(config, catalogue, rng, sizes, f"unseen-{stream}")
     out.mkdir(parents=True, exist_ok=True)
     _init_worker(config, catalogue, out)
     product_ids = [signature(config.seed, "product", i) for i in range(config.products)]
