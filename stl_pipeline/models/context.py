@@ -106,23 +106,26 @@ class ContextAttention(nn.Module):
     def forward(
         self, tokens: torch.Tensor, category: torch.Tensor, products: torch.Tensor, graph: HeteroData
     ) -> torch.Tensor:
-        """``products``: ``products(graph)``, which a ``CatalogueRead`` reads."""
-        weights = self.weights(tokens, category)
+        """``products``: ``products(graph)``, which a ``CatalogueRead`` reads. Keys and values
+        are computed for the tokens present only: on release-shaped data most queries have
+        fewer than the widest one's, and the padding is most of the tensor."""
+        present = tokens.abs().sum(dim=-1) > 0
+        query, shown = present.nonzero()[:, 0], tokens[present]
+        weights = self.weights(tokens, category)[present]
         if not isinstance(self.values, CatalogueRead):
-            return torch.einsum("qt,qto->qo", weights, self.values(tokens))
-        present = weights > 0
-        if self.values.by_category:
+            read = self.values(shown)
+        elif self.values.by_category:
             categories = self.category.num_embeddings
-            target = category[:, None].expand_as(present)[present]
-            read = self.values(tokens[present], products, worn_with(products, graph, categories), target)
+            read = self.values(shown, products, worn_with(products, graph, categories), category[query])
         else:
-            read = self.values(tokens[present], products, worn_with(products, graph))
-        weighted = weights[present, None] * read
-        empty = weighted.new_zeros(len(tokens), weighted.shape[1])
-        return empty.index_add(0, present.nonzero()[:, 0], weighted)
+            read = self.values(shown, products, worn_with(products, graph))
+        empty = read.new_zeros(len(tokens), read.shape[1])
+        return empty.index_add(0, query, weights[:, None] * read)
 
     def weights(self, tokens: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
-        """(Q, T) the attention of each query over its tokens."""
+        """(Q, T) the attention of each query over its tokens (zero rows are padding)."""
         present = tokens.abs().sum(dim=-1) > 0
-        scores = torch.einsum("qth,qh->qt", self.keys(tokens), self.category(category)) * self.scale
-        return F.softmax(scores.masked_fill(~present, -torch.inf), dim=1).nan_to_num(0.0)
+        scores = (self.keys(tokens[present]) * self.category(category[present.nonzero()[:, 0]])).sum(dim=-1)
+        grid = scores.new_full(present.shape, -torch.inf)
+        grid[present] = scores * self.scale
+        return F.softmax(grid, dim=1).nan_to_num(0.0)
