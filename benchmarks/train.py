@@ -7,7 +7,10 @@ stopping, and prints seconds per epoch (with the ratio to the first row of the
 same kind: fp32 on the first device named) and the validation MRR of each task
 at the best epoch, of the bare cosine and with the popularity prior fitted after
 training, against train popularity's in the same run.
-``--variants`` takes JSON objects of knobs to override, one row each.
+``--variants`` takes JSON objects of knobs to override, one row each. ``--patience 10,20``
+adds, per row, the epoch early stopping with each patience would have ended the run at
+and the best validation MRR by then (the same run cut short: the learning-rate decay does
+not depend on it).
 
     .venv/bin/python benchmarks/train.py [--data-dir .stl_data] [--devices cpu,cuda]
         [--precisions fp32,bf16] [--kinds gat,sage,triplet] [--epochs 20]
@@ -24,6 +27,7 @@ product has N identical twins). The last column is the process's peak RSS so far
 
 import argparse
 import json
+import math
 import resource
 import tempfile
 import time
@@ -120,6 +124,22 @@ def popularity_mrr(data) -> dict[str, float]:
     }
 
 
+def stopped(history: list[dict[str, float]], patience: int) -> tuple[int, float]:
+    """(epochs run, best validation MRR) had early stopping with ``patience`` ended the run.
+    Nothing before the stop depends on the patience (the learning-rate decay has its own),
+    so with deterministic kernels this is the shorter run itself, not an estimate."""
+    best, at, epoch = -math.inf, -1, -1
+    for record in history:
+        if "val_mrr" not in record:
+            continue
+        epoch = int(record["epoch"])
+        if record["val_mrr"] > best:
+            best, at = record["val_mrr"], epoch
+        if epoch - at >= patience:
+            break
+    return epoch + 1, best
+
+
 def same(category: torch.Tensor, queries) -> torch.Tensor:
     return category[None, :] == category[queries.product][:, None]
 
@@ -135,7 +155,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--variants", nargs="+", default=["{}"], help="JSON objects of knobs to override")
     parser.add_argument("--tile", type=int, default=1, help="train on N disjoint copies of the graph")
+    parser.add_argument(
+        "--patience", default="", help="comma-separated patiences: where each would have stopped the run"
+    )
     args = parser.parse_args()
+    patiences = [int(p) for p in args.patience.split(",") if p]
     data = load(args.data_dir, args.tile)
     graph, train_q, _, _ = data
     print(
@@ -146,7 +170,7 @@ def main() -> None:
     popular = popularity_mrr(data)
     del data, graph, train_q  # each row loads afresh; the peak RSS column counts one copy
     popular_row = [f"{popular['stl']:.3f}", f"{popular['ctl']:.3f}"] * 2
-    rows = [["popularity (train)", "", "", "", "", "", "", *popular_row, ""]]
+    rows = [["popularity (train)", "", "", "", "", "", "", *popular_row, "", *[""] * len(patiences)]]
     for kind in args.kinds.split(","):
         peer = None
         for variant in args.variants:
@@ -175,11 +199,13 @@ def main() -> None:
                             f"{best['val_mrr_ctl']:.3f}",
                             *(f"{prior[f'val_mrr_{task}']:.3f}" if prior else "" for task in ("stl", "ctl")),
                             f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f}",
+                            *("{} ({:.3f})".format(*stopped(result.history, p)) for p in patiences),
                         ]
                     )
     headers = ["model", "knobs", "device", "precision", "s/epoch", "speed-up vs first row", "best epoch"]
     metrics = ["val MRR STL", "val MRR CTL", "with prior STL", "with prior CTL", "peak RSS MB"]
-    print(tabulate(rows, headers=[*headers, *metrics]))
+    stops = [f"patience {p}: epochs (val MRR)" for p in patiences]
+    print(tabulate(rows, headers=[*headers, *metrics, *stops]))
 
 
 if __name__ == "__main__":
