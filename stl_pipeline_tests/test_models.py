@@ -6,6 +6,7 @@ from stl_pipeline.models.config import TrainConfig
 from stl_pipeline.models.context import CatalogueRead, ContextAttention, worn_with
 from stl_pipeline.models.encoders import HeteroEncoder
 from stl_pipeline.models.heads import Projection, TripletHead
+from stl_pipeline.models.looks import look_clusters, look_loss
 from stl_pipeline.models.losses import (
     LOSSES,
     Negatives,
@@ -324,3 +325,30 @@ def test_the_visual_skip_adds_a_tower_over_the_frozen_vector() -> None:
         model.visual.net[-1].weight.zero_()
         model.visual.net[-1].bias.zero_()
         assert torch.allclose(model.products(graph), graph_only(), atol=1e-6)  # and only adds
+
+
+def test_looks_cluster_products_within_their_category() -> None:
+    torch.manual_seed(0)
+    centres = torch.eye(4) * 10  # two looks in each of two categories
+    vectors = torch.cat([centres[i] + torch.randn(5, 4) * 0.1 for i in range(4)])
+    category = torch.tensor([0] * 10 + [1] * 10)
+    looks = look_clusters(vectors, category, per_category=2)
+    assert len(set(looks[:10].tolist()) & set(looks[10:].tolist())) == 0  # ids are per category
+    for start in range(0, 20, 5):  # each blob is one look, each look one blob
+        assert len(set(looks[start : start + 5].tolist())) == 1
+    assert len(set(looks.tolist())) == 4
+    assert torch.equal(look_clusters(vectors, category, per_category=9)[:10].unique(), torch.arange(9))
+
+
+def test_look_loss_ranks_the_positives_look_among_its_categorys_only() -> None:
+    products = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0, 0], [1, 0.1, 0], [0, 1, 0], [0, 0, 1]]), dim=1
+    )
+    looks, category = torch.tensor([0, 0, 1, 2]), torch.tensor([0, 0, 0, 1])
+    positive = torch.tensor([0])
+    right = look_loss(torch.tensor([[1.0, 0, 0]]), products, positive, looks, category, 0.1)
+    wrong = look_loss(torch.tensor([[0.0, 1, 0]]), products, positive, looks, category, 0.1)
+    assert right < 0.01 < wrong
+    # look 2 is another category's: a query pointing at it is not penalized by it
+    elsewhere = look_loss(torch.tensor([[0.6, 0, 0.8]]), products, positive, looks, category, 0.1)
+    assert elsewhere < 0.01

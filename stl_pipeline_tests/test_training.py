@@ -140,6 +140,13 @@ def test_a_killed_run_with_the_co_occurrence_loss_resumes_to_the_same_final_stat
     _assert_same_run(straight, resumed)
 
 
+def test_a_killed_run_with_the_look_loss_resumes_to_the_same_final_state(tmp_path: Path) -> None:
+    """The looks are clustered afresh on resume: with the seed they are the same looks."""
+    config = replace(CONFIG, look_weight=1.0, looks_per_category=2)
+    straight, resumed = _kill_and_resume(tmp_path, lambda *parts: parts, config=config)
+    _assert_same_run(straight, resumed)
+
+
 def test_the_co_occurrence_loss_ranks_each_products_partners_first_in_their_category(tmp_path: Path) -> None:
     graph = with_co_occurrences(tiny_graph())
     source, target = graph[CO_OCCURS].edge_index

@@ -82,6 +82,12 @@ class TrainConfig:
         "Graph models: the share of products whose train interactions each step hides, so that "
         "products new to the catalogue (no train scene) get vectors that rank; 0: off.",
     )
+    look_weight: float = knob(
+        0.0,
+        "Weight of an auxiliary loss that ranks each CTL query's positive's look (its cluster "
+        "of frozen product vectors, models/looks.py) above its category's other looks; 0: off.",
+    )
+    looks_per_category: int = knob(16, "Looks (k-means clusters) a category at most, for look_weight.")
     edge_features: bool = knob(
         False, "GAT: attention reads each edge's stored features (bbox, kNN similarity, co-occurrence)."
     )

@@ -18,6 +18,7 @@ from stl_pipeline.graph.schema import CO_OCCURS, CONTAINS, REV_CONTAINS
 from stl_pipeline.lifecycle import fit
 from stl_pipeline.metrics import mrr, ranks_in_category
 from stl_pipeline.models.config import TrainConfig
+from stl_pipeline.models.looks import look_clusters, look_loss
 from stl_pipeline.models.losses import LOSSES, Negatives, sample_negatives, sampling_log_q
 from stl_pipeline.models.queries import Queries
 from stl_pipeline.models.recommender import TASKS, Recommender, log_popularity
@@ -207,6 +208,14 @@ class StlTrainable:
         self.corrections = _sampling_corrections(self.train_queries, self.category, config, device)
         self.partners = _co_occurrences(self.graph, config)
         self.largest = max(len(q.product) for q in self.train_queries.values())
+        self.looks = None
+        if config.look_weight:
+            # The product features start with the backbone vector, as wide as a query's.
+            width = next(iter(self.train_queries.values())).x.shape[1]
+            product = self.graph["product"]
+            self.looks = look_clusters(
+                product.x[:, :width], product.category, config.looks_per_category, config.seed
+            )
 
     def steps(self, generator: torch.Generator) -> list[tuple[dict[str, torch.Tensor], torch.Tensor | None]]:
         config = self.config
@@ -235,6 +244,10 @@ class StlTrainable:
             negatives = _negatives(positives, category, config, generator)
             predicted = model.encode(queries.rows(chosen), task, products, graph).float()
             loss = loss + self.loss_fn(predicted, products, positives, negatives, **self.corrections[task])
+            if task == "ctl" and self.looks is not None:
+                loss = loss + config.look_weight * look_loss(
+                    predicted, products, positives, self.looks, graph["product"].category, config.temperature
+                )
         if chosen_pairs is not None and len(chosen_pairs):
             # Each product's vector as a query for a partner (why: TrainConfig).
             partners = self.partners
