@@ -1,7 +1,8 @@
 """Which context the Complete-the-Look query encoder reads: the ablation it is chosen by.
 
 For each context (``regions.CONTEXT_SOURCES``: the largest region around the bbox, all
-four, the whole scene with the bbox masked, or the scene's other garments; each view's
+four, the whole scene with the bbox masked, the scene's other garments, or the masked scene
+and then the garments, whose first token a model with ``context_lead`` reads apart; each view's
 last feature map pooled to a grid of tokens), computes ``ctl_scene_context``'s tokens
 with the pipeline's backbone (sharing the asset's embedding cache), trains each graph
 model with its asset's knobs, and prints validation and test CTL MRR and HR@10

@@ -80,6 +80,10 @@ def test_item_views_are_the_other_garments_with_the_product_masked() -> None:
     # product is masked where it overlaps a view.
     assert views == [(stl_box(shirt, W, H), product), (stl_box(shoes, W, H), None)]
     assert context_views(bbox, W, H, "items") == []  # alone in its scene: no context
+    both = context_views(bbox, W, H, "masked+items", (bbox, shirt, shoes))
+    assert both == context_views(bbox, W, H, "masked") + views  # the scene always first
+    assert context_views(bbox, W, H, "masked+items") == context_views(bbox, W, H, "masked")
+    assert context_views((0.0, 0.0, 1.0, 1.0), W, H, "masked+items", (shirt,)) == []  # never items alone
 
 
 def test_a_masked_box_becomes_the_mean_colour() -> None:

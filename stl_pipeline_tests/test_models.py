@@ -215,6 +215,21 @@ def test_context_attention_weighs_tokens_by_the_category_it_completes() -> None:
     assert torch.equal(empty, torch.zeros(1, 4))  # nothing to attend over: nothing added
 
 
+def test_the_lead_tokens_are_read_apart_from_the_garments() -> None:
+    """With masked+items context the first token is the masked scene, no product to read:
+    it is always added, and the attention weighs the garments after it."""
+    torch.manual_seed(0)
+    attention = ContextAttention(dim=6, categories=3, out_dim=4, hidden=8, lead=1)
+    tokens = torch.randn(2, 3, 6)
+    tokens[1, 1:] = 0  # the second query has its scene only
+    out = attention(tokens, torch.tensor([0, 1]), torch.zeros(0, 4), HeteroData())
+    with torch.no_grad():
+        assert torch.allclose(out[1], attention.lead_values(tokens[1, 0]))
+        w = attention.weights(tokens[:, 1:], torch.tensor([0, 1]))[0]
+        garments = w[0] * attention.values(tokens[0, 1]) + w[1] * attention.values(tokens[0, 2])
+    assert torch.allclose(out[0], attention.lead_values(tokens[0, 0]) + garments, atol=1e-6)
+
+
 def test_a_context_model_reads_context_tokens_for_complete_the_look_only() -> None:
     graph = tiny_graph()
     torch.manual_seed(0)

@@ -78,7 +78,7 @@ def context_items(pairs: pd.DataFrame, scene_manifest: pd.DataFrame, source: str
     """The views of each pair's scene that its Complete-the-Look context tokens come from
     (``regions.context_views``), keyed ``<pair id>/<view>``; none for a pair without context."""
     boxes: dict[str, list[tuple]] = {}
-    if source == "items":
+    if "items" in source.split("+"):
         for scene, *bbox in pairs[["scene", *BBOX]].itertuples(index=False, name=None):
             boxes.setdefault(scene, []).append(tuple(bbox))
     return [

@@ -56,9 +56,10 @@ def _inside(box: Box, outer: Box) -> bool:
 
 # Where a Complete-the-Look query's context tokens come from (features/assets.py):
 # the largest region around the bbox, each of the four, the whole scene with the bbox
-# masked out, or the scene's other annotated items (a detector's boxes when serving).
-# Each view's last backbone feature map is pooled to a grid of tokens.
-CONTEXT_SOURCES = ("largest", "four", "masked", "items")
+# masked out, or the scene's other annotated items (a detector's boxes when serving), or
+# the masked scene first and then the items (a model reads the first view's tokens apart
+# with ``context_lead``). Each view's last backbone feature map is pooled to a grid of tokens.
+CONTEXT_SOURCES = ("largest", "four", "masked", "items", "masked+items")
 
 
 def context_views(
@@ -70,6 +71,10 @@ def context_views(
     as its Shop-the-Look query is (so the embedding cache already holds it), with the
     product's own box masked where they overlap (a coat over a shirt): no pixel of the
     product may show."""
+    if source == "masked+items":
+        # Always both or neither: a query's first view must be the scene.
+        scene = context_views(bbox, width, height, "masked")
+        return scene + context_views(bbox, width, height, "items", others) if scene else []
     if source == "items":
         product = stl_box(bbox, width, height)
         crops = dict.fromkeys(stl_box(other, width, height) for other in others)

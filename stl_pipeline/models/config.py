@@ -61,6 +61,12 @@ class TrainConfig:
         "what the products it shows are worn with; catalogue_category, the same in the category "
         "being completed (models/context.py).",
     )
+    context_lead: int = knob(
+        0,
+        "Graph models: each CTL query's first N context tokens (the masked scene's grid cells, "
+        "with ctl_scene_context's source masked+items) are read by a linear map, the rest as "
+        "context_values says; 0: all alike.",
+    )
     visual_skip: bool = knob(
         False, "Graph models: add the frozen visual vector's own tower to each product vector."
     )

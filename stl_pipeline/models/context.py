@@ -92,16 +92,26 @@ class CatalogueRead(nn.Module):
 class ContextAttention(nn.Module):
     """(Q, T, d) tokens and (Q,) categories to (Q, out_dim): the category-weighted sum of
     the tokens' values. Zero rows are padding and get no weight; a query without tokens
-    gets zeros."""
+    gets zeros. With ``lead``, each query's first ``lead`` tokens (the masked scene of
+    ``masked+items`` context) are no product to recognize and not weighed against the
+    garments: the mean of a linear map of them is added, and the attention is over the rest."""
 
     def __init__(
-        self, dim: int, categories: int, out_dim: int, hidden: int = 128, read: CatalogueRead | None = None
+        self,
+        dim: int,
+        categories: int,
+        out_dim: int,
+        hidden: int = 128,
+        read: CatalogueRead | None = None,
+        lead: int = 0,
     ) -> None:
         super().__init__()
         self.keys = nn.Linear(dim, hidden)
         self.values = read if read is not None else nn.Linear(dim, out_dim)
         self.category = nn.Embedding(categories, hidden)
         self.scale = 1 / math.sqrt(hidden)
+        self.lead = lead
+        self.lead_values = nn.Linear(dim, out_dim) if lead else None
 
     def forward(
         self, tokens: torch.Tensor, category: torch.Tensor, products: torch.Tensor, graph: HeteroData
@@ -109,18 +119,30 @@ class ContextAttention(nn.Module):
         """``products``: ``products(graph)``, which a ``CatalogueRead`` reads. Keys and values
         are computed for the tokens present only: on release-shaped data most queries have
         fewer than the widest one's, and the padding is most of the tensor."""
+        scene = None
+        if self.lead_values is not None:
+            lead, tokens = tokens[:, : self.lead], tokens[:, self.lead :]
+            shown = (lead.abs().sum(dim=-1) > 0).to(lead.dtype)
+            scene = (self.lead_values(lead) * shown[..., None]).sum(1) / shown.sum(1, keepdim=True).clamp(
+                min=1
+            )
         present = tokens.abs().sum(dim=-1) > 0
-        query, shown = present.nonzero()[:, 0], tokens[present]
+        query = present.nonzero()[:, 0]
         weights = self.weights(tokens, category)[present]
+        read = self._read(tokens[present], category[query], products, graph)
+        out = read.new_zeros(len(tokens), read.shape[1]).index_add(0, query, weights[:, None] * read)
+        return out if scene is None else out + scene.to(out.dtype)
+
+    def _read(
+        self, shown: torch.Tensor, category: torch.Tensor, products: torch.Tensor, graph: HeteroData
+    ) -> torch.Tensor:
+        """(N, out_dim) the values of ``shown`` tokens, whose queries complete ``category``."""
         if not isinstance(self.values, CatalogueRead):
-            read = self.values(shown)
-        elif self.values.by_category:
+            return self.values(shown)
+        if self.values.by_category:
             categories = self.category.num_embeddings
-            read = self.values(shown, products, worn_with(products, graph, categories), category[query])
-        else:
-            read = self.values(shown, products, worn_with(products, graph))
-        empty = read.new_zeros(len(tokens), read.shape[1])
-        return empty.index_add(0, query, weights[:, None] * read)
+            return self.values(shown, products, worn_with(products, graph, categories), category)
+        return self.values(shown, products, worn_with(products, graph))
 
     def weights(self, tokens: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         """(Q, T) the attention of each query over its tokens (zero rows are padding)."""

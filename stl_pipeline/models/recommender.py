@@ -100,12 +100,14 @@ class GraphRecommender(_Scored):
         edge_dims: dict[EdgeType, int] | None = None,
         visual_skip: bool = False,
         context_values: str = "linear",
+        context_lead: int = 0,
     ) -> None:
         """``categories`` > 0 gives the CTL query the context attention over that many
         product categories; its tokens have ``query_dim`` columns, like the global vector.
         ``context_values`` is what a token adds: a ``linear`` map of it, or, read from the
         ``catalogue``, what the product it shows is worn with (``CatalogueRead``; it needs
-        ``co_occurs`` edges)."""
+        ``co_occurs`` edges); ``context_lead`` tokens first in each query (the masked scene of
+        ``masked+items`` context) have a linear map of their own."""
         super().__init__()
         self.prior = PopularityPrior() if popularity_prior else None
         self.encoder = HeteroEncoder(node_dims, edge_types, kind, hidden, layers, heads, dropout, edge_dims)
@@ -120,7 +122,11 @@ class GraphRecommender(_Scored):
             if categories and CO_OCCURS not in edge_types:
                 raise ValueError("context_values catalogue reads co_occurs edges: build stl_graph with them")
             read = CatalogueRead(self.query_heads["stl"], by_category=context_values == "catalogue_category")
-        self.context = ContextAttention(query_dim, categories, out_dim, hidden, read) if categories else None
+        self.context = (
+            ContextAttention(query_dim, categories, out_dim, hidden, read, context_lead)
+            if categories
+            else None
+        )
         # The frozen visual vector through its own tower, added to the graph's product vector.
         self.visual = Projection(query_dim, out_dim, hidden=512, dropout=dropout) if visual_skip else None
 

@@ -62,6 +62,7 @@ def build_model(shape: GraphSchema, query_dim: int, config: TrainConfig) -> Reco
         edge_dims=shape.edge_dims if config.edge_features else None,
         visual_skip=config.visual_skip,
         context_values=config.context_values,
+        context_lead=config.context_lead,
     )
 
 

@@ -177,6 +177,8 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"unknown loss {config.loss!r}: use one of {sorted(LOSSES)}")
     if config.temperature <= 0:
         raise ValueError(f"temperature divides the cosines: {config.temperature} must be above 0")
+    if config.context_lead < 0:
+        raise ValueError(f"context_lead counts each query's first tokens: {config.context_lead} is below 0")
     if not 0 <= config.cold_start_dropout < 1:
         raise ValueError(
             f"cold_start_dropout is the share of products hidden a step: {config.cold_start_dropout} "
