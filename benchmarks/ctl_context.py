@@ -195,8 +195,9 @@ def main() -> None:
     vote = garments_vote(graph, pairs) or "no ground truth"
     print(f"test CTL HR@10 of the other garments' style vote: {vote}")
     rows = []
-    for view, choice in [(v, c) for v in args.views.split(",") for c in args.sources.split(",")]:
-        queries = stored | {"ctl": global_view(view, pairs, data_dir, stored["ctl"])}
+    views = {view: global_view(view, pairs, data_dir, stored["ctl"]) for view in args.views.split(",")}
+    for view, choice in [(v, c) for v in views for c in args.sources.split(",")]:
+        queries = stored | {"ctl": views[view]}
         source, _, grid = choice.partition(":")
         start = time.perf_counter()
         context = None if source == "none" else tokens(source, int(grid or 1), pairs, data_dir)

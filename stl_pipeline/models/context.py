@@ -128,7 +128,7 @@ class ContextAttention(nn.Module):
             )
         present = tokens.abs().sum(dim=-1) > 0
         query = present.nonzero()[:, 0]
-        weights = self.weights(tokens, category)[present]
+        weights = self.weights(tokens, category, present)[present]
         read = self._read(tokens[present], category[query], products, graph)
         out = read.new_zeros(len(tokens), read.shape[1]).index_add(0, query, weights[:, None] * read)
         return out if scene is None else out + scene.to(out.dtype)
@@ -144,9 +144,13 @@ class ContextAttention(nn.Module):
             return self.values(shown, products, worn_with(products, graph, categories), category)
         return self.values(shown, products, worn_with(products, graph))
 
-    def weights(self, tokens: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
-        """(Q, T) the attention of each query over its tokens (zero rows are padding)."""
-        present = tokens.abs().sum(dim=-1) > 0
+    def weights(
+        self, tokens: torch.Tensor, category: torch.Tensor, present: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(Q, T) the attention of each query over its tokens (zero rows are padding;
+        ``present``, the rows that are not, when the caller has it)."""
+        if present is None:
+            present = tokens.abs().sum(dim=-1) > 0
         scores = (self.keys(tokens[present]) * self.category(category[present.nonzero()[:, 0]])).sum(dim=-1)
         grid = scores.new_full(present.shape, -torch.inf)
         grid[present] = scores * self.scale
