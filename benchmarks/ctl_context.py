@@ -2,8 +2,8 @@
 
 For each context (``regions.CONTEXT_SOURCES``: the largest region around the bbox, all
 four, the whole scene with the bbox masked, the scene's other garments, or the masked scene
-and then the garments, whose first token a model with ``context_lead`` reads apart; each view's
-last feature map pooled to a grid of tokens), computes ``ctl_scene_context``'s tokens
+and then the garments, whose first view's tokens a model reads apart: ``context_lead`` is
+set per row; each view's last feature map pooled to a grid of tokens), computes ``ctl_scene_context``'s tokens
 with the pipeline's backbone (sharing the asset's embedding cache), trains each graph
 model with its asset's knobs, and prints validation and test CTL MRR and HR@10
 (same-category pool, popularity prior fitted) against the global vector alone (``none``).
@@ -45,6 +45,7 @@ from stl_pipeline.evaluation.report import query_contexts
 from stl_pipeline.features.backbone import load_backbone
 from stl_pipeline.features.embed import EmbeddingCache, embed_items
 from stl_pipeline.features.queries import context_items, token_keys
+from stl_pipeline.features.regions import lead_tokens
 from stl_pipeline.features.spec import BackboneSpec
 from stl_pipeline.generate import STYLES_FILE
 from stl_pipeline.graph.store import load_graph
@@ -211,6 +212,8 @@ def main() -> None:
         for kind, seed in [(k, int(s)) for k in args.kinds.split(",") for s in args.seeds.split(",")]:
             knobs = {
                 **specs[kind].defaults,
+                # Each source's own lead: the masked scene's tokens of masked+items, else none.
+                "context_lead": lead_tokens(source, int(grid or 1)),
                 **json.loads(args.knobs),
                 "context": context is not None,
                 "seed": seed,

@@ -49,7 +49,7 @@ from stl_pipeline.models.queries import Queries
 from stl_pipeline.models.record import build_model, schema
 from stl_pipeline.models.splits import CONTEXT_ASSET, QUERY_ASSETS, split_queries
 from stl_pipeline.registry import MODELS
-from stl_pipeline.training.loop import train
+from stl_pipeline.training.loop import check_context, train
 
 
 def load(data_dir: Path, copies: int = 1):
@@ -93,11 +93,13 @@ def tile(graph: HeteroData, train_q: dict, val_q: dict, copies: int):
 DEFAULTS = {spec.kind: spec.defaults for spec in MODELS}  # the training assets' own knobs
 
 
-def run(kind: str, device: torch.device, precision: str, data, epochs: int, overrides: dict):
-    """Seconds per epoch, the training result, and the validation MRRs with the fitted prior."""
+def run(kind: str, device: torch.device, precision: str, data, epochs: int, overrides: dict, context: dict):
+    """Seconds per epoch, the training result, and the validation MRRs with the fitted prior.
+    ``context``: the data's ``ctl_scene_context`` info, which the model's knobs must fit."""
     graph, train_q, val_q, query_dim = data
     knobs = {**DEFAULTS[kind], "epochs": epochs, "patience": epochs, "checkpoint_every": epochs}
     config = TrainConfig(kind=kind, **(knobs | overrides))
+    check_context(config, context)
     graph = graph.to(device)
     train_q, val_q = ({task: q.to(device) for task, q in split.items()} for split in (train_q, val_q))
     torch.manual_seed(0)
@@ -161,6 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     patiences = [int(p) for p in args.patience.split(",") if p]
     data = load(args.data_dir, args.tile)
+    context = read_embeddings(args.data_dir, CONTEXT_ASSET).info
     graph, train_q, _, _ = data
     print(
         f"{graph['product'].num_nodes} products, {graph['scene'].num_nodes} scenes, "
@@ -182,7 +185,13 @@ def main() -> None:
                     if precision != asked:
                         continue  # autocast is CUDA-only: on CPU bf16 would just rerun fp32
                     per_epoch, result, prior = run(
-                        kind, device, precision, load(args.data_dir, args.tile), args.epochs, overrides
+                        kind,
+                        device,
+                        precision,
+                        load(args.data_dir, args.tile),
+                        args.epochs,
+                        overrides,
+                        context,
                     )
                     peer = peer or per_epoch
                     best = result.history[result.best_epoch]

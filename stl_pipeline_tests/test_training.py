@@ -17,6 +17,7 @@ from stl_pipeline.training.loop import (
     PRIOR_WEIGHTS,
     _as_if_cold,
     batches,
+    check_context,
     fit_popularity_prior,
     train,
     validation_mrr,
@@ -257,6 +258,17 @@ def test_unknown_loss_or_task_is_refused(tmp_path: Path) -> None:
         train(model, graph, train_q, val_q, replace(CONFIG, lr_decay_patience=-1), tmp_path)
     with pytest.raises(ValueError, match="unknown tasks"):
         train(model, graph, {"outfit": train_q["stl"]}, val_q, CONFIG, tmp_path)
+
+
+def test_a_context_lead_that_the_tokens_source_does_not_put_first_is_refused() -> None:
+    config = replace(CONFIG, context=True, context_lead=1)
+    check_context(config, {"source": "masked+items", "grid": "1"})
+    check_context(replace(config, context_lead=0), {"source": "items", "grid": "1"})
+    check_context(replace(config, context=False), {"source": "items", "grid": "1"})
+    with pytest.raises(ValueError, match=r"source 'items' \(grid 1\) puts 0 there: set context_lead to 0"):
+        check_context(config, {"source": "items", "grid": "1"})
+    with pytest.raises(ValueError, match=r"puts 4 there: set context_lead to 4"):
+        check_context(config, {"source": "masked+items", "grid": "2"})
 
 
 def test_an_epoch_visits_every_query_once_in_steps_of_the_batch_size() -> None:

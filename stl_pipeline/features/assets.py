@@ -179,9 +179,9 @@ ctl_scene_embeddings = _query_asset(
 class ContextConfig(dg.Config):
     """Where the context tokens come from (``regions.CONTEXT_SOURCES``) and the grid each
     view's last feature map is pooled to; ``benchmarks/ctl_context.py`` compares them on
-    validation."""
+    validation: the masked scene and the other garments, one token each (docs/experiments.md)."""
 
-    source: str = "items"
+    source: str = "masked+items"
     grid: int = 1
 
 

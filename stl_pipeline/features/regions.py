@@ -62,6 +62,12 @@ def _inside(box: Box, outer: Box) -> bool:
 CONTEXT_SOURCES = ("largest", "four", "masked", "items", "masked+items")
 
 
+def lead_tokens(source: str, grid: int) -> int:
+    """How many of each query's first tokens are the masked scene, not a garment: a model's
+    ``context_lead`` must match it (``training.loop.check_context``)."""
+    return grid * grid if source == "masked+items" else 0
+
+
 def context_views(
     bbox: BBox, width: int, height: int, source: str, others: tuple[BBox, ...] = ()
 ) -> list[tuple[Box, Box | None]]:

@@ -60,9 +60,10 @@ def _train_asset(spec: ModelSpec, config_class: type[dg.Config]) -> dg.AssetsDef
         from stl_pipeline.models.record import build_model, model_record, schema
         from stl_pipeline.models.splits import split_queries
         from stl_pipeline.tracking import publish
-        from stl_pipeline.training.loop import train
+        from stl_pipeline.training.loop import check_context, train
 
         train_config = to_dataclass(TrainConfig, config.model_dump(), kind=kind)
+        check_context(train_config, ctl_scene_context.info)
         params = asdict(train_config)
         queries = {"stl": stl_crop_embeddings, "ctl": ctl_scene_embeddings}
         tokens = ctl_scene_context if train_config.context else None

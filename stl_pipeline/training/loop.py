@@ -14,6 +14,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.device import Precision
+from stl_pipeline.features.regions import lead_tokens
 from stl_pipeline.graph.schema import CO_OCCURS, CONTAINS, REV_CONTAINS
 from stl_pipeline.lifecycle import fit
 from stl_pipeline.metrics import mrr, ranks_in_category
@@ -183,6 +184,22 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(
             f"cold_start_dropout is the share of products hidden a step: {config.cold_start_dropout} "
             "is not in [0, 1)"
+        )
+
+
+def check_context(config: TrainConfig, info: dict[str, str]) -> None:
+    """Refuse a ``context_lead`` that does not match the tokens' source: read apart, a garment
+    would pass for the scene, or the scene for a garment to recognize (``info``: the
+    ``ctl_scene_context`` tokens' own)."""
+    if not config.context or not config.context_lead:
+        return
+    source, grid = info.get("source", "largest"), int(info.get("grid", 1))
+    lead = lead_tokens(source, grid)
+    if config.context_lead != lead:
+        raise ValueError(
+            f"context_lead {config.context_lead} reads each query's first tokens as the masked scene, "
+            f"but ctl_scene_context's source {source!r} (grid {grid}) puts {lead} there: set "
+            f"context_lead to {lead}, or ctl_scene_context's source to masked+items"
         )
 
 
