@@ -194,10 +194,11 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
 
     context = read_embeddings(data_dir, "ctl_scene_context")
     regions = read_embeddings(data_dir, "ctl_scene_embeddings")
-    assert context.info["source"] == "items" and context.info["grid"] == "1"
-    # One token per other garment of the scene (the generator puts each in its own place).
+    assert context.info["source"] == "masked+items" and context.info["grid"] == "1"
+    # The masked scene's token first, then one per other garment of the scene (the generator
+    # puts each in its own place).
     others = pairs.groupby("scene")["pair_id"].transform("size") - 1
-    expected = {f"{pair}/{t}" for pair, n in zip(pairs["pair_id"], others, strict=True) for t in range(n)}
+    expected = {f"{pair}/{t}" for pair, n in zip(pairs["pair_id"], others, strict=True) for t in range(1 + n)}
     assert set(context.keys) == expected and len(expected) > len(regions)
 
     again, _ = run(environ, groups=("features",))
