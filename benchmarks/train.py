@@ -60,8 +60,8 @@ def load(data_dir: Path, copies: int = 1):
     train_q, _ = split_queries(graph, pairs, queries, "train", context)
     val_q, _ = split_queries(graph, pairs, queries, "val", context)
     if copies > 1:
-        return *tile(graph, train_q, val_q, copies), queries["stl"].dim
-    return graph, train_q, val_q, queries["stl"].dim
+        return *tile(graph, train_q, val_q, copies), queries["stl"].dim, context.info
+    return graph, train_q, val_q, queries["stl"].dim, context.info
 
 
 def tile(graph: HeteroData, train_q: dict, val_q: dict, copies: int):
@@ -93,10 +93,10 @@ def tile(graph: HeteroData, train_q: dict, val_q: dict, copies: int):
 DEFAULTS = {spec.kind: spec.defaults for spec in MODELS}  # the training assets' own knobs
 
 
-def run(kind: str, device: torch.device, precision: str, data, epochs: int, overrides: dict, context: dict):
-    """Seconds per epoch, the training result, and the validation MRRs with the fitted prior.
-    ``context``: the data's ``ctl_scene_context`` info, which the model's knobs must fit."""
-    graph, train_q, val_q, query_dim = data
+def run(kind: str, device: torch.device, precision: str, data, epochs: int, overrides: dict):
+    """Seconds per epoch, the training result, and the validation MRRs with the fitted prior;
+    knobs that do not fit the data's ``ctl_scene_context`` tokens are refused."""
+    graph, train_q, val_q, query_dim, context = data
     knobs = {**DEFAULTS[kind], "epochs": epochs, "patience": epochs, "checkpoint_every": epochs}
     config = TrainConfig(kind=kind, **(knobs | overrides))
     check_context(config, context)
@@ -116,7 +116,7 @@ def run(kind: str, device: torch.device, precision: str, data, epochs: int, over
 
 def popularity_mrr(data) -> dict[str, float]:
     """Validation MRR of ranking by train popularity (contains in-degree), same-category pool."""
-    graph, _, val_q, _ = data
+    graph, _, val_q, _, _ = data
     degree = torch.bincount(graph[CONTAINS].edge_index[1], minlength=graph["product"].num_nodes).float()
     noise = torch.rand(len(degree), generator=torch.Generator().manual_seed(0)) * 1e-3
     category = graph["product"].category
@@ -163,8 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     patiences = [int(p) for p in args.patience.split(",") if p]
     data = load(args.data_dir, args.tile)
-    context = read_embeddings(args.data_dir, CONTEXT_ASSET).info
-    graph, train_q, _, _ = data
+    graph, train_q, _, _, _ = data
     print(
         f"{graph['product'].num_nodes} products, {graph['scene'].num_nodes} scenes, "
         f"{sum(graph[e].edge_index.shape[1] for e in graph.edge_types)} edges, "
@@ -191,7 +190,6 @@ def main() -> None:
                         load(args.data_dir, args.tile),
                         args.epochs,
                         overrides,
-                        context,
                     )
                     peer = peer or per_epoch
                     best = result.history[result.best_epoch]
