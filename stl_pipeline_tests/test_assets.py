@@ -275,6 +275,11 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
         low, high = report[f"{metric}_low"], report[f"{metric}_high"]
         assert ((low <= report[metric]) & (report[metric] <= high)).all(), metric
     assert (report.loc[report["method"] == "oracle", "of_oracle_HR@10"] == 1).all()
+    # Each row's HR@10 lead over the method without a graph it leads least surely, paired.
+    lead = report[["margin_HR@10_low", "margin_HR@10", "margin_HR@10_high"]]
+    assert (lead.diff(axis=1).iloc[:, 1:] >= 0).all().all() and lead.notna().all().all()
+    assert set(report["margin_over"]) <= {"popularity", "frozen_knn", "triplet_head", "two_tower"}
+    assert (report["margin_over"] != report["method"]).all()
 
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name("stl-pipeline")
@@ -298,6 +303,8 @@ def test_training_and_report_materialize_and_track_runs_in_mlflow(
         method = {spec.asset: spec.method for spec in MODELS}[tracked.data.tags["asset"]]
         logged = tracked.data.metrics["test_ctl_same_category_hr_at_10"]
         assert logged == pytest.approx(test_rows.loc[(method, "ctl", "same_category"), "HR@10"])
+        lead = tracked.data.metrics["test_ctl_same_category_margin_hr_at_10_low"]
+        assert lead == pytest.approx(test_rows.loc[(method, "ctl", "same_category"), "margin_HR@10_low"])
         assert "embedding_mean_pairwise_cosine" in tracked.data.metrics
     assert {r.data.tags["asset"]: r.data.params["lr"] for r in runs} == {
         "gat_model": "0.001",

@@ -12,8 +12,9 @@ from stl_pipeline.evaluation.embedding import (
 from stl_pipeline.evaluation.retrieval import (
     RetrievalTask,
     auc_per_query,
-    metrics,
+    per_query,
     sample_auc_negatives,
+    summary,
 )
 from stl_pipeline.metrics import bootstrap
 from stl_pipeline_tests.test_models import tiny_graph
@@ -31,12 +32,12 @@ TASK = RetrievalTask(torch.tensor([0, 2, 3]), CATEGORY, torch.tensor([[1, 1], [3
 
 
 def test_metrics_against_hand_computed_values() -> None:
-    catalogue = metrics(SCORES, TASK, "catalogue")
+    catalogue = summary(per_query(SCORES, TASK, "catalogue"))
     assert catalogue["HR@1"] == pytest.approx(1 / 3)
     assert catalogue["HR@5"] == pytest.approx(1.0)
     assert catalogue["MRR"] == pytest.approx((1 / 3 + 1 + 1 / 3) / 3)
     assert catalogue["NDCG@10"] == pytest.approx((1 / np.log2(4) + 1 + 1 / np.log2(4)) / 3)
-    same = metrics(SCORES, TASK, "same_category")
+    same = summary(per_query(SCORES, TASK, "same_category"))
     assert same["HR@1"] == pytest.approx(1 / 3) and same["MRR"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
     assert same["NDCG@10"] == pytest.approx((1 / np.log2(3) + 1 + 1 / np.log2(3)) / 3)
     # AUC per query against its negatives, as scikit-learn computes it: 0, 1, 0.
@@ -68,7 +69,7 @@ def test_hit_rates_and_ndcg_equal_pygs_link_prediction_metrics() -> None:
     scores = torch.randn(300, 80, generator=generator)
     truth = torch.randint(0, 80, (300,), generator=generator)
     task = RetrievalTask(truth, torch.zeros(80, dtype=torch.long), torch.zeros((300, 1), dtype=torch.long))
-    found = metrics(scores, task, "catalogue")
+    found = summary(per_query(scores, task, "catalogue"))
     top, label_index = scores.topk(50, dim=1).indices, torch.stack([torch.arange(300), truth])
     pyg = {"HR@10": LinkPredHitRatio(10), "HR@50": LinkPredHitRatio(50), "NDCG@10": LinkPredNDCG(10)}
     for name, metric in pyg.items():
@@ -91,7 +92,7 @@ def test_bootstrap_intervals_cover_the_mean_and_narrow_with_more_queries() -> No
 
 def test_unknown_pool_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown candidate pool"):
-        metrics(SCORES, TASK, "friends")
+        summary(per_query(SCORES, TASK, "friends"))
 
 
 def test_auc_negatives_share_the_category_and_avoid_the_scene() -> None:
@@ -101,7 +102,7 @@ def test_auc_negatives_share_the_category_and_avoid_the_scene() -> None:
     assert (negatives[1] == -1).all()  # category 1 has no product outside the scene
     scores = torch.tensor([[0.9, 0.0, 0.1, 0.2, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.1, 0.5]])
     task = RetrievalTask(torch.tensor([0, 4]), category, negatives)
-    assert metrics(scores, task, "catalogue")["AUC"] == 1.0  # only the first query has negatives
+    assert summary(per_query(scores, task, "catalogue"))["AUC"] == 1.0  # only the first query has negatives
 
 
 def test_mean_pairwise_cosine_by_hand_and_at_collapse() -> None:
@@ -188,3 +189,49 @@ def test_complete_the_look_rows_split_by_context_and_recovered_share() -> None:
     assert rows.loc[("oracle", "ctl", "annotated"), RECOVERED] == 1.0
     assert rows.loc[("popularity", "ctl", "image_only"), RECOVERED] == 0.0
     assert len(overall(table)) == 2 * 3 * 2  # two tasks, three methods, two pools
+
+
+def test_the_lead_over_methods_without_a_graph_is_paired_per_query() -> None:
+    """A model that finds every query the two-tower finds and a tenth more leads it beyond
+    doubt once each query's luck cancels, although the two methods' own intervals overlap;
+    the lead shown is over the method it leads least surely."""
+    import pandas as pd
+    from torch_geometric.data import HeteroData
+
+    from stl_pipeline.evaluation.report import MARGIN, report
+    from stl_pipeline.models.queries import Queries
+
+    n = 400
+    graph = HeteroData()
+    graph["product"].ids = [f"p{i}" for i in range(n)]
+    graph["product"].category = torch.zeros(n, dtype=torch.long)
+    pairs = pd.DataFrame({"scene": [f"s{i}" for i in range(n)], "product": graph["product"].ids})
+    truth = torch.arange(n)
+    queries = Queries(torch.zeros(n, 4), truth, truth % 2)
+    luck = torch.rand(n, generator=torch.Generator().manual_seed(0))
+
+    def finds(share: float):
+        def score(task: str, q: Queries, rows: pd.DataFrame) -> torch.Tensor:
+            hits = torch.nn.functional.one_hot(q.product, n).float()
+            return torch.where((luck < share)[:, None], hits, 1 - hits)  # a miss ranks the truth last
+
+        return score
+
+    methods = {"popularity": finds(0.1), "two_tower": finds(0.4), "gat": finds(0.5), "frozen_knn": finds(0.5)}
+    table = report(methods, graph, pairs, {"test": {"stl": queries}}, {"test": {"stl": pairs}})
+    rows = table[table["pool"] == "catalogue"].set_index("method")
+    gat, two_tower = rows.loc["gat"], rows.loc["two_tower"]
+    assert gat["HR@10_low"] < two_tower["HR@10_high"]  # separate intervals overlap
+    assert gat["margin_over"] == "frozen_knn"  # level with it: the least sure lead
+    assert gat[f"{MARGIN}"] == 0.0 and gat[f"{MARGIN}_low"] == gat[f"{MARGIN}_high"] == 0.0
+    without_knn = report(
+        {m: f for m, f in methods.items() if m != "frozen_knn"},
+        graph,
+        pairs,
+        {"test": {"stl": queries}},
+        {"test": {"stl": pairs}},
+    )
+    gat = without_knn[without_knn["pool"] == "catalogue"].set_index("method").loc["gat"]
+    assert gat["margin_over"] == "two_tower"
+    assert gat[MARGIN] == pytest.approx(float(((luck >= 0.4) & (luck < 0.5)).float().mean()))
+    assert gat[f"{MARGIN}_low"] > 0

@@ -55,11 +55,11 @@ def per_query(scores: torch.Tensor, task: RetrievalTask, pool: str) -> dict[str,
     return {name: value.double().numpy() for name, value in values.items()}
 
 
-def metrics(scores: torch.Tensor, task: RetrievalTask, pool: str) -> dict[str, float]:
-    """Every metric of one method on one task and pool, and its interval (``<metric>_low``,
-    ``<metric>_high``); a query without AUC negatives is left out of AUC (NaN if all are)."""
+def summary(per_query_values: dict[str, np.ndarray]) -> dict[str, float]:
+    """Every metric's mean over queries and its interval (``<metric>_low``, ``<metric>_high``);
+    a query without AUC negatives is left out of AUC (NaN if all are)."""
     result = {}
-    for name, values in per_query(scores, task, pool).items():
+    for name, values in per_query_values.items():
         valid = values[~np.isnan(values)]
         result[name] = float(valid.mean()) if len(valid) else float("nan")
         result[f"{name}_low"], result[f"{name}_high"] = bootstrap(values)
