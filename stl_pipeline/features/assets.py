@@ -9,6 +9,7 @@ import pandas as pd
 from stl_pipeline.executor import GPU_POOL, GPU_STEP_TAGS
 from stl_pipeline.features.partitions import PARTITIONS, in_partitions, partition_of
 from stl_pipeline.features.queries import ImageItem, context_items, image_items, query_items, token_keys
+from stl_pipeline.features.regions import tokens_source
 from stl_pipeline.guards import not_shrunk
 from stl_pipeline.io_managers import EmbeddingIOManager
 from stl_pipeline.plots import embedding_map
@@ -249,7 +250,7 @@ def _pair_items(
     """The items a pair-keyed asset embeds: one per query (``stl``, ``ctl``), or every view
     (``context``, for the source the tokens record)."""
     if kind == "context":
-        return context_items(pairs, scenes, embeddings.info.get("source", "largest"))
+        return context_items(pairs, scenes, tokens_source(embeddings.info))
     return query_items(pairs, scenes, kind)[0]
 
 

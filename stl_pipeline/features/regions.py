@@ -62,6 +62,12 @@ def _inside(box: Box, outer: Box) -> bool:
 CONTEXT_SOURCES = ("largest", "four", "masked", "items", "masked+items")
 
 
+def tokens_source(info: dict[str, str]) -> str:
+    """The source that context tokens were embedded from, by their info; tokens written
+    before the source was recorded are the largest region's."""
+    return info.get("source", "largest")
+
+
 def lead_tokens(source: str, grid: int) -> int:
     """How many of each query's first tokens are the masked scene, not a garment: a model's
     ``context_lead`` must match it (``training.loop.check_context``)."""

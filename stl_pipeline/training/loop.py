@@ -14,7 +14,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.device import Precision
-from stl_pipeline.features.regions import lead_tokens
+from stl_pipeline.features.regions import lead_tokens, tokens_source
 from stl_pipeline.graph.schema import CO_OCCURS, CONTAINS, REV_CONTAINS
 from stl_pipeline.lifecycle import fit
 from stl_pipeline.metrics import mrr, ranks_in_category
@@ -193,7 +193,7 @@ def check_context(config: TrainConfig, info: dict[str, str]) -> None:
     ``ctl_scene_context`` tokens' own)."""
     if not config.context or not config.context_lead:
         return
-    source, grid = info.get("source", "largest"), int(info.get("grid", 1))
+    source, grid = tokens_source(info), int(info.get("grid", 1))
     lead = lead_tokens(source, grid)
     if config.context_lead != lead:
         raise ValueError(
