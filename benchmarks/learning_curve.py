@@ -32,6 +32,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from stl_pipeline.catalogue import asset_path
+from stl_pipeline.evaluation.report import MARGIN_COLUMNS, lead_text
 from stl_pipeline.features.partitions import PARTITIONS
 from stl_pipeline.generate import FULL_SCALE, SHAPES, STYLES_FILE
 from stl_pipeline.registry import MODEL_ASSETS
@@ -126,10 +127,7 @@ def rows_of(result: dict, scale: float) -> list[dict]:
                 "queries": int(row["queries"]),
                 **{m: row[m] for m in ("HR@10", "HR@10_low", "HR@10_high", "MRR", "MRR_low", "MRR_high")},
                 "recovered": row.get("recovered_HR@10"),
-                **{
-                    m: row.get(m)
-                    for m in ("margin_HR@10", "margin_HR@10_low", "margin_HR@10_high", "margin_over")
-                },
+                **{m: row.get(m) for m in (*MARGIN_COLUMNS, "margin_over")},
                 "epochs": training.get("epochs_run"),
                 "train_s": result["assets"].get(asset) if asset else None,
             }
@@ -145,16 +143,7 @@ def shown_table(rows: pd.DataFrame) -> pd.DataFrame:
             for v, lo, hi in zip(rows[metric], rows[f"{metric}_low"], rows[f"{metric}_high"], strict=True)
         ]
     out["recovered"] = rows["recovered"].round(2)
-    out["lead over no graph (paired)"] = [
-        f"{v:+.3f} ({lo:+.3f} to {hi:+.3f}) {other}" if isinstance(other, str) else ""
-        for v, lo, hi, other in zip(
-            rows["margin_HR@10"],
-            rows["margin_HR@10_low"],
-            rows["margin_HR@10_high"],
-            rows["margin_over"],
-            strict=True,
-        )
-    ]
+    out["lead over no graph (paired)"] = lead_text(rows)
     out["epochs"] = rows["epochs"].astype("Int64")
     out["train s"] = rows["train_s"].round(0).astype("Int64")
     order = {key: i for i, key in enumerate(SHOWN)}

@@ -64,14 +64,14 @@ def _context(row: pd.Series) -> list[str]:
 
 def _test_metrics(table: pd.DataFrame, method: str) -> dict[str, float]:
     """Every test metric of ``method``, and its paired lead over the methods without a graph."""
-    from stl_pipeline.evaluation.report import MARGIN
+    from stl_pipeline.evaluation.report import MARGIN_COLUMNS
     from stl_pipeline.evaluation.retrieval import METRICS
 
     own = table[(table["method"] == method) & (table["split"] == "test")]
     return {
         _mlflow_name(row["split"], row["task"], *_context(row), row["pool"], metric): float(row[metric])
         for _, row in own.iterrows()
-        for metric in (*METRICS, MARGIN, f"{MARGIN}_low", f"{MARGIN}_high")
+        for metric in (*METRICS, *MARGIN_COLUMNS)
         if pd.notna(row.get(metric))
     }
 

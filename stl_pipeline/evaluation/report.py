@@ -32,6 +32,7 @@ RECOVERED = "recovered_HR@10"
 NO_GRAPH = ("popularity", "frozen_knn", "triplet_head", "two_tower")
 # HR@10's lead over the method without a graph that it leads least surely, paired per query.
 MARGIN = "margin_HR@10"
+MARGIN_COLUMNS = (MARGIN, f"{MARGIN}_low", f"{MARGIN}_high")
 QueryFn = Callable[[str, Queries], torch.Tensor]
 
 
@@ -223,6 +224,14 @@ def _margins(hits: dict[tuple, dict[str, np.ndarray]]) -> dict[tuple, dict]:
     return found
 
 
+def lead_text(rows: pd.DataFrame) -> list[str]:
+    """Each row's paired lead as people read it: the lead, its interval, over which method."""
+    return [
+        f"{v:+.3f} ({lo:+.3f} to {hi:+.3f}) over {other}" if isinstance(other, str) else ""
+        for v, lo, hi, other in zip(*(rows[c] for c in MARGIN_COLUMNS), rows["margin_over"], strict=True)
+    ]
+
+
 def overall(table: pd.DataFrame) -> pd.DataFrame:
     """The report's rows over all of a task's queries (``context`` ``all``): what gates,
     galleries and comparisons read."""
@@ -241,12 +250,7 @@ def shown(table: pd.DataFrame, split: str = "test", pool: str = "same_category")
         ]
     out["AUC"] = rows["AUC"].round(3)
     if MARGIN in rows:
-        out["lead over no graph (95% CI)"] = [
-            f"{v:+.3f} ({lo:+.3f} to {hi:+.3f}) over {other}" if isinstance(other, str) else ""
-            for v, lo, hi, other in zip(
-                rows[MARGIN], rows[f"{MARGIN}_low"], rows[f"{MARGIN}_high"], rows["margin_over"], strict=True
-            )
-        ]
+        out["lead over no graph (95% CI)"] = lead_text(rows)
     for column in (OF_ORACLE, RECOVERED):
         if column in rows:
             out[column] = rows[column].round(3)
