@@ -10,7 +10,10 @@ and memory. It prints one row per asset (its step, the checks on it, throughput,
 memory and GPU during the step) and the retrieval report's held-out test rows.
 
     .venv/bin/python benchmarks/end_to_end.py --scale 0.1 [--shape release] [--data DIR] [--device auto]
-        [--workers N] [--precision fp32] [--executor in_process] [--work DIR] [--json PATH]
+        [--workers N] [--precision fp32] [--executor in_process] [--epochs N] [--work DIR] [--json PATH]
+
+``--epochs N`` caps every trained model's epochs (their ``epochs`` run config), for a run at
+the release's size that must fit a time budget; the report then shows models stopped short.
 
 The demo backbone (tf_efficientnet_lite0, packaged weights, 128 px) embeds, as in
 ``make demo``, so no hub access is needed.
@@ -37,6 +40,7 @@ from stl_pipeline.catalogue import asset_path
 from stl_pipeline.evaluation.report import shown
 from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.generate import FULL_SCALE, SHAPES, GeneratorConfig, generate_dataset
+from stl_pipeline.registry import MODELS
 
 JOB = "stl_full_pipeline"
 
@@ -122,7 +126,10 @@ def run_config(args: argparse.Namespace) -> dict:
     device_config: dict = {"precision": args.precision}
     if args.workers is not None:
         device_config["num_workers"] = args.workers
-    return {"resources": {"torch_device": {"config": device_config}}}
+    config: dict = {"resources": {"torch_device": {"config": device_config}}}
+    if args.epochs is not None:
+        config["ops"] = {spec.asset: {"config": {"epochs": args.epochs}} for spec in MODELS}
+    return config
 
 
 # The in-process executor, as ``make demo`` runs the full job.
@@ -209,6 +216,7 @@ def main() -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--workers", type=int, help="data-loader processes (default: the resource's)")
     parser.add_argument("--executor", default="in_process", choices=["in_process", "multiprocess"])
+    parser.add_argument("--epochs", type=int, help="cap every trained model's epochs (default: its own)")
     parser.add_argument(
         "--work", type=Path, help="where the run writes (default: a temporary folder, removed)"
     )
@@ -318,6 +326,7 @@ def report(
             "shape": None if args.data else args.shape,
             "device": args.device,
             "executor": args.executor,
+            "epochs_cap": args.epochs,
             "succeeded": code == 0,
             "generate_seconds": generated,
             "total_seconds": round(total, 2),
