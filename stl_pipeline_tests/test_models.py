@@ -285,6 +285,36 @@ def test_catalogue_read_returns_what_the_recognized_product_is_worn_with() -> No
     assert torch.allclose(read(tokens, products, by_category, torch.tensor([1, 0])), by_category[[3, 4]])
 
 
+def test_catalogue_read_gives_the_dense_searchs_values_and_gradients(monkeypatch) -> None:
+    """The search runs without a gradient; the k best scores, computed again, must carry
+    exactly the gradient that a top-k over every product's score carries, block by block."""
+    monkeypatch.setattr(CatalogueRead, "BLOCK", 7)  # 20 tokens: three blocks
+    torch.manual_seed(0)
+    products = torch.randn(50, 8, requires_grad=True)
+    worn = torch.randn(50 * 3, 8, requires_grad=True)
+    tokens = torch.randn(20, 8, requires_grad=True)
+    category = torch.randint(0, 3, (20,))
+    read = CatalogueRead(torch.nn.Linear(8, 8), k=5, temperature=3.0, by_category=True)
+
+    def dense() -> torch.Tensor:
+        match, nearest = (read.recognize(tokens) @ products.T).topk(5, dim=1)
+        weights = torch.softmax(read.temperature * match, dim=1)
+        return (weights[..., None] * worn[nearest * 3 + category[:, None]]).sum(1)
+
+    outputs, grads = [], []
+    for forward in (dense, lambda: read(tokens, products, worn, category)):
+        out = forward()
+        out.square().sum().backward()
+        parameters = (tokens, products, worn, read.temperature, *read.recognize.parameters())
+        grads.append([p.grad.clone() for p in parameters])
+        outputs.append(out.detach())
+        for p in parameters:
+            p.grad = None
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-6)
+    for expected, found in zip(*grads, strict=True):
+        assert torch.allclose(expected, found, atol=1e-5)
+
+
 @pytest.mark.parametrize("values", ["catalogue", "catalogue_category"])
 def test_a_catalogue_model_reads_the_graphs_co_occurrences(values: str) -> None:
     graph = tiny_graph()

@@ -54,9 +54,10 @@ class CatalogueRead(nn.Module):
     of the category each token's query completes (``category``), since a pair of trousers
     says which shoes go with it and the mean over all its partners mixes in tops and bags.
     On validation a learned map after the read did worse than none, and so did k = 8
-    (benchmarks/ctl_context.py). Tokens are scored against the catalogue a block at a time
-    and only their k best scores are kept, and the values are summed by ``embedding_bag``
-    without gathering an (N, k, d) tensor, so memory grows with N * k, not N * P or N * k * d."""
+    (benchmarks/ctl_context.py). Tokens are scored against the catalogue a block at a time,
+    without a gradient, and only their k best are kept; the values are summed by
+    ``embedding_bag`` without gathering an (N, k, d) tensor of them. Time grows with N * P
+    (the search), memory and backward with N * k * d."""
 
     BLOCK = 4096  # tokens scored against the whole catalogue at once
 
@@ -80,9 +81,14 @@ class CatalogueRead(nn.Module):
         k = min(self.k, len(products))
         if not len(seen):
             return worn.new_zeros(0, worn.shape[1])
-        # topk's backward keeps only the indices: a block's (BLOCK, P) scores are transient.
-        scored = [(block @ products.T).topk(k, dim=1) for block in seen.split(self.BLOCK)]
-        match, nearest = torch.cat([s.values for s in scored]), torch.cat([s.indices for s in scored])
+        # Only the k best matches carry a gradient, so the search runs without one and their
+        # scores are computed again for them alone: backward then never multiplies an (N, P)
+        # gradient, which at the release's size was most of a step.
+        with torch.no_grad():
+            nearest = torch.cat(
+                [(block @ products.T).topk(k, dim=1).indices for block in seen.detach().split(self.BLOCK)]
+            )
+        match = torch.einsum("nd,nkd->nk", seen, products[nearest])
         if category is not None:
             nearest = nearest * (len(worn) // len(products)) + category[:, None]
         weights = F.softmax(self.temperature * match, dim=1)
