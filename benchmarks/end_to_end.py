@@ -10,13 +10,10 @@ and memory. It prints one row per asset (its step, the checks on it, throughput,
 memory and GPU during the step) and the retrieval report's held-out test rows.
 
     .venv/bin/python benchmarks/end_to_end.py --scale 0.1 [--shape release] [--data DIR] [--device auto]
-        [--workers N] [--precision fp32] [--executor in_process] [--concurrency N] [--epochs N]
-        [--work DIR] [--json PATH]
+        [--workers N] [--precision fp32] [--executor in_process] [--epochs N] [--work DIR] [--json PATH]
 
 ``--epochs N`` caps every trained model's epochs (their ``epochs`` run config), for a run at
 the release's size that must fit a time budget; the report then shows models stopped short.
-``--concurrency N`` (multiprocess) gives the pool ``gpu`` N slots and each step cores / N torch
-threads (``torch_device.cpu_threads``): on a CPU host, N embeddings or trainings side by side.
 
 The demo backbone (tf_efficientnet_lite0, packaged weights, 128 px) embeds, as in
 ``make demo``, so no hub access is needed.
@@ -130,9 +127,6 @@ def run_config(args: argparse.Namespace) -> dict:
     if args.workers is not None:
         device_config["num_workers"] = args.workers
     config: dict = {"resources": {"torch_device": {"config": device_config}}}
-    if args.concurrency > 1:
-        device_config["cpu_threads"] = max(1, len(os.sched_getaffinity(0)) // args.concurrency)
-        config["execution"] = {"config": {"multiprocess": {"max_concurrent": args.concurrency}}}
     if args.epochs is not None:
         config["ops"] = {spec.asset: {"config": {"epochs": args.epochs}} for spec in MODELS}
     return config
@@ -222,22 +216,12 @@ def main() -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--workers", type=int, help="data-loader processes (default: the resource's)")
     parser.add_argument("--executor", default="in_process", choices=["in_process", "multiprocess"])
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=1,
-        help="GPU-bound steps side by side (multiprocess), each with cores / N CPU threads",
-    )
     parser.add_argument("--epochs", type=int, help="cap every trained model's epochs (default: its own)")
     parser.add_argument(
         "--work", type=Path, help="where the run writes (default: a temporary folder, removed)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args()
-    if args.concurrency < 1:
-        parser.error(f"--concurrency {args.concurrency}: run at least one step at a time")
-    if args.concurrency > 1 and args.executor != "multiprocess":
-        parser.error("--concurrency runs steps side by side: add --executor multiprocess")
 
     work = args.work or Path(tempfile.mkdtemp(prefix="stl-e2e-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -249,9 +233,7 @@ def main() -> int:
             print(f"Generated {args.shape} scale {args.scale} into {data} in {generated:.1f} s", flush=True)
         env = environment(data, work, args.device)
         Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-        instance = yaml.safe_load((Path(__file__).parents[1] / "instance" / "dagster.yaml").read_text())
-        instance["concurrency"]["pools"]["default_limit"] = args.concurrency
-        (Path(env["DAGSTER_HOME"]) / "dagster.yaml").write_text(yaml.safe_dump(instance))
+        shutil.copy(Path(__file__).parents[1] / "instance" / "dagster.yaml", env["DAGSTER_HOME"])
         config_path = work / "run_config.yaml"
         config_path.write_text(yaml.safe_dump(run_config(args)))
         samples, stop = Samples(), threading.Event()
@@ -345,7 +327,6 @@ def report(
             "device": args.device,
             "executor": args.executor,
             "epochs_cap": args.epochs,
-            "concurrency": args.concurrency,
             "succeeded": code == 0,
             "generate_seconds": generated,
             "total_seconds": round(total, 2),

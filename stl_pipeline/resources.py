@@ -173,25 +173,6 @@ class TorchDevice(dg.ConfigurableResource):
         f"(decoding in-process), else one per CPU core this process may use, at most {MAX_LOADER_WORKERS}.",
     )
 
-    cpu_threads: int | None = Field(
-        default=None,
-        description="Threads a step's torch work uses on the CPU; empty: torch's default, one per "
-        "core. On a CPU host whose pool gpu has N slots, cores / N lets N steps run side by side.",
-    )
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Apply ``cpu_threads`` in the step's process: two steps of two threads each on two
-        cores take turns, while two of one thread each run side by side (docs/benchmarks.md)."""
-        if self.cpu_threads is None:
-            return
-        if self.cpu_threads < 1:
-            raise ValueError(
-                f"torch_device cpu_threads is {self.cpu_threads}: use 1 or more, or leave it empty"
-            )
-        import torch
-
-        torch.set_num_threads(self.cpu_threads)
-
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
 

@@ -245,28 +245,6 @@ def test_images_decode_in_process_on_the_cpu_and_in_workers_for_a_gpu() -> None:
     assert TorchDevice(num_workers=3).loader_workers(torch.device("cpu")) == 3  # set: kept
 
 
-def test_a_step_uses_the_cpu_threads_it_is_given() -> None:
-    import dagster as dg
-
-    from stl_pipeline.resources import TorchDevice
-
-    before = torch.get_num_threads()
-    try:
-        with dg.build_resources({"torch_device": TorchDevice(device="cpu", cpu_threads=1)}):
-            assert torch.get_num_threads() == 1
-        torch.set_num_threads(before)
-        with dg.build_resources({"torch_device": TorchDevice(device="cpu")}):
-            assert torch.get_num_threads() == before  # empty: torch's own
-        with (
-            pytest.raises(dg.DagsterResourceFunctionError) as refused,
-            dg.build_resources({"torch_device": TorchDevice(cpu_threads=0)}),
-        ):
-            pass
-        assert "cpu_threads is 0" in str(refused.value.__cause__)
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
