@@ -1,3 +1,5 @@
+import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -68,6 +70,27 @@ def test_end_to_end_benchmark_runs_the_lineage_and_writes_its_json(tmp_path: Pat
     assert contexts == {"all", "annotated", "image_only"}
     assert set(result["training"]) == {"gat_model", "sage_model", "triplet_head", "two_tower"}
     assert "gat_model" in run.stdout and "Retrieval report" in run.stdout
+
+
+def test_end_to_end_epochs_cap_is_run_config_the_job_accepts() -> None:
+    """``--epochs`` reaches every training asset as run config that the job validates."""
+    import dagster as dg
+
+    from stl_pipeline.definitions import defs
+    from stl_pipeline.registry import MODELS
+
+    spec = importlib.util.spec_from_file_location("end_to_end", ROOT / "benchmarks" / "end_to_end.py")
+    assert spec is not None and spec.loader is not None
+    end_to_end = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(end_to_end)
+    args = argparse.Namespace(precision="fp32", workers=None, epochs=5)
+    config = end_to_end.run_config(args)
+    assert {name: op["config"]["epochs"] for name, op in config["ops"].items()} == {
+        model.asset: 5 for model in MODELS
+    }
+    job = defs.resolve_job_def(end_to_end.JOB)
+    assert dg.validate_run_config(job, config)["ops"]["gat_model"]["config"]["epochs"] == 5
+    assert "ops" not in end_to_end.run_config(argparse.Namespace(precision="fp32", workers=None, epochs=None))
 
 
 def test_personalized_benchmark_times_every_stage() -> None:
