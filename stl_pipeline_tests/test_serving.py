@@ -11,6 +11,7 @@ from stl_pipeline.serving.recommend import (
     complete_the_look,
     finds_partners,
     hit_rate,
+    paired_lead,
     problems,
     rows,
     scene_context,
@@ -133,6 +134,23 @@ def test_complementary_hits_count_scene_partners_of_other_categories() -> None:
     assert sorted(map(tuple, truth.to_numpy())) == [("x", "y"), ("y", "x"), ("y", "z"), ("z", "y")]
     lists = pd.DataFrame({"query": ["x", "y"], "product": ["y", "q"]})
     assert hit_rate(lists, truth) == 0.25
+
+
+def test_paired_lead_counts_the_pairs_one_list_finds_and_the_other_misses() -> None:
+    """The lead is per pair, so two lists that share most hits compare by the few they do not;
+    its interval is a bootstrap over the pairs, and excludes zero only when the lead is real."""
+    truth = pd.DataFrame({"query": [f"q{i}" for i in range(400)], "product": ["p"] * 400})
+    both = pd.DataFrame({"query": [f"q{i}" for i in range(200)], "product": ["p"] * 200})
+    more = pd.concat(
+        [both, pd.DataFrame({"query": [f"q{i}" for i in range(200, 260)], "product": ["p"] * 60})]
+    )
+    lead, low, high = paired_lead(more, both, truth)
+    assert lead == pytest.approx(60 / 400)
+    assert 0 < low < lead < high
+    lead, low, high = paired_lead(both, more, truth)
+    assert high < 0
+    lead, low, high = paired_lead(both, both, truth)
+    assert lead == low == high == 0
 
 
 def test_scene_context_is_the_mean_query_of_a_products_scenes() -> None:

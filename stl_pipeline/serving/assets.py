@@ -114,6 +114,7 @@ def recommendations(
         complete_the_look,
         finds_partners,
         hit_rate,
+        paired_lead,
         rows,
         scene_partners,
         top_complementary,
@@ -204,6 +205,12 @@ def recommendations(
             **{
                 f"complementary_test_hit_rate@{k}_{name}": round(hit_rate(lists, truth), 4)
                 for name, lists in baselines.items()
+            },
+            **{
+                f"complementary_test_lead@{k}_over_{other}{part}": round(value, 4)
+                for part, value in zip(
+                    ("", "_low", "_high"), paired_lead(complementary, baselines[other], truth), strict=True
+                )
             },
             "category_share": dg.MetadataValue.md(markdown(shares.reset_index(), max_rows=20)),
             "preview": dg.MetadataValue.md(markdown(table.groupby("kind").head(3).round(4), max_rows=12)),
