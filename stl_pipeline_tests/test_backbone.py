@@ -13,6 +13,7 @@ from timm.data import ImageNetInfo
 from stl_pipeline.features.backbone import (
     BackboneSpec,
     BackboneUnavailable,
+    fold_batch_norms,
     load_backbone,
     load_weights,
     read_state_dict,
@@ -100,6 +101,42 @@ def test_random_weights_are_reproducible_and_named() -> None:
     assert np.array_equal(features(a, images), features(b, images))
     assert a.namespace() == b.namespace()
     assert a.namespace() != load_backbone(BackboneSpec(SMALL_MODEL, "none", image_size=96)).namespace()
+
+
+def test_batch_norms_fold_into_their_convolutions_and_the_features_stay() -> None:
+    spec = BackboneSpec("tf_efficientnet_lite0", "packaged", image_size=128)
+    backbone = load_backbone(spec)
+    original, _ = load_weights(spec)
+    original.reset_classifier(0)
+    original.eval()
+    norms = [m for m in backbone.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not norms  # every one followed a convolution
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in original.modules()) == 49
+    images = torch.randint(0, 256, (4, 3, 128, 128), dtype=torch.uint8)
+    folded = features(backbone, images)
+    backbone.model = original
+    assert np.allclose(folded, features(backbone, images), atol=1e-5)
+
+
+class NormFirst(torch.nn.Module):
+    """A convolution registered before the norm that in fact comes first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.norm = torch.nn.BatchNorm2d(3)
+        self.norm.running_mean.fill_(0.5)
+        self.norm.running_var.fill_(4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x)).mean((2, 3))
+
+
+def test_a_norm_that_does_not_follow_its_convolution_stays() -> None:
+    model = NormFirst().eval()
+    with pytest.warns(UserWarning, match="changed the features"):
+        assert fold_batch_norms(model, 8) is model
+    assert isinstance(model.norm, torch.nn.BatchNorm2d)  # the original is untouched
 
 
 # Real photographs that ship inside installed packages, with their ImageNet label and the
