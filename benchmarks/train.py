@@ -182,7 +182,7 @@ def main() -> None:
                 for asked in args.precisions.split(","):
                     precision = effective_precision(device, asked)
                     if precision != asked:
-                        continue  # autocast is CUDA-only: on CPU bf16 would just rerun fp32
+                        continue  # this device would run it as fp32 (device.py): a rerun of that row
                     per_epoch, result, prior = run(
                         kind,
                         device,

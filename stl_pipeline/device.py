@@ -1,8 +1,9 @@
 """Which torch device and precision a GPU-bound step runs on.
 
-``auto`` picks CUDA when present; reduced precision is autocast on CUDA only,
-since CPU autocast is slower than fp32 on most CPUs and changes results.
-torch is imported where it is used: the resources that name a precision load
+``auto`` picks CUDA when present. Reduced precision is autocast: fp16 and bf16 on CUDA,
+and bf16 on a CPU with native bf16 instructions (AVX-512 BF16 or AMX), where the backbone
+runs twice as fast (docs/benchmarks.md); elsewhere CPU autocast is slower than fp32, so
+the CPU runs fp32 there. torch is imported where it is used: the resources that name a precision load
 with the code location, which should not pay for torch.
 """
 
@@ -50,11 +51,20 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device("cpu")
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (oneDNN's own test)."""
+    import torch
+
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def effective_precision(device: torch.device, precision: Precision) -> Precision:
-    """The precision actually used: autocast applies on CUDA only."""
+    """The precision actually used: any on CUDA, bf16 on a CPU that has it natively, else fp32."""
     if precision not in ("fp32", *REDUCED):
         raise ValueError(f"unknown precision {precision!r}: use fp32, bf16 or fp16")
-    return precision if device.type == "cuda" else "fp32"
+    if device.type == "cuda" or (precision == "bf16" and device.type == "cpu" and native_cpu_bf16()):
+        return precision
+    return "fp32"
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
@@ -63,7 +73,7 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
     if effective_precision(device, precision) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(
-        device_type="cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        device_type=device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     )
 
 

@@ -117,7 +117,7 @@ def fit(
     finish: Callable[[dict], dict] | None = None,
 ) -> FitResult:
     """Train ``trainable.model`` on its device, resuming from ``checkpoint_dir/last.pt`` when it
-    was written with the same config. ``precision`` bf16 or fp16 autocasts on CUDA; fp16
+    was written with the same config. ``precision`` bf16 or fp16 autocasts (device.py says where); fp16
     scales the loss, so small gradients do not underflow to zero. ``finish`` rewrites the best
     checkpoint once, when training ends (the STL models fit their popularity prior there)."""
     check_schedule(config)

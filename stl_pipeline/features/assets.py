@@ -42,11 +42,11 @@ def _embed(
     device = torch_device.torch_device()
     precision = torch_device.precision_on(device)
     if precision != torch_device.precision:
-        context.log.warning(f"{torch_device.precision} autocast applies on CUDA only; {device} runs fp32")
+        context.log.warning(f"{device} cannot run {torch_device.precision} autocast fast; it runs fp32")
     workers = torch_device.loader_workers(device)
     model = backbone.load()
     context.log.info(f"{name}: {len(items)} images with {model.spec.model} ({model.weights_id}) on {device}")
-    pooled = EmbeddingCache(stl_files.path("cache", "embeddings"), model)
+    pooled = EmbeddingCache(stl_files.path("cache", "embeddings"), model, precision)
     embeddings, stats = embed_items(
         items,
         model,
@@ -54,7 +54,9 @@ def _embed(
         precision,
         batch_size=torch_device.batch_size,
         workers=workers,
-        cache=EmbeddingCache(stl_files.path("cache", f"tokens-{grid}"), model) if grid > 1 else pooled,
+        cache=EmbeddingCache(stl_files.path("cache", f"tokens-{grid}"), model, precision)
+        if grid > 1
+        else pooled,
         progress=lambda done, total: context.log.debug(f"{name}: {done}/{total}"),
         grid=grid,
         pooled_cache=pooled if grid else None,

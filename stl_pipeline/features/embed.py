@@ -1,7 +1,7 @@
 """Embed images in batches: decode in data-loader workers, infer on the device, cache by content.
 
 The cache is keyed by (image sha256, crop box) inside a namespace of
-(model, weights, transform), so new images cost work and old ones do not,
+(model, weights, transform, precision), so new images cost work and old ones do not,
 and a changed backbone never reuses stale vectors.
 """
 
@@ -124,10 +124,12 @@ def _part_batches(part: Path) -> Iterator[pa.RecordBatch]:
 
 
 class EmbeddingCache:
-    """Append-only parquet parts under ``root/<namespace>``; merged once there are many."""
+    """Append-only parquet parts under ``root/<namespace>``; merged once there are many.
+    Vectors computed in reduced precision differ from fp32's in the third decimal, so each
+    precision has its own namespace: one asset never mixes the two."""
 
-    def __init__(self, root: Path, backbone: Backbone) -> None:
-        self.dir = Path(root) / backbone.namespace()
+    def __init__(self, root: Path, backbone: Backbone, precision: Precision = "fp32") -> None:
+        self.dir = Path(root) / (backbone.namespace() + ("" if precision == "fp32" else f"-{precision}"))
         self.dir.mkdir(parents=True, exist_ok=True)
         about = self.dir / "backbone.json"
         if not about.exists():

@@ -91,7 +91,7 @@ class CatalogueRead(nn.Module):
         match = torch.einsum("nd,nkd->nk", seen, products[nearest])
         if category is not None:
             nearest = nearest * (len(worn) // len(products)) + category[:, None]
-        weights = F.softmax(self.temperature * match, dim=1)
+        weights = F.softmax(self.temperature * match, dim=1).to(worn.dtype)  # autocast may lower it
         return F.embedding_bag(nearest, worn, per_sample_weights=weights, mode="sum")
 
 
@@ -136,7 +136,8 @@ class ContextAttention(nn.Module):
         query = present.nonzero()[:, 0]
         weights = self.weights(tokens, category, present)[present]
         read = self._read(tokens[present], category[query], products, graph)
-        out = read.new_zeros(len(tokens), read.shape[1]).index_add(0, query, weights[:, None] * read)
+        weighted = weights[:, None] * read  # under autocast, in the wider of their dtypes
+        out = weighted.new_zeros(len(tokens), weighted.shape[1]).index_add(0, query, weighted)
         return out if scene is None else out + scene.to(out.dtype)
 
     def _read(

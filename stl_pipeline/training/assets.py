@@ -69,9 +69,13 @@ def _train_asset(spec: ModelSpec, config_class: type[dg.Config]) -> dg.AssetsDef
         tokens = ctl_scene_context if train_config.context else None
         train_q, _ = split_queries(stl_graph, stl_pairs, queries, "train", tokens)
         val_q, _ = split_queries(stl_graph, stl_pairs, queries, "val", tokens)
-        # Resuming is only right for the same config on the same data: a retrain on new data
-        # starts afresh, a retry of an interrupted one continues.
+        device = torch_device.torch_device()
+        precision = torch_device.precision_on(device)
+        # Resuming is only right for the same config on the same data in the same precision: a
+        # retrain on new data starts afresh, a retry of an interrupted one continues.
         digest = hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=8)
+        if precision != "fp32":  # fp32 keeps the folders that runs before the precision had
+            digest.update(precision.encode())
         for tensor in (*(stl_graph[t].x for t in stl_graph.node_types), *stl_graph.edge_index_dict.values()):
             digest.update(tensor.numpy().tobytes())
         for split in (train_q, val_q):
@@ -80,8 +84,6 @@ def _train_asset(spec: ModelSpec, config_class: type[dg.Config]) -> dg.AssetsDef
                     if tensor is not None:
                         digest.update(tensor.numpy().tobytes())
         checkpoints = stl_files.path("checkpoints", name, digest.hexdigest())
-        device = torch_device.torch_device()
-        precision = torch_device.precision_on(device)
         graph = stl_graph.to(device)
         train_q, val_q = ({task: q.to(device) for task, q in split.items()} for split in (train_q, val_q))
         torch.manual_seed(train_config.seed)
