@@ -19,6 +19,7 @@ from stl_pipeline.models.losses import (
 )
 from stl_pipeline.models.queries import Queries
 from stl_pipeline.models.record import build_model, schema
+from stl_pipeline.models.shapes import ROWS
 from stl_pipeline.registry import MODELS
 
 
@@ -121,7 +122,8 @@ def test_negatives_come_from_the_batch_and_the_positive_category() -> None:
     category = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
     positives = torch.tensor([0, 3, 5, 3])
     negatives = sample_negatives(positives, category, in_batch=True, same_category=20)
-    assert negatives.shared.tolist() == [0, 3, 5]  # each distinct positive once
+    assert negatives.drawn.tolist() == [0, 3, 5]  # each distinct positive once
+    assert len(negatives.shared) == ROWS and negatives.padding == ROWS - 3  # fillers: shapes.py
     assert negatives.own.shape == (4, 20)
     assert (category[negatives.own] == category[positives][:, None]).all()
     assert set(negatives.own[1].tolist()) == {3, 4}  # every product of category 1 can be drawn
@@ -133,16 +135,32 @@ def test_shared_negatives_are_capped_at_a_random_subset() -> None:
     category = torch.zeros(100, dtype=torch.long)
     positives = torch.arange(100).repeat(3)
     capped = sample_negatives(positives, category, same_category=0, max_shared=10)
-    assert capped.shared.shape == (10,) and len(set(capped.shared.tolist())) == 10
+    assert capped.drawn.shape == (10,) and len(set(capped.drawn.tolist())) == 10
     again = sample_negatives(positives, category, same_category=0, max_shared=10)
-    assert capped.shared.tolist() != again.shared.tolist()  # drawn afresh each step
-    assert len(sample_negatives(positives, category, same_category=0, max_shared=0).shared) == 100
+    assert capped.drawn.tolist() != again.drawn.tolist()  # drawn afresh each step
+    assert len(sample_negatives(positives, category, same_category=0, max_shared=0).drawn) == 100
     # The correction counts a product as offered with the share of distinct positives kept.
     log_q = sampling_log_q(
         torch.arange(100), category, batch=100, in_batch=True, same_category=0, max_shared=10
     )
     full = sampling_log_q(torch.arange(100), category, batch=100, in_batch=True, same_category=0)
     assert torch.allclose(log_q, full + torch.log(torch.tensor(10 / float(full.exp().sum()))), atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_filler_negatives_change_no_loss(loss: str) -> None:
+    """Shared negatives are padded to a bucket of rows for the CPU's kernel cache; the
+    fillers are offered to no query, so each loss is what it is without them."""
+    g = torch.Generator().manual_seed(0)
+    products = torch.nn.functional.normalize(torch.randn(50, 8, generator=g), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=1)
+    positives = torch.randint(1, 50, (6,), generator=g)
+    own = torch.randint(0, 50, (6, 4), generator=g)
+    bare = Negatives(positives.unique(), own)
+    padded = Negatives(torch.cat([bare.shared, torch.zeros(5, dtype=torch.long)]), own, padding=5)
+    assert torch.equal(padded.drawn, bare.shared)
+    found = [LOSSES[loss](queries, products, positives, n) for n in (bare, padded)]
+    assert torch.allclose(found[0], found[1])
 
 
 def test_scores_of_shared_and_own_negatives_are_the_dot_products() -> None:

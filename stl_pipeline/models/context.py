@@ -23,6 +23,7 @@ from torch import nn
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.graph.schema import CO_OCCURS
+from stl_pipeline.models.shapes import pad_rows
 
 
 def worn_with(products: torch.Tensor, graph: HeteroData, categories: int = 0) -> torch.Tensor:
@@ -135,7 +136,8 @@ class ContextAttention(nn.Module):
         present = tokens.abs().sum(dim=-1) > 0
         query = present.nonzero()[:, 0]
         weights = self.weights(tokens, category, present)[present]
-        read = self._read(tokens[present], category[query], products, graph)
+        # Padded to a bucket of rows (models/shapes.py); the fillers' values are dropped.
+        read = self._read(pad_rows(tokens[present]), pad_rows(category[query]), products, graph)[: len(query)]
         weighted = weights[:, None] * read  # under autocast, in the wider of their dtypes
         out = weighted.new_zeros(len(tokens), weighted.shape[1]).index_add(0, query, weighted)
         return out if scene is None else out + scene.to(out.dtype)
@@ -158,7 +160,9 @@ class ContextAttention(nn.Module):
         ``present``, the rows that are not, when the caller has it)."""
         if present is None:
             present = tokens.abs().sum(dim=-1) > 0
-        scores = (self.keys(tokens[present]) * self.category(category[present.nonzero()[:, 0]])).sum(dim=-1)
+        rows = int(present.sum())
+        shown, of = pad_rows(tokens[present]), pad_rows(category[present.nonzero()[:, 0]])
+        scores = (self.keys(shown) * self.category(of)).sum(dim=-1)[:rows]
         grid = scores.new_full(present.shape, -torch.inf)
         grid[present] = scores * self.scale
         return F.softmax(grid, dim=1).nan_to_num(0.0)

@@ -11,16 +11,25 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from stl_pipeline.models.shapes import pad_rows
+
 
 @dataclass(frozen=True)
 class Negatives:
-    """Product indices: ``shared`` (U,) offered to every query, ``own`` (B, K) to one query each."""
+    """Product indices: ``shared`` (U,) offered to every query, ``own`` (B, K) to one query each.
+    The last ``padding`` of ``shared`` are fillers, offered to no query (models/shapes.py)."""
 
     shared: torch.Tensor
     own: torch.Tensor
+    padding: int = 0
+
+    @property
+    def drawn(self) -> torch.Tensor:
+        """The shared negatives without their fillers."""
+        return self.shared[: len(self.shared) - self.padding]
 
     def to(self, device: torch.device) -> "Negatives":
-        return Negatives(self.shared.to(device), self.own.to(device))
+        return Negatives(self.shared.to(device), self.own.to(device), self.padding)
 
 
 def candidate_scores(
@@ -36,10 +45,10 @@ def candidate_scores(
     positive = (queries * products[positives]).sum(1)
     shared = queries @ products[negatives.shared].T
     own = torch.einsum("bd,bkd->bk", queries, products[negatives.own])
-    return positive, [
-        (shared, negatives.shared[None, :] != positives[:, None]),
-        (own, negatives.own != positives[:, None]),
-    ]
+    offered = negatives.shared[None, :] != positives[:, None]
+    if negatives.padding:
+        offered[:, len(negatives.shared) - negatives.padding :] = False
+    return positive, [(shared, offered), (own, negatives.own != positives[:, None])]
 
 
 def info_nce(
@@ -140,8 +149,8 @@ def sample_negatives(
     max_shared: int = 0,
 ) -> Negatives:
     """The batch's distinct positives, shared by every query (a random ``max_shared`` of them
-    when there are more; 0: all), and ``same_category`` random products of each positive's own
-    category (the hard ones)."""
+    when there are more; 0: all; padded with fillers to a bucket of rows, models/shapes.py),
+    and ``same_category`` random products of each positive's own category (the hard ones)."""
     if not in_batch and not same_category:
         raise ValueError("no negatives: enable in-batch or same-category negatives")
     shared = positives.new_zeros(0)
@@ -150,6 +159,8 @@ def sample_negatives(
         shared = torch.unique(positives)
         if 0 < max_shared < len(shared):
             shared = shared[torch.randperm(len(shared), generator=generator)[:max_shared]]
+    drawn = len(shared)
+    shared = pad_rows(shared[:, None])[:, 0] if drawn else shared
     own = positives.new_zeros(len(positives), 0)
     if same_category:
         categories = product_category[positives]
@@ -159,4 +170,4 @@ def sample_negatives(
         draw = torch.rand(len(positives), same_category, generator=generator, device=positives.device)
         offsets = (draw * counts[categories][:, None]).long()
         own = order[starts[categories][:, None] + offsets]
-    return Negatives(shared, own)
+    return Negatives(shared, own, len(shared) - drawn)
