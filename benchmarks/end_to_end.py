@@ -10,7 +10,7 @@ and memory. It prints one row per asset (its step, the checks on it, throughput,
 memory and GPU during the step) and the retrieval report's held-out test rows.
 
     .venv/bin/python benchmarks/end_to_end.py --scale 0.1 [--shape release] [--data DIR] [--device auto]
-        [--workers N] [--precision fp32] [--executor in_process] [--epochs N] [--work DIR] [--json PATH]
+        [--workers N] [--precision auto] [--executor in_process] [--epochs N] [--work DIR] [--json PATH]
 
 ``--epochs N`` caps every trained model's epochs (their ``epochs`` run config), for a run at
 the release's size that must fit a time budget; the report then shows models stopped short.
@@ -213,7 +213,7 @@ def main() -> int:
         "--shape", default="release", choices=SHAPES, help="generated scenes' shape (stl-generate --shape)"
     )
     parser.add_argument("--device", default="auto", help="STL_DEVICE: auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--workers", type=int, help="data-loader processes (default: the resource's)")
     parser.add_argument("--executor", default="in_process", choices=["in_process", "multiprocess"])
     parser.add_argument("--epochs", type=int, help="cap every trained model's epochs (default: its own)")

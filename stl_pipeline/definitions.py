@@ -79,7 +79,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "image_source": ImageSource(
                 url_template=settings.image_url_template, allowed_hosts=list(settings.allowed_hosts)
             ),
-            "torch_device": TorchDevice(device=settings.device),
+            "torch_device": TorchDevice(device=settings.device, precision=settings.precision),
             "backbone": BackboneResource(
                 model=settings.backbone,
                 weights=settings.backbone_weights,  # type: ignore[arg-type]

@@ -3,8 +3,9 @@
 ``auto`` picks CUDA when present. Reduced precision is autocast: fp16 and bf16 on CUDA,
 and bf16 on a CPU with native bf16 instructions (AVX-512 BF16 or AMX), where the backbone
 runs twice as fast (docs/benchmarks.md); elsewhere CPU autocast is slower than fp32, so
-the CPU runs fp32 there. torch is imported where it is used: the resources that name a precision load
-with the code location, which should not pay for torch.
+the CPU runs fp32 there. Precision ``auto`` is bf16 on such a CPU, where it was measured to
+validate as well as fp32, and fp32 everywhere else. torch is imported where it is used: the
+resources that name a precision load with the code location, which should not pay for torch.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import torch
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 REDUCED: tuple[str, ...] = ("bf16", "fp16")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", *REDUCED)
 DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
@@ -58,11 +60,20 @@ def native_cpu_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+def check_precision(precision: str) -> Precision:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    return precision  # type: ignore[return-value]
+
+
 def effective_precision(device: torch.device, precision: Precision) -> Precision:
-    """The precision actually used: any on CUDA, bf16 on a CPU that has it natively, else fp32."""
-    if precision not in ("fp32", *REDUCED):
-        raise ValueError(f"unknown precision {precision!r}: use fp32, bf16 or fp16")
-    if device.type == "cuda" or (precision == "bf16" and device.type == "cpu" and native_cpu_bf16()):
+    """The precision actually used: any on CUDA, bf16 on a CPU that has it natively, else fp32;
+    ``auto`` is bf16 on such a CPU and fp32 elsewhere."""
+    check_precision(precision)
+    cpu_bf16 = device.type == "cpu" and native_cpu_bf16()
+    if precision == "auto":
+        return "bf16" if cpu_bf16 else "fp32"
+    if device.type == "cuda" or (precision == "bf16" and cpu_bf16):
         return precision
     return "fp32"
 

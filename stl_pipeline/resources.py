@@ -164,7 +164,9 @@ class TorchDevice(dg.ConfigurableResource):
 
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N.")
     precision: Precision = Field(
-        default="fp32", description="fp32, or bf16 / fp16 autocast; reduced precision applies on CUDA only."
+        default="auto",
+        description="auto (bf16 on a CPU with native bf16, else fp32), fp32, or bf16 / fp16 autocast "
+        "(fp16 on CUDA only; bf16 on CUDA and such CPUs) (STL_PRECISION).",
     )
     batch_size: int = 64
     num_workers: int | None = Field(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from stl_pipeline.device import check_device_spec
+from stl_pipeline.device import Precision, check_device_spec, check_precision
 from stl_pipeline.generate import CATEGORIES_FILE, IMAGES_DIR, PAIRS_FILE
 from stl_pipeline.ids import check_url_template
 from stl_pipeline.personalized.files import HM_FILES
@@ -44,6 +44,7 @@ class Settings:
     backbone_checkpoint: str | None = None
     image_size: int | None = None
     device: str = "auto"
+    precision: Precision = "auto"
     mlflow_tracking_uri: str = ""
     retrain_cron: str = WEEKLY
     hm_retrain_cron: str = WEEKLY
@@ -127,6 +128,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         backbone_checkpoint=checkpoint,
         image_size=size,
         device=_device(environ.get("STL_DEVICE") or "auto"),
+        precision=_precision(environ.get("STL_PRECISION") or "auto"),
         mlflow_tracking_uri=environ.get("MLFLOW_TRACKING_URI")
         or f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
         retrain_cron=_cron(environ.get("STL_RETRAIN_CRON") or WEEKLY),
@@ -161,6 +163,13 @@ def _device(text: str) -> str:
         return check_device_spec(text)
     except ValueError as error:
         raise ValueError(f"STL_DEVICE: {error}") from None
+
+
+def _precision(text: str) -> Precision:
+    try:
+        return check_precision(text.strip().lower())
+    except ValueError as error:
+        raise ValueError(f"STL_PRECISION: {error}") from None
 
 
 def _cron(text: str) -> str:

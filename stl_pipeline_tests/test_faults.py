@@ -472,6 +472,7 @@ def test_atomically_written_files_get_the_mode_the_umask_gives(tmp_path: Path) -
 HOSTILE_ENVIRONMENT = [
     ({"STL_DEVICE": "gpu0; rm -rf /"}, "STL_DEVICE: unknown device"),
     ({"STL_DEVICE": "cuda:-1"}, "STL_DEVICE: unknown device"),
+    ({"STL_PRECISION": "int8"}, "STL_PRECISION: unknown precision 'int8'"),
     ({"STL_BACKBONE_IMAGE_SIZE": "100000"}, "STL_BACKBONE_IMAGE_SIZE='100000'"),
     ({"STL_BACKBONE_IMAGE_SIZE": "1e3"}, "STL_BACKBONE_IMAGE_SIZE='1e3'"),
     ({"STL_BACKBONE_IMAGE_SIZE": "9" * 5000}, "from 32 to 1024"),

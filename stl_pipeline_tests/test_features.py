@@ -229,6 +229,7 @@ def test_device_resolution_and_precision() -> None:
     # bf16 where the CPU multiplies it natively (AVX-512 BF16, AMX), else fp32; fp16 never
     assert effective_precision(cpu, "bf16") == ("bf16" if native_cpu_bf16() else "fp32")
     assert effective_precision(cpu, "fp16") == "fp32"
+    assert effective_precision(cpu, "auto") == ("bf16" if native_cpu_bf16() else "fp32")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         resolve_device("tpu")
     with pytest.raises(ValueError, match="unknown precision"):
