@@ -13,7 +13,7 @@ and the best validation MRR by then (the same run cut short: the learning-rate d
 not depend on it).
 
     .venv/bin/python benchmarks/train.py [--data-dir .stl_data] [--devices cpu,cuda]
-        [--precisions fp32,bf16] [--kinds gat,sage,triplet] [--epochs 20]
+        [--precisions fp32,bf16,auto] [--kinds gat,sage,triplet] [--epochs 20]
         [--variants '{}' '{"logq_correction": true, "category_negatives": 64}']
 
 ``make demo`` fills ``.stl_data``; any ``STL_DATA_DIR`` that has run the
@@ -181,7 +181,7 @@ def main() -> None:
                 device = resolve_device(name)
                 for asked in args.precisions.split(","):
                     precision = effective_precision(device, asked)
-                    if precision != asked:
+                    if asked != "auto" and precision != asked:
                         continue  # this device would run it as fp32 (device.py): a rerun of that row
                     per_epoch, result, prior = run(
                         kind,
