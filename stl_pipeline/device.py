@@ -11,6 +11,7 @@ resources that name a precision load with the code location, which should not pa
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
@@ -53,8 +54,10 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device("cpu")
 
 
+@functools.cache
 def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (oneDNN's own test)."""
+    """Whether this CPU multiplies bf16 in hardware (oneDNN's own test; asked once, as
+    ``autocast`` asks it every training step)."""
     import torch
 
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()

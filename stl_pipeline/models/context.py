@@ -160,9 +160,9 @@ class ContextAttention(nn.Module):
         ``present``, the rows that are not, when the caller has it)."""
         if present is None:
             present = tokens.abs().sum(dim=-1) > 0
-        rows = int(present.sum())
-        shown, of = pad_rows(tokens[present]), pad_rows(category[present.nonzero()[:, 0]])
-        scores = (self.keys(shown) * self.category(of)).sum(dim=-1)[:rows]
+        query = present.nonzero()[:, 0]
+        keys = self.keys(pad_rows(tokens[present]))  # padded as in forward
+        scores = (keys * self.category(pad_rows(category[query]))).sum(dim=-1)[: len(query)]
         grid = scores.new_full(present.shape, -torch.inf)
         grid[present] = scores * self.scale
         return F.softmax(grid, dim=1).nan_to_num(0.0)

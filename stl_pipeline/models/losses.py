@@ -46,8 +46,7 @@ def candidate_scores(
     shared = queries @ products[negatives.shared].T
     own = torch.einsum("bd,bkd->bk", queries, products[negatives.own])
     offered = negatives.shared[None, :] != positives[:, None]
-    if negatives.padding:
-        offered[:, len(negatives.shared) - negatives.padding :] = False
+    offered[:, len(negatives.drawn) :] = False  # the fillers, if any
     return positive, [(shared, offered), (own, negatives.own != positives[:, None])]
 
 
@@ -160,7 +159,7 @@ def sample_negatives(
         if 0 < max_shared < len(shared):
             shared = shared[torch.randperm(len(shared), generator=generator)[:max_shared]]
     drawn = len(shared)
-    shared = pad_rows(shared[:, None])[:, 0] if drawn else shared
+    shared = pad_rows(shared)
     own = positives.new_zeros(len(positives), 0)
     if same_category:
         categories = product_category[positives]

@@ -10,14 +10,7 @@ import torch.nn.functional as F
 ROWS = 256
 
 
-def padded(rows: int, multiple: int = ROWS) -> int:
-    """``rows`` rounded up to a multiple of ``multiple``."""
-    return -(-rows // multiple) * multiple
-
-
-def pad_rows(x: torch.Tensor, multiple: int = ROWS, value: float = 0) -> torch.Tensor:
-    """``x`` with rows of ``value`` appended up to a multiple of ``multiple`` rows."""
-    extra = padded(len(x), multiple) - len(x)
-    if not extra:
-        return x
-    return F.pad(x, (0, 0) * (x.dim() - 1) + (0, extra), value=value)
+def pad_rows(x: torch.Tensor, multiple: int = ROWS) -> torch.Tensor:
+    """``x`` with zero rows appended up to a multiple of ``multiple`` rows."""
+    extra = -len(x) % multiple
+    return F.pad(x, (0, 0) * (x.dim() - 1) + (0, extra)) if extra else x
