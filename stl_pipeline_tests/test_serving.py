@@ -113,6 +113,23 @@ def test_recommendation_tables_hold_their_invariants() -> None:
     assert looks.groupby("query").size().tolist() == [k, k, k, k, 3, k, k, k]
 
 
+def test_complete_the_look_is_the_dense_search_of_the_wanted_category() -> None:
+    """Searched per category and in chunks (more queries than a chunk), the lists are those of
+    one dense, masked queries x products search with the popularity bias added."""
+    vectors, category, _ = catalogue([60, 30, 20, 12, 3])
+    queries = torch.from_numpy(unit(1100, 16, 9))
+    wanted = torch.randint(0, 6, (1100,), generator=torch.Generator().manual_seed(0))  # 5: none
+    bias = torch.linspace(-0.2, 0.3, len(vectors))
+    scores, positions = complete_the_look(queries, vectors, category, wanted, 10, bias)
+    dense = torch.nn.functional.normalize(queries, dim=1) @ torch.nn.functional.normalize(vectors, dim=1).T
+    dense = (dense + bias).masked_fill(category[None, :] != wanted[:, None], float("-inf"))
+    expected, at = dense.topk(10, dim=1)
+    found = torch.isfinite(expected)
+    assert torch.equal(positions, at.masked_fill(~found, -1))
+    assert torch.allclose(scores[found], expected[found], atol=1e-6)
+    assert (positions[wanted == 5] == -1).all() and (positions[wanted == 4] >= 0).sum(dim=1).eq(3).all()
+
+
 def test_broken_tables_are_caught() -> None:
     vectors, category, ids = catalogue([30, 30])
     names = [f"c{c}" for c in category.tolist()]
