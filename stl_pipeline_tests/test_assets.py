@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from stl_pipeline.catalogue import read_embeddings
 from stl_pipeline.definitions import MODULES, build_definitions
+from stl_pipeline.device import effective_precision
 from stl_pipeline.evaluation.report import overall
 from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.features.partitions import PARTITIONS
@@ -27,7 +28,10 @@ CHECKS = dg.load_asset_checks_from_modules(MODULES)
 
 
 def run(
-    environ: dict, groups: tuple[str, ...] = ("ingest", "images"), **stl_files: object
+    environ: dict,
+    groups: tuple[str, ...] = ("ingest", "images"),
+    instance: dg.DagsterInstance | None = None,
+    **stl_files: object,
 ) -> tuple[dg.ExecuteInProcessResult, Path]:
     settings = load_settings(environ)
     resources = dict(build_definitions(settings).resources)
@@ -45,6 +49,7 @@ def run(
         resources=resources,
         tags=ALL_PARTITIONS,
         raise_on_error=False,
+        instance=instance,
     )
     return result, settings.data_dir
 
@@ -157,7 +162,8 @@ def test_quarantine_table_is_written_even_when_clean(tmp_path: Path, small_datas
 def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_dataset: Path) -> None:
     environ = generated_environ(tmp_path, small_dataset)
     groups = ("ingest", "images", "features", "graph")
-    result, data_dir = run(environ, groups=groups)
+    instance = dg.DagsterInstance.ephemeral()
+    result, data_dir = run(environ, groups=groups, instance=instance)
     assert result.success
     evaluated = checks(result)
     assert len(evaluated) == 35 and all(evaluated.values()), evaluated
@@ -171,6 +177,9 @@ def test_features_and_graph_materialize_on_generated_data(tmp_path: Path, small_
     meta = metadata(result, "product_embeddings")
     assert meta["computed"] == 120 and meta["images_per_second"] > 0
     assert meta["partitions"] == 16 and meta["count"] == meta["embedded"] == 120
+    # The default precision, auto, is what this CPU runs fast: nothing to warn about.
+    assert meta["precision"] == effective_precision(torch.device("cpu"), "auto")
+    assert not [e for e in instance.all_logs(result.run_id) if "autocast" in e.user_message]
     assert sorted(p.stem for p in (data_dir / "embeddings" / "product_embeddings").iterdir()) == list(
         PARTITIONS
     )

@@ -41,11 +41,15 @@ def _embed(
     name = context.asset_key.to_user_string()
     device = torch_device.torch_device()
     precision = torch_device.precision_on(device)
-    if precision != torch_device.precision:
-        context.log.warning(f"{device} cannot run {torch_device.precision} autocast fast; it runs fp32")
+    if torch_device.precision not in ("auto", precision):
+        context.log.warning(
+            f"{device} cannot run {torch_device.precision} autocast fast; it runs {precision}"
+        )
     workers = torch_device.loader_workers(device)
     model = backbone.load()
-    context.log.info(f"{name}: {len(items)} images with {model.spec.model} ({model.weights_id}) on {device}")
+    context.log.info(
+        f"{name}: {len(items)} images with {model.spec.model} ({model.weights_id}) on {device} in {precision}"
+    )
     pooled = EmbeddingCache(stl_files.path("cache", "embeddings"), model, precision)
     embeddings, stats = embed_items(
         items,
