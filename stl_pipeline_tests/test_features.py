@@ -209,6 +209,19 @@ def test_decoding_processes_keep_the_order_and_load_no_torch(tmp_path: Path) -> 
     assert loaded.stdout.strip() == "False"  # what the decoding processes import
 
 
+def test_views_of_one_image_decoded_once_are_each_as_if_alone(tmp_path: Path) -> None:
+    """A scene's views follow each other and share one decode: a mask drawn for one view must
+    not show in the next, nor a crop shift it."""
+    (item,) = write_images(tmp_path / "img", 1)
+    transform = Letterbox(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    views = [(None, (0, 0, 8, 8)), ((2, 2, 12, 12), None), (None, None), ((0, 0, 10, 20), (0, 0, 5, 5))]
+    jobs = [(f"v{i}", item.path, box, mask) for i, (box, mask) in enumerate(views)]
+    together = decode_batch(jobs, transform)
+    alone = np.concatenate([decode_batch([job], transform) for job in jobs])
+    assert np.array_equal(together, alone)
+    assert not np.array_equal(together[0], together[2])  # the mask did change the first view
+
+
 def test_the_cache_merges_its_parts_and_keeps_every_vector(tmp_path: Path, tiny_backbone) -> None:
     cache = EmbeddingCache(tmp_path / "cache", tiny_backbone)
     keys = [f"{i:064x}/full" for i in range(COMPACT_AFTER + 3)]

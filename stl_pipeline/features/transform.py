@@ -44,7 +44,7 @@ class Letterbox:
     def __call__(self, image: Image.Image, box: Box | None = None, mask: Box | None = None) -> np.ndarray:
         """A uint8 CHW array; uint8 keeps worker-to-device traffic four times smaller. A
         ``mask`` is filled with the mean colour, which normalizes to zero on the device."""
-        image = image.convert("RGB")
+        image = image.convert("RGB")  # a copy even when it is RGB already: the input stays as it was
         fill = tuple(round(255 * m) for m in self.mean)
         if mask is not None:
             image.paste(fill, mask)
@@ -73,9 +73,14 @@ def decode_batch(jobs: list[Job], transform: Letterbox) -> np.ndarray:
     """(B, 3, S, S) uint8: each image decoded as shown (upright, over white), cropped and
     letterboxed, so boxes meet the pixels they were drawn on; a bad file is named."""
     out = np.empty((len(jobs), 3, transform.size, transform.size), dtype=np.uint8)
+    # A scene's views follow each other (its pairs' regions, masks and garments): each is
+    # decoded once. The transform draws on a copy, never on the decoded image.
+    last: tuple[str, Image.Image] | None = None
     for row, (key, path, box, mask) in enumerate(jobs):
         try:
-            out[row] = transform(decode(path), box, mask)
+            if last is None or last[0] != path:
+                last = (path, decode(path))
+            out[row] = transform(last[1], box, mask)
         except (OSError, ValueError) as error:
             raise RuntimeError(
                 f"cannot read the image of {key} at {path}: {error}; "
