@@ -33,7 +33,7 @@ def test_each_model_s_knobs_are_train_config_with_its_registry_defaults() -> Non
         assert set(config.model_dump()) == names
         built = to_dataclass(TrainConfig, config.model_dump(), kind=spec.kind)
         assert built == TrainConfig(kind=spec.kind, **spec.defaults)
-    assert CONFIGS["gat"]().lr == 1e-3 and CONFIGS["sage"]().lr == TrainConfig().lr
+    assert CONFIGS["gat"]().lr == 1.5e-3 and CONFIGS["sage"]().lr == TrainConfig().lr
 
 
 def test_the_image_source_is_the_download_policy_and_a_success_rate() -> None:
