@@ -161,10 +161,9 @@ def complete_the_look(
             sims = asked[chosen] @ offered.T
             if boost is not None:
                 sims += boost
-            found, at = _topk(sims, k)
-            width = found.shape[1]
-            scores[chosen, :width] = found
-            positions[chosen, :width] = members[at]
+            found, at = sims.topk(min(k, len(members)), dim=1)  # every member is allowed
+            scores[chosen, : found.shape[1]] = found
+            positions[chosen, : found.shape[1]] = members[at]
     return scores, positions
 
 
