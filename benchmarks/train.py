@@ -31,6 +31,7 @@ import math
 import resource
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -100,6 +101,10 @@ def run(kind: str, device: torch.device, precision: str, data, epochs: int, over
     knobs = {**DEFAULTS[kind], "epochs": epochs, "patience": epochs, "checkpoint_every": epochs}
     config = TrainConfig(kind=kind, **(knobs | overrides))
     check_context(config, context)
+    if not config.context:  # as the training asset: a model that reads no tokens is given none
+        train_q, val_q = (
+            {t: replace(q, context=None) for t, q in split.items()} for split in (train_q, val_q)
+        )
     graph = graph.to(device)
     train_q, val_q = ({task: q.to(device) for task, q in split.items()} for split in (train_q, val_q))
     torch.manual_seed(0)
