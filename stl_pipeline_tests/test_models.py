@@ -1,9 +1,12 @@
+import math
+
 import pytest
 import torch
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.models.config import TrainConfig
 from stl_pipeline.models.context import CatalogueRead, ContextAttention, worn_with
+from stl_pipeline.models.dropout import Dropout, dropout
 from stl_pipeline.models.encoders import HeteroEncoder
 from stl_pipeline.models.heads import Projection, TripletHead
 from stl_pipeline.models.looks import look_clusters, look_loss
@@ -66,6 +69,37 @@ def test_heads_project_to_unit_vectors() -> None:
     head = TripletHead(32, out_dim=128).eval()
     assert head(x).shape == (8, 128) and torch.allclose(head(x).norm(dim=1), torch.ones(8), atol=1e-5)
     assert torch.allclose(Projection(32, 16)(x).norm(dim=1), torch.ones(8), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_dropout_drops_each_element_independently_at_its_rate(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    x = torch.ones(1001, 999, dtype=dtype, requires_grad=True)  # not a multiple of four draws
+    out = dropout(x, 0.3)
+    kept = out.detach() != 0
+    n = kept.numel()
+    tolerance = 5 * math.sqrt(0.3 * 0.7 / n)
+    assert abs(1 - kept.float().mean().item() - 0.3) < tolerance
+    # The four draws of one random word are independent: neighbours are kept together at 0.49.
+    both = (kept.flatten()[:-1] & kept.flatten()[1:]).float().mean().item()
+    assert abs(both - 0.49) < 5 * math.sqrt(0.49 * 0.51 / n)
+    assert torch.allclose(
+        out.detach()[kept].float(), torch.tensor(1 / 0.7), rtol=1e-2 if dtype != torch.float32 else 1e-4
+    )
+    out.float().sum().backward()
+    assert torch.equal(x.grad, out.detach())  # the gradient is the mask, scaled alike
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x.detach(), 0.3), out.detach())  # the seed decides the mask
+
+
+def test_dropout_off_at_zero_or_in_eval_all_at_one_and_refuses_a_bad_rate() -> None:
+    x = torch.randn(5, 7)
+    assert dropout(x, 0.0) is x and dropout(x, 0.5, training=False) is x
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        dropout(x, 1.5)
+    module = Dropout(0.5).eval()
+    assert module(x) is x and "p=0.5" in repr(module)
 
 
 def test_losses_match_hand_computed_values() -> None:

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATConv, HeteroConv, SAGEConv
 
+from stl_pipeline.models.dropout import dropout
+
 EdgeType = tuple[str, str, str]
 Kind = Literal["gat", "sage"]
 
@@ -84,9 +86,7 @@ class HeteroEncoder(nn.Module):
         for conv, norms in zip(self.convs, self.norms, strict=True):
             out = conv(h, edge_index_dict, edge_attr_dict=attrs) if attrs else conv(h, edge_index_dict)
             h = {
-                t: norms[t](h[t] + F.dropout(F.elu(out[t]), self.dropout, self.training))
-                if t in out
-                else h[t]
+                t: norms[t](h[t] + dropout(F.elu(out[t]), self.dropout, self.training)) if t in out else h[t]
                 for t in h
             }
         return h

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stl_pipeline.models.dropout import Dropout
+
 
 class Projection(nn.Module):
     """Linear-norm-ReLU-Dropout-Linear, L2-normalized so that scores are cosines."""
@@ -22,7 +24,7 @@ class Projection(nn.Module):
             nn.Linear(in_dim, hidden),
             norm(hidden),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(hidden, out_dim),
         )
 
