@@ -103,3 +103,11 @@ def test_personalized_benchmark_times_every_stage() -> None:
     assert stages == ["generate", "read_csv_floor", "ingest", "graph", "train", "report", "recommend"]
     ingest = rows[1 + stages.index("ingest")]
     assert "60,000 purchases, 0 quarantined" in ingest and ingest.split("|")[3].strip().endswith("x")
+
+
+def test_kernels_benchmark_compares_each_kernel_with_pytorchs_own() -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--repeats", "1", "--sizes", "tenth"]
+    table = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
+    rows = [line.split() for line in table.splitlines() if line.startswith(("dropout", "own scores"))]
+    assert len(rows) == 8  # two kernels, two shapes, two precisions
+    assert all(float(row[-1]) > 0 for row in rows)
