@@ -89,7 +89,7 @@ class CatalogueRead(nn.Module):
             nearest = torch.cat(
                 [(block @ products.T).topk(k, dim=1).indices for block in seen.detach().split(self.BLOCK)]
             )
-        match = (seen[:, None, :] * products[nearest]).sum(-1)  # not einsum: models/losses.py
+        match = torch.einsum("nd,nkd->nk", seen, products[nearest])
         if category is not None:
             nearest = nearest * (len(worn) // len(products)) + category[:, None]
         weights = F.softmax(self.temperature * match, dim=1).to(worn.dtype)  # autocast may lower it

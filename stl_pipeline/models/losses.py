@@ -44,9 +44,7 @@ def candidate_scores(
     """
     positive = (queries * products[positives]).sum(1)
     shared = queries @ products[negatives.shared].T
-    # A product and a sum, not einsum's B batched (1, d) x (d, K) products: on the CPU those
-    # took 2-4 times as long, forward and backward (docs/benchmarks.md).
-    own = (queries[:, None, :] * products[negatives.own]).sum(-1)
+    own = torch.einsum("bd,bkd->bk", queries, products[negatives.own])
     offered = negatives.shared[None, :] != positives[:, None]
     offered[:, len(negatives.drawn) :] = False  # the fillers, if any
     return positive, [(shared, offered), (own, negatives.own != positives[:, None])]
