@@ -1,14 +1,11 @@
-"""Two small kernels of every training step against PyTorch's own, forward and backward.
+"""Dropout on the CPU, ours against PyTorch's own, forward and backward.
 
-- ``dropout``: ``models.dropout.dropout`` (a CPU mask of four 16-bit draws per random 64-bit
-  word) against ``torch.nn.functional.dropout`` (``bernoulli_``, one draw at a time off Intel).
-- ``own scores``: each query's score with its own K negatives as a product and a sum
-  (``models.losses.candidate_scores``, ``models.context.CatalogueRead``) against
-  ``torch.einsum("bd,bkd->bk")``, which runs B batched (1, d) x (d, K) products.
-
-Shapes are a step's at a tenth of the release and at its size (the widths of the default
-recipe); precision is what training runs: fp32, or bf16 autocast (``--precisions``). The
-last column is PyTorch's time over ours, measured in the same run.
+``models.dropout.dropout`` draws its mask as four 16-bit values per random 64-bit word;
+``torch.nn.functional.dropout`` calls ``bernoulli_``, which draws one element at a time
+unless MKL's vectorized streams serve it (on Intel processors only). Shapes are a step's at
+a tenth of the release and at its size (the visual tower's hidden layer, a graph layer's
+scenes); precision is what training runs: fp32, or bf16 (``--precisions``). The last column
+is PyTorch's time over ours, measured in the same run.
 
     .venv/bin/python benchmarks/kernels.py [--repeats 20] [--threads 2] [--precisions fp32,bf16]
         [--sizes tenth,release]
@@ -27,10 +24,6 @@ from stl_pipeline.models.dropout import dropout
 DROPOUT_SHAPES = {  # (rows, width): the visual tower's hidden layer, a graph layer's scenes
     "tenth": [(3811, 512), (4774, 128)],
     "release": [(38111, 512), (47739, 128)],
-}
-SCORE_SHAPES = {  # (queries, K, d): same-category negatives, the catalogue read's matches
-    "tenth": [(2910, 8, 128), (2816, 32, 128)],
-    "release": [(28900, 8, 128), (28160, 32, 128)],
 }
 
 
@@ -56,25 +49,6 @@ def dropout_row(shape: tuple[int, int], precision: str, repeats: int) -> tuple[f
     return seconds(run(F.dropout), repeats), seconds(run(dropout), repeats)
 
 
-def scores_row(shape: tuple[int, int, int], precision: str, repeats: int) -> tuple[float, float]:
-    rows, k, width = shape
-    products = torch.randn(rows + 1000, width, requires_grad=True)
-    queries = torch.randn(rows, width, requires_grad=True)
-    own = torch.randint(0, len(products), (rows, k))
-
-    def run(score: Callable) -> Callable[[], None]:
-        def step() -> None:
-            products.grad = queries.grad = None
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                score(queries, products[own]).float().sum().backward()
-
-        return step
-
-    einsum = run(lambda q, p: torch.einsum("bd,bkd->bk", q, p))
-    product_sum = run(lambda q, p: (q[:, None, :] * p).sum(-1))
-    return seconds(einsum, repeats), seconds(product_sum, repeats)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -92,18 +66,18 @@ def main() -> None:
         for precision in args.precisions.split(","):
             for shape in DROPOUT_SHAPES[size]:
                 theirs, ours = dropout_row(shape, precision, args.repeats)
-                rows.append(["dropout p=0.3", size, "x".join(map(str, shape)), precision, theirs, ours])
-            for shape in SCORE_SHAPES[size]:
-                theirs, ours = scores_row(shape, precision, args.repeats)
-                rows.append(["own scores", size, "x".join(map(str, shape)), precision, theirs, ours])
-    print(f"{torch.get_num_threads()} threads, {args.repeats} repeats, forward and backward, ms a call")
+                rows.append([size, "x".join(map(str, shape)), precision, theirs, ours])
+    print(
+        f"dropout p=0.3, {torch.get_num_threads()} threads, {args.repeats} repeats, "
+        "forward and backward, ms a call"
+    )
     print(
         tabulate(
             [
-                [*row[:4], f"{row[4] * 1e3:.2f}", f"{row[5] * 1e3:.2f}", f"{row[4] / row[5]:.2f}"]
+                [*row[:3], f"{row[3] * 1e3:.2f}", f"{row[4] * 1e3:.2f}", f"{row[3] / row[4]:.2f}"]
                 for row in rows
             ],
-            headers=["kernel", "size", "shape", "precision", "PyTorch's", "ours", "PyTorch's / ours"],
+            headers=["size", "shape", "precision", "PyTorch's", "ours", "PyTorch's / ours"],
         )
     )
 

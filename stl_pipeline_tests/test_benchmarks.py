@@ -105,9 +105,9 @@ def test_personalized_benchmark_times_every_stage() -> None:
     assert "60,000 purchases, 0 quarantined" in ingest and ingest.split("|")[3].strip().endswith("x")
 
 
-def test_kernels_benchmark_compares_each_kernel_with_pytorchs_own() -> None:
+def test_kernels_benchmark_compares_our_dropout_with_pytorchs_own() -> None:
     command = [sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--repeats", "1", "--sizes", "tenth"]
     table = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
-    rows = [line.split() for line in table.splitlines() if line.startswith(("dropout", "own scores"))]
-    assert len(rows) == 8  # two kernels, two shapes, two precisions
+    rows = [line.split() for line in table.splitlines() if line.startswith("tenth")]
+    assert len(rows) == 4  # two shapes, two precisions
     assert all(float(row[-1]) > 0 for row in rows)
