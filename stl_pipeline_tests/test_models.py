@@ -22,7 +22,7 @@ from stl_pipeline.models.losses import (
 )
 from stl_pipeline.models.queries import Queries
 from stl_pipeline.models.record import build_model, schema
-from stl_pipeline.models.shapes import ROWS
+from stl_pipeline.models.shapes import ROWS, take
 from stl_pipeline.registry import MODELS
 
 
@@ -90,6 +90,22 @@ def test_cpu_dropout_drops_each_element_independently_at_its_rate(dtype: torch.d
     assert torch.equal(x.grad, out.detach())  # the gradient is the mask, scaled alike
     torch.manual_seed(0)
     assert torch.equal(dropout(x.detach(), 0.3), out.detach())  # the seed decides the mask
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 3), (2, 3, 4)])
+def test_take_gathers_rows_as_indexing_does_with_the_same_gradient(shape: tuple[int, ...]) -> None:
+    """``take`` is ``table[index]`` by another kernel: the same rows for an index of any shape,
+    and the same gradient, repeated rows summed."""
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(6, 4, generator=generator, requires_grad=True)
+    index = torch.randint(0, 6, shape, generator=generator)
+    index.view(-1)[:2] = 1  # a row taken twice at least
+    weights = torch.randn(*shape, 4, generator=generator)
+    (expected_grad,) = torch.autograd.grad((table[index] * weights).sum(), table)
+    taken = take(table, index)
+    assert taken.shape == (*shape, 4) and torch.equal(taken, table[index])
+    (grad,) = torch.autograd.grad((taken * weights).sum(), table)
+    assert torch.allclose(grad, expected_grad, atol=1e-6) and grad[1].abs().sum() > 0
 
 
 def test_dropout_off_at_zero_or_in_eval_all_at_one_and_refuses_a_bad_rate() -> None:

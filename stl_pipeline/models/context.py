@@ -23,7 +23,7 @@ from torch import nn
 from torch_geometric.data import HeteroData
 
 from stl_pipeline.graph.schema import CO_OCCURS
-from stl_pipeline.models.shapes import pad_rows
+from stl_pipeline.models.shapes import pad_rows, take
 
 
 def worn_with(products: torch.Tensor, graph: HeteroData, categories: int = 0) -> torch.Tensor:
@@ -36,12 +36,12 @@ def worn_with(products: torch.Tensor, graph: HeteroData, categories: int = 0) ->
     worn with."""
     source, target = graph[CO_OCCURS].edge_index
     partners = torch.bincount(source, minlength=len(products)).clamp(min=1).to(products.dtype)
-    worn = products.new_zeros(products.shape).index_add(0, source, products[target]) / partners[:, None]
+    worn = products.new_zeros(products.shape).index_add(0, source, take(products, target)) / partners[:, None]
     if not categories:
         return worn
     rows = source * categories + graph["product"].category[target]
     total = products.new_zeros(len(products) * categories, products.shape[1])
-    total = total.index_add(0, rows, products[target])
+    total = total.index_add(0, rows, take(products, target))
     seen = torch.bincount(rows, minlength=len(total)).to(products.dtype)
     return (total + worn.repeat_interleave(categories, dim=0)) / (seen + 1)[:, None]
 
@@ -89,7 +89,7 @@ class CatalogueRead(nn.Module):
             nearest = torch.cat(
                 [(block @ products.T).topk(k, dim=1).indices for block in seen.detach().split(self.BLOCK)]
             )
-        match = torch.einsum("nd,nkd->nk", seen, products[nearest])
+        match = torch.einsum("nd,nkd->nk", seen, take(products, nearest))
         if category is not None:
             nearest = nearest * (len(worn) // len(products)) + category[:, None]
         weights = F.softmax(self.temperature * match, dim=1).to(worn.dtype)  # autocast may lower it
@@ -129,11 +129,11 @@ class ContextAttention(nn.Module):
         scene = None
         if self.lead_values is not None:
             lead, tokens = tokens[:, : self.lead], tokens[:, self.lead :]
-            shown = (lead.abs().sum(dim=-1) > 0).to(lead.dtype)
+            shown = lead.ne(0).any(dim=-1).to(lead.dtype)
             scene = (self.lead_values(lead) * shown[..., None]).sum(1) / shown.sum(1, keepdim=True).clamp(
                 min=1
             )
-        present = tokens.abs().sum(dim=-1) > 0
+        present = tokens.ne(0).any(dim=-1)
         query = present.nonzero()[:, 0]
         weights = self.weights(tokens, category, present)[present]
         # Padded to a bucket of rows (models/shapes.py); the fillers' values are dropped.
@@ -159,7 +159,7 @@ class ContextAttention(nn.Module):
         """(Q, T) the attention of each query over its tokens (zero rows are padding;
         ``present``, the rows that are not, when the caller has it)."""
         if present is None:
-            present = tokens.abs().sum(dim=-1) > 0
+            present = tokens.ne(0).any(dim=-1)
         query = present.nonzero()[:, 0]
         keys = self.keys(pad_rows(tokens[present]))  # padded as in forward
         scores = (keys * self.category(pad_rows(category[query]))).sum(dim=-1)[: len(query)]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from stl_pipeline.models.shapes import pad_rows
+from stl_pipeline.models.shapes import pad_rows, take
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ def candidate_scores(
     which is small for the few same-category draws. The parts stay apart: joining them
     would copy the largest matrices of the step once more.
     """
-    positive = (queries * products[positives]).sum(1)
-    shared = queries @ products[negatives.shared].T
-    own = torch.einsum("bd,bkd->bk", queries, products[negatives.own])
+    positive = (queries * take(products, positives)).sum(1)
+    shared = queries @ take(products, negatives.shared).T
+    own = torch.einsum("bd,bkd->bk", queries, take(products, negatives.own))
     offered = negatives.shared[None, :] != positives[:, None]
     offered[:, len(negatives.drawn) :] = False  # the fillers, if any
     return positive, [(shared, offered), (own, negatives.own != positives[:, None])]

@@ -25,8 +25,8 @@ class Queries:
         return replace(self, **{f.name: _maybe(change, getattr(self, f.name)) for f in fields(self)})
 
     def rows(self, index: torch.Tensor) -> "Queries":
-        """The queries at ``index``, every field alike."""
-        return self._each(lambda tensor: tensor[index])
+        """The queries at ``index`` (a 1-D tensor of positions), every field alike."""
+        return self._each(lambda tensor: tensor.index_select(0, index))
 
     def to(self, device: torch.device | str) -> "Queries":
         return self._each(lambda tensor: tensor.to(device))

@@ -14,3 +14,12 @@ def pad_rows(x: torch.Tensor, multiple: int = ROWS) -> torch.Tensor:
     """``x`` with zero rows appended up to a multiple of ``multiple`` rows."""
     extra = -len(x) % multiple
     return F.pad(x, (0, 0) * (x.dim() - 1) + (0, extra)) if extra else x
+
+
+def take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for an index of any shape, through ``index_select``. The same rows,
+    but its backward is ``index_add``: that of ``table[index]`` is ``index_put_`` with
+    accumulation, which PyTorch's deterministic kernels run as a sort on the CPU. Gathering the
+    catalogue for 2,560 tokens' 32 nearest products took 85 ms forward and backward that way,
+    51 ms this way (bf16, benchmarks/kernels.py)."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])

@@ -23,6 +23,7 @@ from stl_pipeline.models.looks import look_clusters, look_loss
 from stl_pipeline.models.losses import LOSSES, Negatives, sample_negatives, sampling_log_q
 from stl_pipeline.models.queries import Queries
 from stl_pipeline.models.recommender import TASKS, Recommender, log_popularity
+from stl_pipeline.models.shapes import take
 
 
 @dataclass
@@ -273,7 +274,7 @@ class StlTrainable:
             source, target = partners[:, chosen_pairs.to(partners.device)].to(products.device)
             negatives = _negatives(target, category, config, generator)
             loss = loss + config.cooccurrence_weight * self.loss_fn(
-                products[source], products, target, negatives
+                take(products, source), products, target, negatives
             )
         return loss
 
