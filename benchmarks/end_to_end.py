@@ -69,30 +69,38 @@ def tree_rss_mb(root: psutil.Process) -> float:
     return total / 2**20
 
 
-def gpu_sample() -> tuple[float, float] | None:
+def sample_gpu(samples: Samples, stop: threading.Event) -> None:
+    """The card's busy share and memory, twice a second, from one ``nvidia-smi`` that loops
+    by itself: starting one for each sample cost the two-core machine's training about a
+    sixth of its speed (docs/benchmarks.md). Nothing when there is no ``nvidia-smi``."""
+    query = [
+        "-i",
+        "0",
+        "--query-gpu=utilization.gpu,memory.used",
+        "--format=csv,noheader,nounits",
+        "-lms",
+        "500",
+    ]
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
-    busy, used = (float(v) for v in out.split(","))
-    return busy, used
-
-
-def sample(root: psutil.Process, samples: Samples, cuda: bool, stop: threading.Event) -> None:
-    while not stop.is_set():
-        now = time.time()
+        smi = subprocess.Popen(["nvidia-smi", *query], stdout=subprocess.PIPE, text=True)
+    except OSError:
+        return
+    threading.Thread(target=lambda: (stop.wait(), smi.terminate()), daemon=True).start()
+    for line in smi.stdout or ():
         try:
-            samples.rss.append((now, tree_rss_mb(root)))
+            busy, used = (float(v) for v in line.split(",")[:2])
+        except ValueError:  # a card that reports [N/A]
+            continue
+        samples.gpu.append((time.time(), busy, used))
+    smi.wait()
+
+
+def sample(root: psutil.Process, samples: Samples, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            samples.rss.append((time.time(), tree_rss_mb(root)))
         except psutil.Error:
             return
-        if cuda and (found := gpu_sample()):
-            samples.gpu.append((now, *found))
         stop.wait(0.25)
 
 
@@ -242,14 +250,15 @@ def main() -> int:
             child = subprocess.Popen(
                 command(args.executor, config_path), env=env, stdout=log, stderr=subprocess.STDOUT
             )
-            sampler = threading.Thread(
-                target=sample,
-                args=(psutil.Process(child.pid), samples, args.device.startswith(("cuda", "auto")), stop),
-            )
-            sampler.start()
+            samplers = [threading.Thread(target=sample, args=(psutil.Process(child.pid), samples, stop))]
+            if args.device.startswith(("cuda", "auto")):
+                samplers.append(threading.Thread(target=sample_gpu, args=(samples, stop)))
+            for sampler in samplers:
+                sampler.start()
             code = child.wait()
             stop.set()
-            sampler.join()
+            for sampler in samplers:
+                sampler.join()
         total = time.time() - start
         return report(args, env, work, samples, total, generated, code)
     finally:

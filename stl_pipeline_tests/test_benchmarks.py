@@ -72,6 +72,14 @@ def test_end_to_end_benchmark_runs_the_lineage_and_writes_its_json(tmp_path: Pat
     assert "gat_model" in run.stdout and "Retrieval report" in run.stdout
 
 
+def _end_to_end():
+    spec = importlib.util.spec_from_file_location("end_to_end", ROOT / "benchmarks" / "end_to_end.py")
+    assert spec is not None and spec.loader is not None
+    end_to_end = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(end_to_end)
+    return end_to_end
+
+
 def test_end_to_end_epochs_cap_is_run_config_the_job_accepts() -> None:
     """``--epochs`` reaches every training asset as run config that the job validates."""
     import dagster as dg
@@ -79,10 +87,7 @@ def test_end_to_end_epochs_cap_is_run_config_the_job_accepts() -> None:
     from stl_pipeline.definitions import defs
     from stl_pipeline.registry import MODELS
 
-    spec = importlib.util.spec_from_file_location("end_to_end", ROOT / "benchmarks" / "end_to_end.py")
-    assert spec is not None and spec.loader is not None
-    end_to_end = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(end_to_end)
+    end_to_end = _end_to_end()
     args = argparse.Namespace(precision="fp32", workers=None, epochs=5)
     config = end_to_end.run_config(args)
     assert {name: op["config"]["epochs"] for name, op in config["ops"].items()} == {
@@ -111,3 +116,39 @@ def test_kernels_benchmark_compares_our_dropout_with_pytorchs_own() -> None:
     rows = [line.split() for line in table.splitlines() if line.startswith("tenth")]
     assert len(rows) == 4  # two shapes, two precisions
     assert all(float(row[-1]) > 0 for row in rows)
+
+
+def test_end_to_end_reads_the_gpu_from_one_looping_nvidia_smi(tmp_path: Path, monkeypatch) -> None:
+    """One ``nvidia-smi`` that loops, not one started per sample (which slowed training on two
+    cores); its unreadable lines are skipped, it is stopped with the run, and a machine without
+    it gets no GPU samples."""
+    import threading
+    import time
+
+    end_to_end = _end_to_end()
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "$@" > "$(dirname "$0")/args"\n'
+        "echo '[N/A], [N/A]'\n"
+        "while true; do echo '37, 1024'; sleep 0.05; done\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    samples, stop = end_to_end.Samples(), threading.Event()
+    sampler = threading.Thread(target=end_to_end.sample_gpu, args=(samples, stop))
+    sampler.start()
+    deadline = time.time() + 10
+    while len(samples.gpu) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    sampler.join(timeout=10)
+    assert not sampler.is_alive()
+    assert len(samples.gpu) >= 3 and {(busy, mb) for _, busy, mb in samples.gpu} == {(37.0, 1024.0)}
+    assert "-lms" in (fake.parent / "args").read_text().split()
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    none = end_to_end.Samples()
+    end_to_end.sample_gpu(none, threading.Event())
+    assert none.gpu == []
