@@ -110,12 +110,13 @@ def test_personalized_benchmark_times_every_stage() -> None:
     assert "60,000 purchases, 0 quarantined" in ingest and ingest.split("|")[3].strip().endswith("x")
 
 
-def test_kernels_benchmark_compares_our_dropout_with_pytorchs_own() -> None:
+def test_kernels_benchmark_compares_our_dropout_and_gather_with_pytorchs_own() -> None:
     command = [sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--repeats", "1", "--sizes", "tenth"]
     table = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
-    rows = [line.split() for line in table.splitlines() if line.startswith("tenth")]
-    assert len(rows) == 4  # two shapes, two precisions
-    assert all(float(row[-1]) > 0 for row in rows)
+    rows = [line for line in table.splitlines() if " tenth " in line]
+    for kernel in ("dropout", "gather"):  # two shapes each, in two precisions
+        assert len([row for row in rows if row.startswith(kernel)]) == 4, table
+    assert all(float(row.split()[-1]) > 0 for row in rows)
 
 
 def test_end_to_end_reads_the_gpu_from_one_looping_nvidia_smi(tmp_path: Path, monkeypatch) -> None:

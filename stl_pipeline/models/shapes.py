@@ -19,7 +19,8 @@ def pad_rows(x: torch.Tensor, multiple: int = ROWS) -> torch.Tensor:
 def take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``table[index]`` for an index of any shape, through ``index_select``. The same rows,
     but its backward is ``index_add``: that of ``table[index]`` is ``index_put_`` with
-    accumulation, which PyTorch's deterministic kernels run as a sort on the CPU. Gathering the
-    catalogue for 2,560 tokens' 32 nearest products took 85 ms forward and backward that way,
-    51 ms this way (bf16, benchmarks/kernels.py)."""
+    accumulation, which PyTorch's deterministic kernels run as a sort on the CPU. Gathering
+    and scoring the catalogue read's 32 nearest products and the 8 own negatives of a step
+    ran 1.5-3.5 times as fast at a tenth's shapes, 1.1-1.9 at the release's
+    (benchmarks/kernels.py)."""
     return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
