@@ -38,7 +38,6 @@ from tabulate import tabulate
 
 from stl_pipeline.catalogue import asset_path
 from stl_pipeline.evaluation.report import shown
-from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.generate import FULL_SCALE, SHAPES, GeneratorConfig, generate_dataset
 from stl_pipeline.registry import MODELS
 
@@ -156,7 +155,6 @@ def command(executor: str, config_path: Path) -> list[str]:
     if executor == "in_process":
         return [sys.executable, "-c", IN_PROCESS, str(config_path)]
     dagster = str(Path(sys.executable).with_name("dagster"))
-    every_partition = ["--tags", json.dumps(ALL_PARTITIONS)]
     return [
         dagster,
         "job",
@@ -167,7 +165,6 @@ def command(executor: str, config_path: Path) -> list[str]:
         JOB,
         "-c",
         str(config_path),
-        *every_partition,
     ]
 
 

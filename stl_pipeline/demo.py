@@ -11,7 +11,6 @@ import dagster as dg
 import pandas as pd
 
 from stl_pipeline.catalogue import asset_path
-from stl_pipeline.features.assets import ALL_PARTITIONS
 from stl_pipeline.settings import load_settings
 
 STL_FULL_PIPELINE = "stl_full_pipeline"
@@ -86,9 +85,6 @@ def execute_in_this_process(
         dg.reconstructable(job),
         instance,
         run_config=run_config | in_process,
-        tags=ALL_PARTITIONS
-        if job is full_pipeline
-        else None,  # every embedding partition, one step per asset
         raise_on_error=False,
     )
 

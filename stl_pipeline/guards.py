@@ -124,12 +124,12 @@ def _materialized_since(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: 
 
 
 def unresolved_failure(
-    instance: dg.DagsterInstance, asset: str, checks: Sequence[str], run_id: str
+    instance: dg.DagsterInstance, asset: str, checks: Sequence[str], run_id: str | None
 ) -> str | None:
-    """Why run ``run_id`` must not read ``asset``: the latest evaluation of one of its blocking
-    ``checks`` failed in an earlier run, and the asset was neither materialized again since nor
-    the failure acknowledged. In the failing run itself Dagster already skips what is
-    downstream, and the asset's other checks still read it."""
+    """Why run ``run_id`` (None: a read outside any run) must not read ``asset``: the latest
+    evaluation of one of its blocking ``checks`` failed in an earlier run, and the asset was
+    neither materialized again since nor the failure acknowledged. In the failing run itself
+    Dagster already skips what is downstream, and the asset's other checks still read it."""
     key = dg.AssetKey(asset)
     for name in checks:
         failed = _failed_evaluation(instance, dg.AssetCheckKey(key, name))

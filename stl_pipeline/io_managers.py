@@ -30,8 +30,20 @@ class _FileIOManager(dg.ConfigurableIOManager):
     def _refuse_failed(self, context: dg.InputContext) -> None:
         asset = context.asset_key.to_user_string()
         checks = self.blocking_checks.get(asset)
-        run_id = context.step_context.run_id
-        if checks and (reason := unresolved_failure(context.instance, asset, checks, run_id)):
+        if not checks:
+            return
+        try:
+            run_id: str | None = context.step_context.run_id
+        except dg.DagsterInvariantViolationError:  # a load outside any run: defs.load_asset_value
+            run_id = None
+        try:
+            instance = context.instance
+        except dg.DagsterInvariantViolationError:
+            raise FailedCheckError(
+                f"{asset} has blocking checks, and without an instance there is no telling whether "
+                "they passed: set DAGSTER_HOME to the instance that materialized it"
+            ) from None
+        if reason := unresolved_failure(instance, asset, checks, run_id):
             raise FailedCheckError(reason)
 
     @property
@@ -97,10 +109,15 @@ class EmbeddingIOManager(_FileIOManager):
         context.add_output_metadata({"path": dg.MetadataValue.path(str(folder))})
 
     def load_input(self, context: dg.InputContext) -> Any:
-        if not context.has_asset_partitions:
+        if context.has_asset_partitions:
+            partitions = context.asset_partition_keys
+        elif context.asset_partitions_def is not None:
+            # A load that names no partition (``defs.load_asset_value`` in a notebook): all of them.
+            partitions = context.asset_partitions_def.get_partition_keys()
+        else:
             return super().load_input(context)
         self._refuse_failed(context)
-        return self.load_partitions(context.asset_key.to_user_string(), context.asset_partition_keys)
+        return self.load_partitions(context.asset_key.to_user_string(), list(partitions))
 
     def load_partitions(self, asset: str, partitions: list[str]) -> Embeddings:
         from stl_pipeline.vectors import load_partitions

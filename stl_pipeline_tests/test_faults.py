@@ -31,6 +31,7 @@ from stl_pipeline.features.partitions import PARTITIONS
 from stl_pipeline.generate import generate_dataset
 from stl_pipeline.generate.dataset import signature
 from stl_pipeline.graph.store import load_graph
+from stl_pipeline.guards import FailedCheckError
 from stl_pipeline.images.decode import ImageLimits, decode
 from stl_pipeline.images.download import CACHED, DOWNLOADED, FAILED, Downloader
 from stl_pipeline.images.policy import DownloadPolicy
@@ -1024,6 +1025,9 @@ def test_a_failed_blocking_check_stops_later_runs_until_rematerialized_or_acknow
     message = failure.step_failure_data.error.cause.message
     assert "product_embeddings failed its blocking check product_embeddings_not_shrunk" in message
     assert "count fell from 1000" in message and "stl-acknowledge product_embeddings_not_shrunk" in message
+    # A notebook's read, outside any run, is refused alike.
+    with pytest.raises(FailedCheckError, match="blocking check product_embeddings_not_shrunk"):
+        build_definitions(load_settings(environ)).load_asset_value("product_embeddings", instance=instance)
 
     # An operator who knows the output is right acknowledges the failure, with a reason.
     command = [str(Path(sys.executable).with_name("stl-acknowledge")), "product_embeddings_not_shrunk"]

@@ -1,5 +1,6 @@
 """Assets of the ``features`` group: backbone embeddings of images and scene queries, and their checks."""
 
+import json
 import warnings
 
 import dagster as dg
@@ -25,6 +26,21 @@ ALL_PARTITIONS = {
     "dagster/asset_partition_range_end": PARTITIONS[-1],
 }
 Parts = dict[str, Embeddings]
+
+
+def _partitions(context: dg.AssetExecutionContext) -> list[str]:
+    """The run's partitions, or an error that says how to name them: Dagster runs a job that
+    holds these assets without partitions when its run has no partition tags (``dagster job
+    execute -j stl_embed`` as Dagster's docs teach it)."""
+    if not (context.has_partition_key or context.has_partition_key_range):
+        name = context.asset_key.to_user_string()
+        raise dg.Failure(
+            f"{name} is partitioned by the leading hex digit of the image signature, and this run "
+            "names no partition. Run stl_full_pipeline or stl_ingest (every partition), pass the tags "
+            f"'{json.dumps(ALL_PARTITIONS)}' for all sixteen in one step, or one partition "
+            "(dagster asset materialize --partition 0, a backfill of stl_embed)."
+        )
+    return list(context.partition_keys)
 
 
 def _embed(
@@ -87,7 +103,7 @@ def _split(
 ) -> Parts:
     """The run's vectors by partition, each partition's materialization with its own count."""
     rows = np.asarray(row_partitions, dtype=object)
-    parts = {p: embeddings.where(rows == p) for p in context.partition_keys}
+    parts = {p: embeddings.where(rows == p) for p in _partitions(context)}
     for partition, part in parts.items():
         context.add_asset_metadata({"count": len(part)}, partition_key=partition)
     context.add_output_metadata(metadata)
@@ -122,7 +138,7 @@ def product_embeddings(
     backbone: BackboneResource,
     stl_files: StlFiles,
 ) -> Parts:
-    items = in_partitions(image_items(product_images), context.partition_keys)
+    items = in_partitions(image_items(product_images), _partitions(context))
     embeddings, metadata = _embed(context, items, torch_device, backbone, stl_files)
     category = dict(zip(stl_products["product"], stl_products["category"].astype(str), strict=True))
     if len(embeddings):
@@ -143,7 +159,7 @@ def scene_embeddings(
     backbone: BackboneResource,
     stl_files: StlFiles,
 ) -> Parts:
-    items = in_partitions(image_items(scene_images), context.partition_keys)
+    items = in_partitions(image_items(scene_images), _partitions(context))
     embeddings, metadata = _embed(context, items, torch_device, backbone, stl_files)
     return _split(context, embeddings, [partition_of(i) for i in items], metadata)
 
@@ -161,7 +177,7 @@ def _query_asset(name: str, kind: str, description: str) -> dg.AssetsDefinition:
         stl_files: StlFiles,
     ) -> Parts:
         items, without_region = query_items(stl_pairs, scene_images, kind)
-        items = in_partitions(items, context.partition_keys)
+        items = in_partitions(items, _partitions(context))
         embeddings, metadata = _embed(context, items, torch_device, backbone, stl_files)
         if kind == "ctl":
             metadata["pairs_without_region"] = without_region
@@ -213,7 +229,7 @@ def ctl_scene_context(
             f"ctl_scene_context: source {config.source!r}, grid {config.grid}: use a source of "
             f"{', '.join(CONTEXT_SOURCES)} and a grid of 1 to 4"
         )
-    items = in_partitions(context_items(stl_pairs, scene_images, config.source), context.partition_keys)
+    items = in_partitions(context_items(stl_pairs, scene_images, config.source), _partitions(context))
     views, metadata = _embed(context, items, torch_device, backbone, stl_files, grid=config.grid)
     per_view = config.grid**2
     tokens = Embeddings(
