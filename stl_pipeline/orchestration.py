@@ -125,4 +125,4 @@ def stl_raw_files_sensor(
     # to earlier contents (A -> B -> A) are a change too, and are ingested again.
     cursor = f"{changes + 1}:{digest}"
     context.update_cursor(cursor)
-    return dg.RunRequest(run_key=cursor, tags={"stl/raw_sha256": digest, **ALL_PARTITIONS})
+    return dg.RunRequest(run_key=cursor, tags={"stl/raw_sha256": digest})  # the job adds every partition
