@@ -8,7 +8,7 @@ STL_DATA_DIR ?= $(CURDIR)/.stl_data
 DAGSTER_HOME ?= $(STL_DATA_DIR)/dagster_home
 export STL_DATA_DIR DAGSTER_HOME
 
-.PHONY: install browser postgres demo test lint format ui mlflow bench lock clean
+.PHONY: install browser postgres engine demo test lint format ui mlflow bench lock clean
 
 install: $(STAMP)
 
@@ -21,10 +21,14 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/stl-demo
 
-# The gallery test renders pages in Debian's Chromium and the deployment test runs a throwaway
-# PostgreSQL server; with both required, a missing one fails rather than skips.
+# The gallery test renders pages in Debian's Chromium, the deployment test runs a throwaway
+# PostgreSQL server and the container test builds and starts docker/ on a Docker engine
+# (started here if none answers, and stopped again); with all three required, a missing one
+# fails rather than skips.
 test: install lint browser postgres
-	STL_TEST_REQUIRE_BROWSER=1 STL_TEST_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
+	docker/engine.sh start
+	STL_TEST_REQUIRE_BROWSER=1 STL_TEST_REQUIRE_POSTGRES=1 STL_TEST_REQUIRE_DOCKER=1 \
+		$(BIN)/python -m pytest; status=$$?; docker/engine.sh stop; exit $$status
 
 # Debian's chromium, for the browser tests (as root, or through sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -36,6 +40,11 @@ browser:
 postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
+
+# A Docker engine for docker/ on a Debian host: docker.io, Compose v2, buildx, dockerd, and a
+# debian:bookworm-slim made with debootstrap where no registry answers (docker/engine.sh).
+engine:
+	docker/engine.sh start
 
 lint: install
 	$(BIN)/ruff check stl_pipeline stl_pipeline_tests benchmarks
