@@ -25,8 +25,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until(ready: Callable[[], object], timeout: float, what: str, logs: Sequence[Path] = ()) -> object:
-    """Poll ``ready`` until it returns something truthy; on time-out fail with the logs' tails."""
+def wait_until(
+    ready: Callable[[], object],
+    timeout: float,
+    what: str,
+    logs: Sequence[Path] = (),
+    context: Callable[[], str] | None = None,
+) -> object:
+    """Poll ``ready`` until it returns something truthy; on time-out fail with the logs' tails
+    (files, or what ``context`` returns)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = ready()
@@ -34,6 +41,8 @@ def wait_until(ready: Callable[[], object], timeout: float, what: str, logs: Seq
             return value
         time.sleep(1.0)
     tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.is_file())
+    if context is not None:
+        tails += f"\n{context()}"
     pytest.fail(f"{what} did not happen within {timeout:.0f} s\n{tails}")
 
 

@@ -1,7 +1,8 @@
-"""The deployment in docker/, run for real without Docker: PostgreSQL for Dagster and MLflow,
+"""The deployment in docker/, run from its files without containers: PostgreSQL for Dagster,
 the code server started with the image's command, the daemon with the deployment's own
-dagster.yaml (the default run launcher in place of the Docker one), an MLflow server with
-proxied artifacts; then the schedule, the sensor and tracking do their jobs. The compose
+dagster.yaml (the default run launcher in place of the Docker one) and the webserver; then
+the sensor and a backfill of every embedding partition through the queue and the gpu pool.
+test_containers.py runs the same files in containers (schedule, MLflow, faults). The compose
 file is checked against dagster.yaml and the workspace statically."""
 
 import itertools
@@ -18,18 +19,16 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from mlflow import MlflowClient
 
 from stl_pipeline.catalogue import PARTITIONED, read_embeddings
 from stl_pipeline.features.partitions import PARTITIONS
-from stl_pipeline.registry import MODELS
 from stl_pipeline.settings import HM_VARIABLES
 from stl_pipeline.storage import files_digest
+from stl_pipeline_tests.compose import DOCKER, deployment_home
 from stl_pipeline_tests.conftest import SMALL
 from stl_pipeline_tests.lineage import generated_environ
 from stl_pipeline_tests.services import Processes, free_port, postgres_server, wait_until
 
-DOCKER = Path(__file__).resolve().parents[1] / "docker"
 BIN = Path(sys.executable).parent
 SETTINGS = Path(__file__).resolve().parents[1] / "stl_pipeline" / "settings.py"
 
@@ -72,16 +71,6 @@ def launch_backfill(ui: str, asset: str, partitions: tuple[str, ...]) -> str:
     result = answer.json()["data"]["launchPartitionBackfill"]
     assert result["__typename"] == "LaunchBackfillSuccess", result
     return result["backfillId"]
-
-
-def deployment_home(root: Path) -> Path:
-    """docker/dagster.yaml with the default run launcher: nothing else changes."""
-    config = yaml.safe_load((DOCKER / "dagster.yaml").read_text())
-    del config["run_launcher"]
-    home = root / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    return home
 
 
 def deployment_workspace(root: Path, port: int) -> Path:
@@ -160,7 +149,7 @@ def dagster(args: list[str], env: dict[str, str], workspace: Path) -> None:
 
 
 @pytest.mark.slow
-def test_schedule_sensor_and_tracking_on_postgres(
+def test_sensor_and_backfill_on_postgres(
     tmp_path: Path, small_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raw = tmp_path / "raw"
@@ -169,14 +158,11 @@ def test_schedule_sensor_and_tracking_on_postgres(
         shutil.copy(small_dataset / name, raw / name)
     stl = generated_environ(tmp_path, raw) | {
         "STL_IMAGE_URL_TEMPLATE": (small_dataset / "images").as_uri() + "/{signature}.jpg",
-        "STL_RETRAIN_CRON": "* * * * *",  # the next tick is less than a minute away
     }
     with ExitStack() as stack:
         postgres = stack.enter_context(postgres_server())
-        for database in ("dagster", "mlflow"):
-            postgres.create_database(database)
-        mlflow_port, code_port = free_port(), free_port()
-        mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+        postgres.create_database("dagster")
+        code_port = free_port()
         storage = {
             "DAGSTER_POSTGRES_HOST": "127.0.0.1",
             "DAGSTER_POSTGRES_PORT": str(postgres.port),
@@ -187,22 +173,11 @@ def test_schedule_sensor_and_tracking_on_postgres(
         home = deployment_home(tmp_path)
         for name, value in (storage | {"DAGSTER_HOME": str(home)}).items():
             monkeypatch.setenv(name, value)
-        env = {**os.environ, **stl, "MLFLOW_TRACKING_URI": mlflow_url, "PATH": f"{BIN}:{os.environ['PATH']}"}
+        env = {**os.environ, **stl, "PATH": f"{BIN}:{os.environ['PATH']}"}
         workspace = deployment_workspace(tmp_path, code_port)
 
         processes = Processes(tmp_path)
         stack.callback(processes.stop_all)
-        artifacts = tmp_path / "mlflow-artifacts"
-        mlflow_log = processes.start(
-            "mlflow",
-            [
-                *(str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port)),
-                *("--backend-store-uri", postgres.url("mlflow"), "--workers", "1"),
-                *("--serve-artifacts", "--artifacts-destination", str(artifacts)),
-            ],
-            env,
-            tmp_path,
-        )
         code_log = processes.start("code-server", code_server_command("127.0.0.1", code_port), env, tmp_path)
         health = [
             str(BIN / "dagster"),
@@ -219,7 +194,6 @@ def test_schedule_sensor_and_tracking_on_postgres(
             "the code server answering",
             [code_log],
         )
-        wait_until(lambda: answers(f"{mlflow_url}/health"), 120, "the MLflow server answering", [mlflow_log])
         processes.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], env, tmp_path)
         ui_port = free_port()
         ui = f"http://127.0.0.1:{ui_port}"
@@ -252,13 +226,6 @@ def test_schedule_sensor_and_tracking_on_postgres(
         shared = [(a, b) for a, b in itertools.pairwise(steps) if b[0] < a[1]]
         assert not shared, f"steps held the gpu pool at once: {shared}"
 
-        dagster(["schedule", "start", "stl_retrain_schedule"], env, workspace)
-        launched = next_run(instance, "stl_retrain", seen, processes, timeout=120, finished=False)
-        dagster(["schedule", "stop", "stl_retrain_schedule"], env, workspace)  # one tick is enough
-        retrain = next_run(instance, "stl_retrain", seen, processes, timeout=600)
-        assert retrain.run_id == launched.run_id
-        assert retrain.tags["dagster/schedule_name"] == "stl_retrain_schedule"
-
         pairs = raw / "fashion.json"
         pairs.write_text("".join(pairs.read_text().splitlines(keepends=True)[:-1]))  # one pair fewer
         second = next_run(instance, "stl_ingest", seen, processes, timeout=420)
@@ -271,21 +238,7 @@ def test_schedule_sensor_and_tracking_on_postgres(
         with psycopg2.connect(**address) as connection, connection.cursor() as cursor:
             cursor.execute("SELECT run_id, status FROM runs")
             stored = dict(cursor.fetchall())
-        assert {r.run_id: "SUCCESS" for r in (first, retrain, second)}.items() <= stored.items()
-
-        client = MlflowClient(tracking_uri=mlflow_url)
-        experiment = client.get_experiment_by_name("stl-pipeline")
-        runs = client.search_runs([experiment.experiment_id], f"tags.dagster_run_id = '{retrain.run_id}'")
-        assert {r.data.tags["asset"] for r in runs} == {spec.asset for spec in MODELS}
-        for run in runs:
-            assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
-            assert "checkpoint/record.pt" in {
-                a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")
-            }
-            # uploaded through the server's artifact proxy, onto the server's disk
-            path = artifacts / experiment.experiment_id / run.info.run_id / "artifacts/checkpoint/record.pt"
-            assert path.stat().st_size > 0
-        assert {m.name for m in client.search_registered_models()} >= {spec.registered for spec in MODELS}
+        assert {r.run_id: "SUCCESS" for r in (first, *backfill, second)}.items() <= stored.items()
 
 
 def test_compose_agrees_with_dagster_yaml_and_the_workspace() -> None:
@@ -330,6 +283,14 @@ def test_compose_agrees_with_dagster_yaml_and_the_workspace() -> None:
     database = dagster_yaml["storage"]["postgres"]["postgres_db"]
     postgres_env = {v["env"] for v in database.values() if isinstance(v, dict)}
     assert postgres_env <= set(services["webserver"]["environment"])
+
+    # One service builds each image (two builds under one tag make `up` recreate the services
+    # that run the other); the others run it and never try to pull it.
+    built = [service["image"] for service in services.values() if "build" in service]
+    assert len(built) == len(set(built)), built
+    for name, service in services.items():
+        if "build" not in service and service["image"].startswith("stl-pipeline"):
+            assert service["image"] in built and service["pull_policy"] == "never", name
 
     # Every service that others wait on has a health check; every variable has an example.
     for service in services.values():
