@@ -55,9 +55,9 @@ def engine_or_skip(engine: bool = True) -> None:
     pytest.skip(f"{missing} (`docker/engine.sh start` starts one)")
 
 
-def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
+def docker(*args: str, timeout: float = 120) -> str:
     done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
+    if done.returncode != 0:
         output = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         pytest.fail(f"docker {' '.join(args)} exited {done.returncode}:\n{output}")
     return done.stdout
@@ -85,8 +85,7 @@ class Stack:
     override that builds the Postgres image from docker/postgres and publishes its port."""
 
     def __init__(self, root: Path, ports: dict[str, int], environment: dict[str, str]) -> None:
-        self.root = root
-        self.ports = ports
+        self.ports, self.environment = ports, environment
         self.env_file = root / "test.env"
         self.env_file.write_text("".join(f"{key}={value}\n" for key, value in environment.items()))
         override = {
@@ -100,12 +99,14 @@ class Stack:
         self.override = root / "override.yml"
         self.override.write_text(yaml.safe_dump(override))
 
-    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        command = [
+    def _command(self, *args: str) -> list[str]:
+        return [
             *("docker", "compose", "-p", PROJECT, "--env-file", str(self.env_file)),
             *("-f", str(DOCKER / "docker-compose.yml"), "-f", str(self.override), *args),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run(self._command(*args), capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
             pytest.fail(
                 f"docker compose {' '.join(args)} exited {done.returncode}:\n"
@@ -117,17 +118,8 @@ class Stack:
         return self.compose("ps", "-q", service).stdout.strip()
 
     def logs(self, tail: int = 40) -> str:
-        done = subprocess.run(
-            [
-                *("docker", "compose", "-p", PROJECT, "--env-file", str(self.env_file)),
-                *("-f", str(DOCKER / "docker-compose.yml"), "-f", str(self.override)),
-                *("logs", "--no-color", "--tail", str(tail)),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        return done.stdout[-8000:]
+        command = self._command("logs", "--no-color", "--tail", str(tail))
+        return subprocess.run(command, capture_output=True, text=True, timeout=60).stdout[-8000:]
 
     def remove(self) -> None:
         """Everything the test started: the run containers (not part of the compose project),

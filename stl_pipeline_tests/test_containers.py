@@ -93,17 +93,15 @@ def in_container(stack: Stack, *command: str) -> str:
     return stack.compose("run", "--rm", "--no-deps", "-T", "code", *command, timeout=300).stdout
 
 
-def host_instance(
-    root: Path, port: int, password: str, monkeypatch: pytest.MonkeyPatch
-) -> dg.DagsterInstance:
+def host_instance(root: Path, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> dg.DagsterInstance:
     """The deployment's Dagster instance read from the host: docker/dagster.yaml's storage,
     through the Postgres port the test publishes (nothing is launched from here)."""
     storage = {
         "DAGSTER_HOME": str(deployment_home(root)),
         "DAGSTER_POSTGRES_HOST": "127.0.0.1",
-        "DAGSTER_POSTGRES_PORT": str(port),
-        "DAGSTER_POSTGRES_USER": "stl",
-        "DAGSTER_POSTGRES_PASSWORD": password,
+        "DAGSTER_POSTGRES_PORT": str(stack.ports["postgres"]),
+        "DAGSTER_POSTGRES_USER": stack.environment["POSTGRES_USER"],
+        "DAGSTER_POSTGRES_PASSWORD": stack.environment["POSTGRES_PASSWORD"],
         "DAGSTER_POSTGRES_DB": "dagster",
     }
     for name, value in storage.items():
@@ -122,7 +120,6 @@ def test_the_compose_stack_builds_runs_serves_and_survives_faults(
         stack = exits.enter_context(
             compose.stack(tmp_path, ports, {"STL_RETRAIN_CRON": "* * * * *"})  # fires within a minute
         )
-        password = stack.env_file.read_text().split("POSTGRES_PASSWORD=")[1].split()[0]
 
         start = time.monotonic()
         stack.compose("up", "--build", "--wait", timeout=2400)
@@ -132,7 +129,7 @@ def test_the_compose_stack_builds_runs_serves_and_survives_faults(
         assert {s["Service"]: s["Health"] for s in states} == dict.fromkeys(
             ("postgres", "mlflow", "code", "webserver", "daemon"), "healthy"
         )
-        instance = exits.enter_context(host_instance(tmp_path, ports["postgres"], password, monkeypatch))
+        instance = exits.enter_context(host_instance(tmp_path, stack, monkeypatch))
 
         # Both groups on the demo data, launched as the UI launches them, side by side.
         runs = {job: launch(ui, job) for job in (STL_FULL_PIPELINE, HM_PERSONALIZED)}
