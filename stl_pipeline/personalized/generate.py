@@ -33,16 +33,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from stl_pipeline.personalized.files import ARTICLES_FILE, CUSTOMERS_FILE, TRANSACTIONS_FILE, TRUTH_DIR
-from stl_pipeline.personalized.vocabulary import (
-    ADJECTIVES,
-    APPEARANCES,
-    CLUB,
-    COLOURS,
-    GARMENT_GROUPS,
-    INDEX_GROUPS,
-    NEWS,
-    PRODUCT_TYPES,
-)
+from stl_pipeline.personalized.population import articles_table, customers_table
 from stl_pipeline.storage import atomic_write_with
 
 # The release: two years of purchases.
@@ -92,78 +83,6 @@ class Truth:
     customer_index: pd.Index
 
 
-def _hex_ids(rng: np.random.Generator, count: int) -> list[str]:
-    raw = rng.bytes(32 * count)
-    return [raw[i : i + 32].hex() for i in range(0, 32 * count, 32)]
-
-
-def _pick(rng: np.random.Generator, preferred: np.ndarray, size: int, noise: float) -> np.ndarray:
-    """The style's preferred value, or with probability ``noise`` any value."""
-    return np.where(rng.random(len(preferred)) < noise, rng.integers(0, size, len(preferred)), preferred)
-
-
-def _articles(config: HmConfig, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
-    n, k, noise = config.articles, config.styles, config.attribute_noise
-    style = np.sort(np.concatenate([np.arange(k), rng.integers(0, k, n - k)]))
-    types = list(PRODUCT_TYPES)
-    prefs = {
-        "index": rng.integers(0, len(INDEX_GROUPS), k),
-        "colour": rng.integers(0, len(COLOURS), k),
-        "appearance": rng.integers(0, len(APPEARANCES), k),
-        "garment": rng.integers(0, len(GARMENT_GROUPS), k),
-    }
-    # A style dresses the whole body: each article draws its type from a few per style.
-    style_types = np.stack([rng.choice(len(types), 5, replace=False) for _ in range(k)])
-    type_idx = _pick(rng, style_types[style, rng.integers(0, 5, n)], len(types), noise)
-    index = _pick(rng, prefs["index"][style], len(INDEX_GROUPS), noise)
-    colour = _pick(rng, prefs["colour"][style], len(COLOURS), noise)
-    appearance = _pick(rng, prefs["appearance"][style], len(APPEARANCES), noise)
-    garment = _pick(rng, prefs["garment"][style], len(GARMENT_GROUPS), noise)
-    product_code = 108_775 + np.cumsum(rng.integers(1, 9, n))
-    variant = rng.integers(1, 30, n)
-    type_names = np.array(types)[type_idx]
-    colour_names = np.array([c[0] for c in COLOURS])[colour]
-    adjectives = np.array(ADJECTIVES)[rng.integers(0, len(ADJECTIVES), n)]
-    table = pd.DataFrame(
-        {
-            "article_id": [f"0{c:06d}{v:03d}" for c, v in zip(product_code, variant, strict=True)],
-            "product_code": product_code,
-            "prod_name": [f"{a} {t.lower()}" for a, t in zip(adjectives, type_names, strict=True)],
-            "product_type_no": 250 + type_idx,
-            "product_type_name": type_names,
-            "product_group_name": [PRODUCT_TYPES[t] for t in type_names],
-            "graphical_appearance_no": 1010001 + appearance,
-            "graphical_appearance_name": np.array(APPEARANCES)[appearance],
-            "colour_group_code": 9 + colour,
-            "colour_group_name": colour_names,
-            "perceived_colour_value_id": 1 + colour % 4,
-            "perceived_colour_value_name": np.array([c[1] for c in COLOURS])[colour],
-            "perceived_colour_master_id": 5 + colour,
-            "perceived_colour_master_name": np.array([c[2] for c in COLOURS])[colour],
-            "department_no": 1000 + 100 * index + garment,
-            "department_name": [
-                f"{GARMENT_GROUPS[g]} {INDEX_GROUPS[i]}" for g, i in zip(garment, index, strict=True)
-            ],
-            "index_code": np.array(list("ABCDE"))[index],
-            "index_name": np.array(INDEX_GROUPS)[index],
-            "index_group_no": 1 + index,
-            "index_group_name": np.array(INDEX_GROUPS)[index],
-            "section_no": 10 + 3 * index + garment % 3,
-            "section_name": [
-                f"{INDEX_GROUPS[i]} section {1 + g % 3}" for g, i in zip(garment, index, strict=True)
-            ],
-            "garment_group_no": 1001 + garment,
-            "garment_group_name": np.array(GARMENT_GROUPS)[garment],
-            "detail_desc": [
-                f"{a} {t.lower()} in {c.lower()} {APPEARANCES[p].lower()} fabric."
-                for a, t, c, p in zip(adjectives, type_names, colour_names, appearance, strict=True)
-            ],
-        }
-    )
-    order = rng.permutation(n)  # the file is not grouped by style
-    return table.iloc[order].reset_index(drop=True), style[order]
-
-
 def _popularity(config: HmConfig, style: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(weeks, articles): base popularity x life cycle x the style's season, at mid-week."""
     n, weeks = len(style), -(-config.days // 7)
@@ -196,31 +115,6 @@ def _flat_cdf(popularity: np.ndarray, style: np.ndarray, styles: int) -> tuple[n
         values.append((k * weeks + np.arange(weeks))[:, None] + cum - 1e-12)
         articles.append(np.broadcast_to(members, share.shape))
     return np.concatenate([v.ravel() for v in values]), np.concatenate([a.ravel() for a in articles])
-
-
-def _customers(config: HmConfig, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    n, k = config.customers, config.styles
-    tastes = rng.dirichlet(np.full(k, config.style_focus), n).astype(np.float32)
-    favourite = tastes.argmax(1)
-    age = np.clip(rng.normal(22 + 3 * (favourite % 10), 6), 16, 90).round()
-    repurchase = (
-        np.clip(rng.beta(2, 2 / config.repurchase - 2, n), 0, 0.9).astype(np.float32)
-        if config.repurchase
-        else np.zeros(n, np.float32)
-    )
-    fn = rng.random(n) < 0.35
-    table = pd.DataFrame(
-        {
-            "customer_id": _hex_ids(rng, n),
-            "FN": np.where(fn, 1.0, np.nan),
-            "Active": np.where(fn & (rng.random(n) < 0.95), 1.0, np.nan),
-            "club_member_status": np.array(CLUB)[rng.choice(3, n, p=[0.93, 0.06, 0.01])],
-            "fashion_news_frequency": np.array(NEWS)[rng.choice(3, n, p=[0.64, 0.35, 0.01])],
-            "age": pd.array(np.where(rng.random(n) < 0.01, np.nan, age), dtype="Int64"),
-            "postal_code": _hex_ids(rng, n),
-        }
-    )
-    return table, tastes, repurchase
 
 
 def _repeat(customer: np.ndarray, rate: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -284,9 +178,9 @@ def generate_hm(config: HmConfig, out: Path, chunk_customers: int = CHUNK_CUSTOM
     shutil.rmtree(staging, ignore_errors=True)
     (staging / TRUTH_DIR).mkdir(parents=True)
     rng = np.random.default_rng(config.seed)
-    articles, style = _articles(config, rng)
+    articles, style = articles_table(config, rng)
     popularity = _popularity(config, style, rng)
-    customers, tastes, repurchase = _customers(config, rng)
+    customers, tastes, repurchase = customers_table(config, rng)
     start = (
         RELEASE_START
         if config.days == FULL_SCALE["days"]
