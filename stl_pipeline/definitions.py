@@ -28,7 +28,7 @@ from stl_pipeline.orchestration import (
     stl_raw_files_sensor,
     stl_retrain,
 )
-from stl_pipeline.personalized import assets as personalized_assets
+from stl_pipeline.personalized.assets import MODULES as PERSONALIZED_MODULES
 from stl_pipeline.resources import (
     BackboneResource,
     HmFiles,
@@ -55,7 +55,7 @@ MODULES = [
     evaluation_assets,
     champion_assets,
     serving_assets,
-    personalized_assets,
+    *PERSONALIZED_MODULES,
 ]
 
 

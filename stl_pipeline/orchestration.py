@@ -30,7 +30,8 @@ hm_personalized = dg.define_asset_job(
     "hm_personalized",
     selection=dg.AssetSelection.groups(PERSONALIZED),
     description="Purchases to personalized top-12 lists: the H&M-format tables, the graph, "
-    "hm_sage_model, its report against the baselines, hm_champion (promotion), and hm_recommendations.",
+    "hm_sage_model, hm_ranker_model, their report against the heuristics, hm_champion (promotion), and "
+    "hm_recommendations.",
 )
 stl_ingest = dg.define_asset_job(
     "stl_ingest",

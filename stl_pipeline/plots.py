@@ -124,15 +124,16 @@ def training_curves(
     title: str,
     metric: str = "val_mrr",
     label: str = "validation MRR",
+    loss: tuple[str, str] = ("loss", "training loss"),
 ) -> bytes:
-    """Training loss and the validation ``metric`` (columns starting so) per epoch, with the
-    kept (best) epoch marked."""
+    """The training ``loss`` (column, label) and the validation ``metric`` (columns starting
+    so) per epoch, with the kept (best) epoch marked."""
     frame = pd.DataFrame(history)
     figure = _figure(9, 3.5)
     loss_axes, val_axes = figure.subplots(1, 2)
-    loss_axes.plot(frame["epoch"], frame["loss"])
+    loss_axes.plot(frame["epoch"], frame[loss[0]])
     loss_axes.set_xlabel("epoch")
-    loss_axes.set_ylabel("training loss")
+    loss_axes.set_ylabel(loss[1])
     for column in sorted(c for c in frame.columns if c.startswith(metric)):
         evaluated = frame[["epoch", column]].dropna()
         val_axes.plot(

@@ -260,7 +260,8 @@ class QualityGate(dg.ConfigurableResource):
     )
     hm_map_margin: float = Field(
         default=0.0,
-        description="hm_sage_model's validation MAP@12 must exceed recent popularity's by more than this.",
+        description="The personalized challenger's validation MAP@12 must exceed every heuristic's by more "
+        "than this (popularity, repurchase, co-purchase).",
     )
     max_mean_pairwise_cosine: float = Field(
         default=0.99,

@@ -98,16 +98,39 @@ def test_end_to_end_epochs_cap_is_run_config_the_job_accepts() -> None:
     assert "ops" not in end_to_end.run_config(argparse.Namespace(precision="fp32", workers=None, epochs=None))
 
 
-def test_personalized_benchmark_times_every_stage() -> None:
-    """The script docs/benchmarks.md's personalized scale table comes from, at the demo's size."""
+def test_personalized_benchmark_times_every_stage(tmp_path: Path) -> None:
+    """The script docs/benchmarks.md's personalized tables come from, at the demo's size: each
+    stage timed, and its --json holds the stages, the report (``map@12`` beside each method's
+    paired gain) and the candidates' recall for dashboards."""
+    summary = tmp_path / "summary.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "personalized.py"), "--demo", "--device", "cpu"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run([*command, "--json", str(summary)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    table = done.stdout[done.stdout.index("| stage |") :].split("\n\n")[0].splitlines()
+    rows = [line for line in table if "---" not in line]
     stages = [row.split("|")[1].strip() for row in rows[1:]]
-    assert stages == ["generate", "read_csv_floor", "ingest", "graph", "train", "report", "recommend"]
+    assert stages == [
+        "generate",
+        "read_csv_floor",
+        "ingest",
+        "graph",
+        "train",
+        "ranker",
+        "report",
+        "recommend",
+    ]
     ingest = rows[1 + stages.index("ingest")]
     assert "60,000 purchases, 0 quarantined" in ingest and ingest.split("|")[3].strip().endswith("x")
+    found = json.loads(summary.read_text())
+    assert list(found["stages"]) == stages and found["peak_rss_mb"] > 0
+    assert found["total_seconds"] == pytest.approx(sum(found["stages"][s]["seconds"] for s in stages[2:]))
+    methods = {(row["split"], row["method"]) for row in found["report"]}
+    assert {
+        (split, m) for split in ("val", "test") for m in ("hm_ranker", "hm_sage", "repurchase")
+    } <= methods
+    assert all(0 <= row["map@12"] <= 1 for row in found["report"])
+    assert [row["window"] for row in found["candidate_recall"]] == ["val", "test"]
+    assert all(row["recall_union"] >= row["recall_repurchase"] for row in found["candidate_recall"])
 
 
 def test_kernels_benchmark_compares_our_dropout_and_gather_with_pytorchs_own() -> None:

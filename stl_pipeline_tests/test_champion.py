@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from stl_pipeline.champion.decide import decide
+from stl_pipeline.personalized.config import REGISTERED_MODELS
 
 if TYPE_CHECKING:
     from stl_pipeline_tests.lineage import Trained
@@ -50,8 +51,8 @@ def test_the_gate_comes_first_and_a_fresh_store_promotes() -> None:
 
 
 def _run(gate: dict, epochs: int | None = None) -> dg.ExecuteInProcessResult:
-    """The hm_personalized job on the demo data, with the quality gate's knobs and the model's
-    epochs as an operator would set them."""
+    """The hm_personalized job on the demo data, with the quality gate's knobs and the models'
+    training as an operator would set them (``epochs``: a stunted retrain)."""
     from stl_pipeline.definitions import MODULES, build_definitions
     from stl_pipeline.orchestration import hm_personalized
     from stl_pipeline.resources import QualityGate
@@ -64,7 +65,9 @@ def _run(gate: dict, epochs: int | None = None) -> dg.ExecuteInProcessResult:
         jobs=[hm_personalized],
         resources={**base.resources, "quality_gate": QualityGate(**gate)},
     )
-    run_config = {"ops": {"hm_sage_model": {"config": {"epochs": epochs}}}} if epochs else {}
+    # A retrain that went wrong: one epoch of the GNN, one tree of the ranker.
+    ops = {"hm_sage_model": {"config": {"epochs": epochs}}, "hm_ranker_model": {"config": {"rounds": 1}}}
+    run_config = {"ops": ops} if epochs else {}
     return defs.resolve_job_def("hm_personalized").execute_in_process(
         run_config=run_config, instance=dg.DagsterInstance.get(), raise_on_error=False
     )
@@ -105,7 +108,7 @@ def test_the_personalized_champion_is_promoted_kept_and_guarded(
     better = _run(passes)
     decision = _decision(better)["decision"]
     assert better.success and decision["promoted"], decision["reason"]
-    assert decision["difference"]["mean"] > 0  # 40 epochs beat one, on the same customers
+    assert decision["difference"]["mean"] > 0  # full training beats a stunted one, on the same customers
     strong, strong_answer = served.read_bytes(), answer()
     assert strong != weak
     champion = _decision(better)["challenger"]
@@ -128,10 +131,14 @@ def test_the_personalized_champion_is_promoted_kept_and_guarded(
     assert served.read_bytes() == strong and answer() == strong_answer
 
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    holder = client.get_model_version_by_alias("hm-sage", "champion")
+    holder = client.get_model_version_by_alias(champion["registered"], "champion")
     assert str(holder.version) == champion["version"] and holder.run_id == champion["mlflow_run_id"]
-    challenger = client.get_model_version_by_alias("hm-sage", "challenger")
-    assert int(challenger.version) == int(champion["version"]) + 2  # the gate-failed retrain
+    others = set(REGISTERED_MODELS) - {champion["registered"]}
+    assert not [n for n in others if "champion" in client.get_registered_model(n).aliases]
+    challenger = client.get_model_version_by_alias(
+        _decision(failed)["challenger"]["registered"], "challenger"
+    )
+    assert challenger.run_id == _decision(failed)["challenger"]["mlflow_run_id"]  # the gate-failed retrain
     tags = client.get_run(challenger.run_id).data.tags
     assert tags["champion.decision"] == "kept" and "quality gate" in tags["champion.reason"]
 

@@ -39,6 +39,7 @@ ASSETS = {
             "hm_customers",
             "hm_graph",
             "hm_sage_model",
+            "hm_ranker_model",
             "hm_report",
             "hm_champion",
             "hm_recommendations",
@@ -97,6 +98,7 @@ def test_every_asset_is_guarded_by_blocking_checks() -> None:
         "hm_transactions_ids_known",
         "hm_transactions_windows_ordered",
         "hm_graph_temporal_split",
+        "hm_ranker_model_features_before_the_week",
         "hm_report_complete",
         "hm_recommendations_complete",
     } <= names
@@ -109,7 +111,8 @@ def test_gpu_bound_assets_share_the_gpu_pool() -> None:
     pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
     gpu = {name for name, assigned in pools.items() if assigned and "gpu" in assigned}
     assert gpu == {name for name, group in ASSETS.items() if group in ("features", "training")} | {
-        "hm_sage_model"
+        "hm_sage_model",
+        "hm_ranker_model",
     }
     # and, as Kubernetes jobs (STL_EXECUTOR=k8s), a card each
     for node in defs.resolve_job_def("stl_full_pipeline").graph.node_dict.values():

@@ -28,7 +28,7 @@ from stl_pipeline.champion.store import (
     set_current,
     write_snapshot,
 )
-from stl_pipeline.personalized.config import REGISTERED
+from stl_pipeline.personalized.config import REGISTERED_MODELS
 from stl_pipeline.registry import MODELS, by_method
 from stl_pipeline.resources import HmFiles, MlflowTracker, QualityGate, StlFiles
 from stl_pipeline.vectors import Embeddings
@@ -205,38 +205,44 @@ def hm_champion(
     config: HmChampionConfig,
     hm_report: pd.DataFrame,
     hm_sage_model: dict,
+    hm_ranker_model: dict,
     hm_graph: HeteroData,
     quality_gate: QualityGate,
     mlflow: MlflowTracker,
     hm_files: HmFiles,
 ) -> dg.Output[dict]:
-    """The personalized model that serving uses: the challenger (hm_sage_model), promoted over
-    the current champion unless worse in MAP@12 over the same test-week customers."""
+    """The personalized model that serving uses: the better of hm_sage_model and hm_ranker_model
+    on validation MAP@12, if it beats every heuristic there, promoted over the current champion
+    unless worse in MAP@12 over the same test-week customers."""
     from stl_pipeline.champion.scoring import hm_scores
+    from stl_pipeline.personalized.evaluate import HEURISTICS
 
     val = hm_report[hm_report["window"] == "val"].set_index("method")["MAP@12"]
+    records = {"hm_sage": hm_sage_model, "hm_ranker": hm_ranker_model}
+    method = max(records, key=lambda m: val.get(m, float("-inf")))  # hm_sage on a tie
+    best = max(HEURISTICS, key=lambda m: val[m])
     margin = quality_gate.hm_map_margin
-    passed = bool(val["hm_sage"] > val["popularity"] + margin)
+    passed = bool(val[method] > val[best] + margin)
     gate = {
         "passed": passed,
-        "challenger": "hm_sage",
-        "val_MAP@12": float(val["hm_sage"]),
-        "popularity_val_MAP@12": float(val["popularity"]),
+        "challenger": method,
+        "val_MAP@12": float(val[method]),
+        "best_heuristic": best,
+        "best_heuristic_val_MAP@12": float(val[best]),
         "margin": margin,
-        "reason": f"hm_sage's validation MAP@12 {val['hm_sage']:.4f} {'>' if passed else '<='} recent "
-        f"popularity's {val['popularity']:.4f} + {margin}",
+        "reason": f"{method}'s validation MAP@12 {val[method]:.4f} {'>' if passed else '<='} the best "
+        f"heuristic's ({best}) {val[best]:.4f} + {margin}",
     }
+    record = records[method]
     challenger = {
-        "method": "hm_sage",
-        "registered": REGISTERED,
-        "version": str(hm_sage_model["version"]),
-        "mlflow_run_id": hm_sage_model["mlflow_run_id"],
+        "method": method,
+        "registered": record["registered"],
+        "version": str(record["version"]),
+        "mlflow_run_id": record["mlflow_run_id"],
     }
     data_dir = Path(hm_files.data_dir)
-    found = champion_version(mlflow.tracker().client, [REGISTERED])
-    ours, theirs, why = hm_scores(
-        hm_sage_model, found and group_dir(data_dir, "personalized") / found[2], hm_graph
-    )
+    found = champion_version(mlflow.tracker().client, REGISTERED_MODELS)
+    ours, theirs, why = hm_scores(record, found and group_dir(data_dir, "personalized") / found[2], hm_graph)
     decision = decide("MAP@12", ours, theirs, config.margin, passed, gate["reason"], why)
     files = {
         "graph.safetensors": asset_path(data_dir, "hm_graph"),
@@ -248,10 +254,10 @@ def hm_champion(
         "personalized",
         data_dir,
         mlflow,
-        [REGISTERED],
+        REGISTERED_MODELS,
         decision,
         challenger,
-        hm_sage_model,
+        record,
         files,
         dict,  # nothing to compute: hm_recommendations scores customers from the graph
         gate,
@@ -280,6 +286,6 @@ stl_champion_gate = _gate_check(
 )
 hm_champion_gate = _gate_check(
     hm_champion,
-    "The challenger's validation MAP@12 beats recent popularity's by quality_gate.hm_map_margin; "
+    "The challenger's validation MAP@12 beats every heuristic's by quality_gate.hm_map_margin; "
     "when it does not, hm_recommendations is not rebuilt from this run.",
 )

@@ -75,14 +75,15 @@ def stl_scores(
 
 def hm_scores(record: dict, champion: Path | None, graph: HeteroData) -> Paired:
     """Per customer who bought in the test week, MAP@12 of the top-12 list."""
-    from stl_pipeline.personalized.evaluate import SageScorer, evaluate
-    from stl_pipeline.personalized.model import load_model
+    from stl_pipeline.personalized.evaluate import evaluate
+    from stl_pipeline.personalized.ranker import scorer_for
     from stl_pipeline.personalized.windows import make_window
 
     window = make_window(graph, graph.info["test_start_day"], graph.info["window_days"], torch.device("cpu"))
 
     def values(model: dict) -> np.ndarray:
-        return evaluate(SageScorer(load_model(model, graph), window.snap), window).per_customer["MAP@12"]
+        scorer = scorer_for(model, graph, window.start, torch.device("cpu"))
+        return evaluate(scorer, window).per_customer["MAP@12"]
 
     ours = values(record)
     found = _snapshot(champion)
@@ -90,7 +91,7 @@ def hm_scores(record: dict, champion: Path | None, graph: HeteroData) -> Paired:
         return ours, None, found
     try:
         return ours, values(found), ""
-    except (MismatchedInputError, RuntimeError, KeyError) as error:  # other customers or articles
+    except (MismatchedInputError, RuntimeError, KeyError, ValueError) as error:  # other customers, features
         return ours, None, f"the champion cannot be scored on the current hm_graph ({str(error)[:200]})"
 
 

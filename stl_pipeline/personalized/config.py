@@ -1,8 +1,12 @@
-"""How ``hm_sage_model`` trains: a plain dataclass, so the code location loads without torch."""
+"""How ``hm_sage_model`` and ``hm_ranker_model`` train: plain dataclasses, so the code location
+loads without torch or LightGBM."""
 
 from dataclasses import dataclass
 
+GROUP = "personalized"  # the Dagster asset group (personalized/assets/)
 REGISTERED = "hm-sage"  # the MLflow registered model of hm_sage_model
+RANKER_REGISTERED = "hm-ranker"  # of hm_ranker_model
+REGISTERED_MODELS = [REGISTERED, RANKER_REGISTERED]  # the group's champion is one of these
 
 
 @dataclass(frozen=True)
@@ -26,3 +30,27 @@ class HmTrainConfig:
     checkpoint_every: int = 4
     optimizer: str = "adam"
     deterministic: bool = True
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    # Candidates per customer from each generator (candidates.py).
+    repurchase: int = 24
+    co_purchase: int = 24
+    same_product: int = 12
+    popularity: int = 24
+    popularity_age: int = 12
+    popularity_channel: int = 12
+    hm_sage: int = 24
+    neighbours: int = 20  # co-purchased articles kept per article
+    # What the ranker learns from: the weeks before validation, each from its own snapshot.
+    train_weeks: int = 4
+    max_customers: int = 60_000  # per week, a sample of those who bought when more did
+    objective: str = "binary"  # or "lambdarank"
+    learning_rate: float = 0.05
+    num_leaves: int = 63
+    min_data_in_leaf: int = 50
+    feature_fraction: float = 0.8
+    rounds: int = 400
+    patience: int = 30  # rounds without a better validation MAP@12
+    seed: int = 0

@@ -1,9 +1,9 @@
 """The customer-article purchase graph, and the snapshot of it that each window may see.
 
-``hm_graph`` holds every purchase as a ``buys`` edge with its day and price, sorted by day,
-and the reverse ``rev_buys`` edges. Nothing reads it whole: a window starting on day ``t``
-gets ``snapshot(graph, t)``, whose edges, degree features and sales features come only
-from purchases before ``t``. Sorting by day makes that a prefix of the edge list.
+``hm_graph`` holds every purchase as a ``buys`` edge with its day, price and sales channel,
+sorted by day, and the reverse ``rev_buys`` edges. Nothing reads it whole: a window starting
+on day ``t`` gets ``snapshot(graph, t)``, whose edges, degree features and sales features come
+only from purchases before ``t``. Sorting by day makes that a prefix of the edge list.
 """
 
 import hashlib
@@ -98,10 +98,16 @@ def build_hm_graph(
     data[ARTICLE].product_type = torch.from_numpy(
         pd.Categorical(articles["product_type_name"].astype(str)).codes.astype(np.int64)
     )
+    # The release's article id is the product code and a three-digit variant: colour variants
+    # of one product share the code (candidates.py offers a bought product's other variants).
+    data[ARTICLE].product = torch.from_numpy(
+        pd.factorize(articles["article_id"].astype(str).str.slice(0, -3))[0].astype(np.int64)
+    )
     edge_index = torch.from_numpy(np.stack([customer, article]))
     time = torch.from_numpy(day[order].astype(np.int32))
     price = torch.from_numpy(transactions["price"].to_numpy(np.float32)[order])
     data[BUYS].edge_index, data[BUYS].time, data[BUYS].price = edge_index, time, price
+    data[BUYS].channel = torch.from_numpy(transactions["sales_channel_id"].to_numpy(np.int8)[order])
     data[REV_BUYS].edge_index = edge_index.flip(0)
     data[REV_BUYS].time, data[REV_BUYS].price = time.clone(), price.clone()  # safetensors stores no aliases
 

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import torch
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.personalized.evaluate import K, PopularityScorer, SageScorer, rank
+from stl_pipeline.personalized.evaluate import K, PopularityScorer, rank
 from stl_pipeline.personalized.graph import BUYS, snapshot
-from stl_pipeline.personalized.model import HmSage
+from stl_pipeline.personalized.ranker import scorer_for
 
 POPULAR_FILE = "hm_popular.parquet"
 
@@ -30,18 +30,19 @@ def active_customers(graph: HeteroData, active_days: int) -> np.ndarray:
 
 def recommend(
     graph: HeteroData,
-    model: HmSage,
+    record: dict,
     customer_ids: pd.Index,
     article_ids: pd.Index,
     active_days: int,
     device: torch.device,
     k: int = K,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the lists of active customers, the cold-start list): long tables of rank and score."""
-    snap = snapshot(graph, graph.info["end_day"])
+    """(the lists of active customers, the cold-start list): long tables of rank and score,
+    from the model ``record`` (GraphSAGE or the ranker)."""
+    end = graph.info["end_day"]
     customers = active_customers(graph, active_days)
-    scorer = SageScorer(model, snap.to(device))
-    top, scores = rank(scorer, customers, k)[:2]
+    top, scores = rank(scorer_for(record, graph, end, device), customers, k)[:2]
+    snap = snapshot(graph, end, adjacency=False)
     lists = pd.DataFrame(
         {
             "customer_id": np.repeat(customer_ids.to_numpy()[customers], k),

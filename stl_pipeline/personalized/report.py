@@ -1,4 +1,5 @@
-"""``hm_report``'s table: every method on the validation and test windows."""
+"""``hm_report``'s tables: every method on the validation and test windows, each against the
+window's best heuristic, and what the ranker's candidates could reach."""
 
 from datetime import date
 from pathlib import Path
@@ -8,39 +9,58 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.personalized.evaluate import COLUMNS, evaluate, scorers
+from stl_pipeline.personalized.candidates import candidate_recall
+from stl_pipeline.personalized.evaluate import (
+    CHUNK,
+    COLUMNS,
+    GAIN,
+    HEURISTICS,
+    MODELS,
+    K,
+    baselines,
+    evaluate,
+    paired_gain,
+)
 from stl_pipeline.personalized.files import TRUTH_DIR
 from stl_pipeline.personalized.generate import load_truth
-from stl_pipeline.personalized.model import load_model
+from stl_pipeline.personalized.ranker import scorer_for
 from stl_pipeline.personalized.windows import make_window
+
+Z95 = 1.96
 
 
 def report_table(
     graph: HeteroData,
-    record: dict,
+    records: dict[str, dict],
     customers: pd.DataFrame,
     articles: pd.DataFrame,
     truth_dir: Path | None,
     device: torch.device,
     seed: int = 0,
-) -> pd.DataFrame:
-    """Every method on the validation and test windows: one row per (window, method)."""
-    model = load_model(record, graph).to(device)
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per (window, method) of the models in ``records`` (method -> record), the
+    heuristics and the oracle where the truth is known; and the candidate recall per window."""
     truth = load_truth(truth_dir) if truth_dir is not None and (truth_dir / TRUTH_DIR).is_dir() else None
     start = date.fromisoformat(graph.info["start"])
-    rows = []
+    rows, recall = [], []
     for name, key in (("val", "val_start_day"), ("test", "test_start_day")):
         window = make_window(graph, graph.info[key], graph.info["window_days"], torch.device("cpu"))
-        methods = scorers(
-            window,
-            model,
-            device,
-            truth,
-            pd.Index(customers["customer_id"]),
-            pd.Index(articles["article_id"]),
-            start,
+        methods = {m: scorer_for(records[m], graph, window.start, device) for m in MODELS if m in records}
+        methods |= baselines(
+            window, truth, pd.Index(customers["customer_id"]), pd.Index(articles["article_id"]), start
         )
-        for method, scorer in methods.items():
-            metrics = evaluate(scorer, window, pairs=True, seed=seed).metrics
+        results = {
+            method: evaluate(scorer, window, pairs=True, seed=seed) for method, scorer in methods.items()
+        }
+        best = max(HEURISTICS, key=lambda m: results[m].metrics[f"MAP@{K}"])
+        for method, result in results.items():
+            gain, error = paired_gain(result.per_customer[f"MAP@{K}"], results[best].per_customer[f"MAP@{K}"])
+            metrics = result.metrics | dict(
+                zip(GAIN, (gain, gain - Z95 * error, gain + Z95 * error), strict=True)
+            )
             rows.append({"window": name, "method": method, **{c: metrics.get(c, np.nan) for c in COLUMNS}})
-    return pd.DataFrame(rows)
+        if "hm_ranker" in methods:
+            bought = (window.customers.numpy(), window.articles.numpy())
+            found = candidate_recall(methods["hm_ranker"].candidates, np.unique(bought[0]), bought, CHUNK)
+            recall.append({"window": name, **found})
+    return pd.DataFrame(rows), pd.DataFrame(recall)

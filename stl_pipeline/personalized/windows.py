@@ -1,7 +1,9 @@
 """The weeks a model learns from and is scored on: a window's snapshot, its purchases and the
-negatives drawn for it, and the check that no later purchase reaches an earlier window."""
+negatives drawn for it, and the checks that no later purchase reaches an earlier window's
+snapshot or the ranker's features."""
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,9 @@ from stl_pipeline.personalized.graph import (
     snapshot,
     window_purchases,
 )
+
+if TYPE_CHECKING:
+    from stl_pipeline.personalized.config import RankerConfig
 
 
 class NegativeSampler:
@@ -126,4 +131,51 @@ def temporal_violations(graph: HeteroData, transactions: pd.DataFrame, weeks: in
         drawn = torch.cat([sampler.eligible, sampler.live]).numpy()
         if not np.isin(drawn, on_sale).all():
             problems.append(f"negatives for the week from day {cutoff} include articles first sold after it")
+    return problems
+
+
+def feature_violations(
+    graph: HeteroData, transactions: pd.DataFrame, config: "RankerConfig", sample: int = 2_000
+) -> list[str]:
+    """What the ranker's candidates could see of their own week: for its earliest training week
+    and for validation, a sample of the week's customers' candidates must carry the pair,
+    customer and article counts recounted from the table's rows before the week."""
+    from stl_pipeline.personalized.candidates import FEATURES, WEEK, Candidates
+
+    info, days = graph.info, graph.info["window_days"]
+    day = ((transactions["t_dat"] - pd.Timestamp(info["start"])) // pd.Timedelta(days=1)).to_numpy()
+    customers = transactions["customer_id"].cat.codes.to_numpy()
+    articles = transactions["article_id"].cat.codes.to_numpy()
+    rng = np.random.default_rng(0)
+    problems = []
+    earliest = info["val_start_day"] - days * config.train_weeks
+    for cutoff in [c for c in (earliest, info["val_start_day"]) if c > 0]:
+        buyers = np.unique(customers[(day >= cutoff) & (day < cutoff + days)])
+        chosen = np.sort(rng.choice(buyers, min(sample, len(buyers)), replace=False))
+        block = Candidates(graph, cutoff, config).block(chosen)  # the GNN's score is no count
+        who, what = chosen[block.rows], block.articles
+        before = pd.DataFrame({"c": customers, "a": articles, "d": day})[day < cutoff]
+        pair = (
+            before.groupby(["c", "a"])["d"]
+            .agg(["size", "max"])
+            .reindex(pd.MultiIndex.from_arrays([who, what]))
+        )
+        customer = before.groupby("c")["d"].agg(["size", "max"]).reindex(who)
+        article = before.groupby("a")["d"].agg(["size", "min"]).reindex(what)
+        week = before[before["d"] >= cutoff - WEEK].groupby("a").size().reindex(what)
+        expected = {
+            "pair_purchases": pair["size"].fillna(0),
+            "pair_days_since": cutoff - pair["max"],
+            "customer_purchases_all": customer["size"].fillna(0),
+            "customer_days_since_last": cutoff - customer["max"],
+            "article_sales_all": article["size"].fillna(0),
+            "article_sales_7d": week.fillna(0),
+            "article_days_since_first_sale": cutoff - article["min"],
+        }
+        for name, values in expected.items():
+            found = block.features[:, FEATURES.index(name)].astype(np.float64)
+            if not np.allclose(found, values.to_numpy(np.float64), equal_nan=True):
+                problems.append(
+                    f"the ranker's {name} for the week from day {cutoff} counts purchases not before it"
+                )
     return problems
