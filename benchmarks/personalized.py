@@ -1,4 +1,6 @@
-"""The personalized group, stage by stage: time and peak memory of each asset's work.
+"""The personalized group, stage by stage: time and peak memory of each asset's work, and the
+report's table (every method's MAP@12 and recall@12, the candidates' recall per generator,
+the ranker's feature importances).
 
 Each stage runs in a fresh process, reading the previous stage's files, so its peak resident
 memory is its own; on CUDA the GPU's peak allocation is reported too. Ingestion is compared
@@ -6,9 +8,10 @@ with its floor, pyarrow reading the same transactions file with no validation.
 
     .venv/bin/python benchmarks/personalized.py --demo          # the demo's size
     .venv/bin/python benchmarks/personalized.py --scale 0.1     # a tenth of the release
-    .venv/bin/python benchmarks/personalized.py --scale 1 --device cuda   # the release (1.37M
-        customers, 105,542 articles, 31.8M purchases) on a GPU host
-    .venv/bin/python benchmarks/personalized.py --scale 1 --until graph   # its CPU-bound part
+    .venv/bin/python benchmarks/personalized.py --scale 1 --epochs 4 --train-windows 2
+        # the release (1.37M customers, 105,542 articles, 31.8M purchases) on 2 CPU cores:
+        # the GNN trains 4 epochs over 2 weeks; on a GPU host drop both for the defaults
+    ... --json PATH   # total_seconds, peak_rss_mb, stages, report, candidate_recall, importance
 """
 
 import argparse
@@ -21,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-STAGES = ("generate", "read_csv_floor", "ingest", "graph", "train", "report", "recommend")
+MODEL_FILES = {"hm_sage": "model.pt", "hm_ranker": "ranker.pt"}
+STAGES = ("generate", "read_csv_floor", "ingest", "graph", "train", "ranker", "report", "recommend")
 
 
 def peak_mb() -> float:
@@ -34,7 +38,9 @@ def _gpu_peak_mb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def stage(name: str, work: Path, scale: float | None, device_spec: str, epochs: int | None) -> dict:
+def stage(
+    name: str, work: Path, scale: float | None, device_spec: str, epochs: int | None, windows: int | None
+) -> dict:
     import pandas as pd
 
     from stl_pipeline.personalized.files import HM_FILES
@@ -98,33 +104,51 @@ def stage(name: str, work: Path, scale: float | None, device_spec: str, epochs: 
             from stl_pipeline.personalized.config import HmTrainConfig
             from stl_pipeline.personalized.model import model_record, train_hm
 
-            config = HmTrainConfig() if epochs is None else replace(HmTrainConfig(), epochs=epochs)
+            changes = {"epochs": epochs, "train_windows": windows}
+            config = replace(HmTrainConfig(), **{k: v for k, v in changes.items() if v is not None})
             result = train_hm(graph, config, device, work / "checkpoints")
             torch.save(model_record(result, graph, config, "benchmark"), work / "model.pt")
             detail = (
-                f"{result.epochs_run} epochs, best val MAP@12 {result.best_val_map:.4f} "
-                f"(popularity {result.popularity_val_map:.4f})"
+                f"{result.epochs_run} epochs over {config.train_windows} weeks, best val MAP@12 "
+                f"{result.best_val_map:.4f} (popularity {result.popularity_val_map:.4f})"
+            )
+        elif name == "ranker":
+            from stl_pipeline.personalized.config import RankerConfig
+            from stl_pipeline.personalized.ranker import ranker_record, train_ranker
+
+            sage = torch.load(work / "model.pt", weights_only=True)
+            config = RankerConfig()
+            result = train_ranker(graph, sage, config, device)
+            torch.save(ranker_record(result, graph, config, sage, "benchmark"), work / "ranker.pt")
+            detail = (
+                f"{result.training_rows:,} candidates, {result.best_iteration} trees, "
+                f"best val MAP@12 {result.best_val_map:.4f}"
             )
         elif name == "report":
             from stl_pipeline.personalized.report import report_table
 
-            record = torch.load(work / "model.pt", weights_only=True)
-            table = report_table(graph, record, customers, articles, work / "data", device)
+            records = {m: torch.load(work / f, weights_only=True) for m, f in MODEL_FILES.items()}
+            table, recall = report_table(graph, records, customers, articles, work / "data", device)
             table.to_csv(work / "report.csv", index=False)
+            recall.to_csv(work / "recall.csv", index=False)
             test = table[table["window"] == "test"].set_index("method")
-            detail = f"test MAP@12 hm_sage {test.loc['hm_sage', 'MAP@12']:.4f}, " + ", ".join(
-                f"{m} {test.loc[m, 'MAP@12']:.4f}" for m in test.index if m != "hm_sage"
-            )
+            detail = "test MAP@12 " + ", ".join(f"{m} {test.loc[m, 'MAP@12']:.4f}" for m in test.index)
         else:
-            from stl_pipeline.personalized.model import load_model
             from stl_pipeline.personalized.recommend import recommend
 
-            record = torch.load(work / "model.pt", weights_only=True)
-            model = load_model(record, graph).to(device)
+            report = pd.read_csv(work / "report.csv")
+            val = report[report["window"] == "val"].set_index("method")["MAP@12"]
+            method = max(MODEL_FILES, key=lambda m: val[m])  # as hm_champion picks
+            record = torch.load(work / MODEL_FILES[method], weights_only=True)
             lists, _ = recommend(
-                graph, model, pd.Index(customers["customer_id"]), pd.Index(articles["article_id"]), 90, device
+                graph,
+                record,
+                pd.Index(customers["customer_id"]),
+                pd.Index(articles["article_id"]),
+                90,
+                device,
             )
-            detail = f"{lists['customer_id'].nunique():,} customers' top-12"
+            detail = f"{lists['customer_id'].nunique():,} customers' top-12 by {method}"
         gpu = _gpu_peak_mb(device)
     return {
         "stage": name,
@@ -135,32 +159,85 @@ def stage(name: str, work: Path, scale: float | None, device_spec: str, epochs: 
     }
 
 
+def _results(work: Path) -> dict:
+    """The report's rows (``map@12`` being MAP@12, RelBench's definition), the candidates' recall
+    and the ranker's feature importances, from a finished run's files."""
+    import pandas as pd
+
+    found: dict = {}
+    if (work / "report.csv").is_file():
+        report = pd.read_csv(work / "report.csv").rename(columns={"window": "split"})
+        report["map@12"] = report["MAP@12"]
+        found["report"] = report.to_dict("records")
+        found["candidate_recall"] = pd.read_csv(work / "recall.csv").to_dict("records")
+    if (work / "ranker.pt").is_file():
+        import torch
+
+        from stl_pipeline.personalized.ranker import importance_table
+
+        importance = importance_table(torch.load(work / "ranker.pt", weights_only=True)["importance"], 50)
+        found["importance"] = importance.to_dict("records")
+    return found
+
+
+def _print_results(found: dict) -> None:
+    import pandas as pd
+
+    if "report" in found:
+        report = pd.DataFrame(found["report"])
+        columns = [
+            "split",
+            "method",
+            "map@12",
+            "MAP@12_gain_low",
+            "MAP@12_gain_high",
+            "Recall@12",
+            "customers",
+        ]
+        print("\nMAP@12 (RelBench's), its paired 95% interval against the best heuristic, recall@12\n")
+        print(report[columns].round(4).to_markdown(index=False))
+        print("\nCandidate recall: the share of the window's purchases among the candidates\n")
+        print(pd.DataFrame(found["candidate_recall"]).set_index("window").T.round(4).to_markdown())
+    if "importance" in found:
+        print("\nThe ranker's feature importance (share of total gain), top 15\n")
+        print(pd.DataFrame(found["importance"]).head(15).round(4).to_markdown(index=False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("--demo", action="store_true", help="the demo's generated size")
     size.add_argument("--scale", type=float, help="a fraction of the release's size (1: all of it)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--epochs", type=int, help="training epochs (default: the asset's)")
+    parser.add_argument("--epochs", type=int, help="the GNN's training epochs (default: the asset's)")
+    parser.add_argument("--train-windows", type=int, help="the GNN's training weeks (default: the asset's)")
     parser.add_argument("--keep", type=Path, help="work here and keep the files")
+    parser.add_argument(
+        "--from", dest="first", choices=STAGES, default=STAGES[0], help="resume a --keep folder at this stage"
+    )
     parser.add_argument(
         "--until",
         choices=STAGES,
         default=STAGES[-1],
-        help="stop after this stage (e.g. graph, on a CPU host)",
+        help="stop after this stage (e.g. graph)",
+    )
+    parser.add_argument(
+        "--json", type=Path, help="write the stages and the report here, for CI and dashboards"
     )
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     scale = None if args.demo else args.scale
     if args.stage:
-        print(json.dumps(stage(args.stage, args.work, scale, args.device, args.epochs)))
+        print(json.dumps(stage(args.stage, args.work, scale, args.device, args.epochs, args.train_windows)))
         return
+    if args.first != STAGES[0] and args.keep is None:
+        parser.error("--from needs the --keep folder of an earlier run")
     work = args.keep or Path(tempfile.mkdtemp(prefix="stl-bench-hm-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         rows = []
-        for name in STAGES[: STAGES.index(args.until) + 1]:
+        for name in STAGES[STAGES.index(args.first) : STAGES.index(args.until) + 1]:
             command = [
                 sys.executable,
                 __file__,
@@ -172,28 +249,42 @@ def main() -> None:
                 args.device,
             ]
             command += ["--demo"] if args.demo else ["--scale", str(args.scale)]
-            if args.epochs is not None:
-                command += ["--epochs", str(args.epochs)]
+            for flag, value in (("--epochs", args.epochs), ("--train-windows", args.train_windows)):
+                if value is not None:
+                    command += [flag, str(value)]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode:
                 sys.exit(f"stage {name} failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"{name} done in {rows[-1]['seconds']:.1f} s", file=sys.stderr)
+        found = _results(work)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    floor = next(r["seconds"] for r in rows if r["stage"] == "read_csv_floor")
+    floor = next((r["seconds"] for r in rows if r["stage"] == "read_csv_floor"), None)
     size_text = "demo size" if args.demo else f"scale {args.scale:g} of the release"
     print(f"\nPersonalized group, {size_text}, device {args.device}\n")
     print("| stage | seconds | vs floor | peak RSS MB | GPU peak MB | detail |")
     print("|---|---:|---:|---:|---:|---|")
     for row in rows:
-        ratio = f"{row['seconds'] / floor:.1f}x" if row["stage"] == "ingest" else ""
+        ratio = f"{row['seconds'] / floor:.1f}x" if row["stage"] == "ingest" and floor else ""
         gpu = f"{row['gpu_peak_mb']:.0f}" if row["gpu_peak_mb"] is not None else "-"
         cells = [row["stage"], f"{row['seconds']:.1f}", ratio, f"{row['peak_mb']:.0f}", gpu, row["detail"]]
         print("| " + " | ".join(cells) + " |")
-    total = sum(r["seconds"] for r in rows if r["stage"] not in ("generate", "read_csv_floor"))
-    print(f"\nThe group's assets (ingest to {args.until}): {total:.1f} s")
+    assets = [r for r in rows if r["stage"] not in ("generate", "read_csv_floor")]
+    total = sum(r["seconds"] for r in assets)
+    print(f"\nThe group's assets ({assets[0]['stage'] if assets else '-'} to {args.until}): {total:.1f} s")
+    _print_results(found)
+    if args.json:
+        summary = {
+            "size": "demo" if args.demo else args.scale,
+            "device": args.device,
+            "total_seconds": total,
+            "peak_rss_mb": max((r["peak_mb"] for r in assets), default=0.0),
+            "stages": {r["stage"]: {"seconds": r["seconds"], "peak_rss_mb": r["peak_mb"]} for r in rows},
+            **found,
+        }
+        args.json.write_text(json.dumps(summary, indent=2, default=float))
 
 
 if __name__ == "__main__":
