@@ -282,16 +282,15 @@ class Candidates:
         proposals = list(self._generate(customers))
         sage_rows = None
         if self.sage is not None:
-            sage_rows = self.sage.scores(torch.from_numpy(customers)).numpy()
-            best = np.argsort(-sage_rows, axis=1, kind="stable")[:, : self.config.hm_sage]
-            width = best.shape[1]
-            rows = np.repeat(np.arange(len(customers)), width)
+            scores = self.sage.scores(torch.from_numpy(customers))
+            top = torch.topk(scores, min(self.config.hm_sage, scores.shape[1]), dim=1)  # sorted
+            sage_rows, width = scores.numpy(), top.indices.shape[1]
             proposals.append(
                 (
                     "hm_sage",
-                    rows,
-                    best.ravel(),
-                    sage_rows[rows, best.ravel()],
+                    np.repeat(np.arange(len(customers)), width),
+                    top.indices.numpy().ravel(),
+                    top.values.numpy().ravel(),
                     np.tile(np.arange(width), len(customers)),
                 )
             )
