@@ -119,7 +119,9 @@ class SageScorer:
         customers = customers.to(self.customer.device)
         with torch.no_grad():
             rows = self.customer[customers] @ self.article.T + self.bias
-            rows += self.model.repeat(self.snap.bought_rows(customers))
+            # repeat(0) is 0 (no bias): only the pairs bought before move.
+            row, article, count = self.snap.bought_entries(customers)
+            rows[row, article] += self.model.repeat(count)
         return rows.float().cpu()
 
 

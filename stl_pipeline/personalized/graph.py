@@ -157,19 +157,18 @@ class Snapshot:
             return torch.zeros(len(keys), device=keys.device)
         return torch.where(self.bought_keys[at] == keys, self.bought_counts[at], 0.0)
 
-    def bought_rows(self, customers: torch.Tensor) -> torch.Tensor:
-        """(customers, articles): the same counts as dense rows."""
+    def bought_entries(self, customers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row in ``customers``, article, count) of every pair the customers bought before the
+        cutoff: the nonzero entries of their rows, without a dense (customers, articles) matrix."""
         n = self.articles
         lo = torch.searchsorted(self.bought_keys, customers.to(torch.int64) * n)
         hi = torch.searchsorted(self.bought_keys, (customers.to(torch.int64) + 1) * n)
-        rows = torch.zeros(len(customers), n, device=self.bought_keys.device)
         lengths = hi - lo
         row = torch.repeat_interleave(torch.arange(len(customers), device=lengths.device), lengths)
         at = torch.repeat_interleave(lo - torch.cumsum(lengths, 0) + lengths, lengths) + torch.arange(
             int(lengths.sum()), device=lengths.device
         )
-        rows[row, self.bought_keys[at] % n] = self.bought_counts[at]
-        return rows
+        return row, self.bought_keys[at] % n, self.bought_counts[at]
 
     def to(self, device: torch.device) -> "Snapshot":
         return Snapshot(
