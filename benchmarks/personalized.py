@@ -236,7 +236,12 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="stl-bench-hm-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        rows = []
+        # Each finished stage's row is kept in the folder, so a run resumed --from a stage
+        # reports the earlier stages too.
+        log = work / "stages.jsonl"
+        kept = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+        rows = [r for r in kept if STAGES.index(r["stage"]) < STAGES.index(args.first)]
+        log.write_text("".join(json.dumps(r) + "\n" for r in rows))
         for name in STAGES[STAGES.index(args.first) : STAGES.index(args.until) + 1]:
             command = [
                 sys.executable,
@@ -256,6 +261,8 @@ def main() -> None:
             if done.returncode:
                 sys.exit(f"stage {name} failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            with log.open("a") as out:
+                out.write(json.dumps(rows[-1]) + "\n")
             print(f"{name} done in {rows[-1]['seconds']:.1f} s", file=sys.stderr)
         found = _results(work)
     finally:

@@ -78,8 +78,11 @@ class _FilledScorer:
         self.fill = popularity / (popularity.max() + 1)  # below any own score of 1 or more
         self.matrix = matrix
 
+    def own(self, customers: np.ndarray) -> sparse.csr_matrix:
+        return self.matrix[customers]
+
     def scores(self, customers: torch.Tensor) -> torch.Tensor:
-        own = torch.from_numpy(self.matrix[customers.numpy()].toarray())
+        own = torch.from_numpy(self.own(customers.numpy()).toarray())
         return torch.where(own > 0, own + 1, 0) + self.fill
 
 
@@ -92,7 +95,9 @@ class RepurchaseScorer(_FilledScorer):
 
 class CoPurchaseScorer(_FilledScorer):
     """Item-to-item: articles bought, in the last four weeks, by customers who also bought the
-    customer's articles, weighted by how often; then last week's best sellers."""
+    customer's articles, weighted by how often; then last week's best sellers. Each chunk's
+    rows are multiplied out when asked for: all customers' at once do not fit at the
+    release's size (4.4 billion entries)."""
 
     def __init__(self, snap: Snapshot, n_customers: int, n_articles: int) -> None:
         recent = _history(snap, n_customers, n_articles, since=snap.cutoff - COPURCHASE_DAYS)
@@ -102,7 +107,11 @@ class CoPurchaseScorer(_FilledScorer):
         together.eliminate_zeros()
         profile = _history(snap, n_customers, n_articles)
         profile.data[:] = 1
-        super().__init__(snap, n_articles, (profile @ together).tocsr())
+        super().__init__(snap, n_articles, profile)
+        self.together = together
+
+    def own(self, customers: np.ndarray) -> sparse.csr_matrix:
+        return self.matrix[customers] @ self.together
 
 
 class SageScorer:
