@@ -121,7 +121,8 @@ class Candidates:
         article = graph[BUYS].edge_index[1, :n].numpy()
         day = time[:n].numpy().astype(np.int64)
         price = graph[BUYS].price[:n].numpy().astype(np.float64)
-        online = (graph[BUYS].channel[:n].numpy() == 2).astype(np.float64)
+        channel = graph[BUYS].channel[:n].numpy()
+        online = (channel == 2).astype(np.float64)
         self.n_customers, self.n_articles = graph[CUSTOMER].num_nodes, graph[ARTICLE].num_nodes
         nc, na = self.n_customers, self.n_articles
         ago = (cutoff - day).astype(np.float64)
@@ -200,7 +201,7 @@ class Candidates:
         )
         channel_sales = np.zeros((3, na))
         for code in (1, 2):
-            chosen = week & (graph[BUYS].channel[:n].numpy() == code)
+            chosen = week & (channel == code)
             channel_sales[code] = np.bincount(article[chosen], minlength=na)
         channel_sales[0] = sales_7  # no history: everyone's
         self.channel_sales = channel_sales
