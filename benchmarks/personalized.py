@@ -38,6 +38,15 @@ def _gpu_peak_mb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
+def _records(work: Path) -> dict[str, dict]:
+    """The models this run trained (``--until train`` then ``--from report`` skips the ranker)."""
+    import torch
+
+    return {
+        m: torch.load(work / f, weights_only=True) for m, f in MODEL_FILES.items() if (work / f).is_file()
+    }
+
+
 def stage(
     name: str, work: Path, scale: float | None, device_spec: str, epochs: int | None, windows: int | None
 ) -> dict:
@@ -108,8 +117,10 @@ def stage(
             config = replace(HmTrainConfig(), **{k: v for k, v in changes.items() if v is not None})
             result = train_hm(graph, config, device, work / "checkpoints")
             torch.save(model_record(result, graph, config, "benchmark"), work / "model.pt")
+            (work / "train_history.json").write_text(json.dumps(result.history, default=float))
             detail = (
-                f"{result.epochs_run} epochs over {config.train_windows} weeks, best val MAP@12 "
+                f"{result.epochs_run} epochs over {config.train_windows} weeks, best at "
+                f"{result.best_epoch}, val MAP@12 "
                 f"{result.best_val_map:.4f} (popularity {result.popularity_val_map:.4f})"
             )
         elif name == "ranker":
@@ -127,10 +138,11 @@ def stage(
         elif name == "report":
             from stl_pipeline.personalized.report import report_table
 
-            records = {m: torch.load(work / f, weights_only=True) for m, f in MODEL_FILES.items()}
+            records = _records(work)
             table, recall = report_table(graph, records, customers, articles, work / "data", device)
             table.to_csv(work / "report.csv", index=False)
-            recall.to_csv(work / "recall.csv", index=False)
+            if len(recall):  # the ranker's candidates, when this run trained one
+                recall.to_csv(work / "recall.csv", index=False)
             test = table[table["window"] == "test"].set_index("method")
             detail = "test MAP@12 " + ", ".join(f"{m} {test.loc[m, 'MAP@12']:.4f}" for m in test.index)
         else:
@@ -138,8 +150,9 @@ def stage(
 
             report = pd.read_csv(work / "report.csv")
             val = report[report["window"] == "val"].set_index("method")["MAP@12"]
-            method = max(MODEL_FILES, key=lambda m: val[m])  # as hm_champion picks
-            record = torch.load(work / MODEL_FILES[method], weights_only=True)
+            records = _records(work)
+            method = max(records, key=lambda m: val[m])  # as hm_champion picks
+            record = records[method]
             lists, _ = recommend(
                 graph,
                 record,
@@ -169,6 +182,7 @@ def _results(work: Path) -> dict:
         report = pd.read_csv(work / "report.csv").rename(columns={"window": "split"})
         report["map@12"] = report["MAP@12"]
         found["report"] = report.to_dict("records")
+    if (work / "recall.csv").is_file():
         found["candidate_recall"] = pd.read_csv(work / "recall.csv").to_dict("records")
     if (work / "ranker.pt").is_file():
         import torch
@@ -196,6 +210,7 @@ def _print_results(found: dict) -> None:
         ]
         print("\nMAP@12 (RelBench's), its paired 95% interval against the best heuristic, recall@12\n")
         print(report[columns].round(4).to_markdown(index=False))
+    if "candidate_recall" in found:
         print("\nCandidate recall: the share of the window's purchases among the candidates\n")
         print(pd.DataFrame(found["candidate_recall"]).set_index("window").T.round(4).to_markdown())
     if "importance" in found:

@@ -285,13 +285,13 @@ class Candidates:
         if self.sage is not None:
             scores = self.sage.scores(torch.from_numpy(customers))
             top = torch.topk(scores, min(self.config.hm_sage, scores.shape[1]), dim=1)  # sorted
-            sage_rows, width = scores.numpy(), top.indices.shape[1]
+            sage_rows, width = scores, top.indices.shape[1]
             proposals.append(
                 (
                     "hm_sage",
                     np.repeat(np.arange(len(customers)), width),
-                    top.indices.numpy().ravel(),
-                    top.values.numpy().ravel(),
+                    top.indices.cpu().numpy().ravel(),
+                    top.values.cpu().numpy().ravel(),
                     np.tile(np.arange(width), len(customers)),
                 )
             )
@@ -306,7 +306,8 @@ class Candidates:
             features[at, FEATURES.index(f"{name}_score")] = score
         column = FEATURES.index
         if sage_rows is not None:
-            features[:, column("sage_score")] = sage_rows[rows, articles]
+            at = [torch.from_numpy(i).to(sage_rows.device) for i in (rows, articles)]
+            features[:, column("sage_score")] = sage_rows[at[0], at[1]].cpu().numpy()
         who = customers[rows]
         count, recency, since = self._pair(who, articles)
         features[:, column("pair_purchases")] = count

@@ -1,7 +1,8 @@
 """Rank every article for a window's customers, by the model and by the baselines, and score it.
 
 Each method is a scorer: ``scores(customers)`` gives a dense row of article scores per
-customer, computed in chunks, from the window's snapshot only (purchases before its start).
+customer, computed in chunks, from the window's snapshot only (purchases before its start),
+on the scorer's device: only the top-k and the scored pairs travel back.
 From those rows come the top-12 lists (already-bought articles allowed: repurchase is real),
 MAP@12, Recall@12, HR@12 and NDCG@12 (metrics.py) over the customers who bought in the window, and the
 link-prediction view: AUC and AP of the window's purchases against as many sampled
@@ -131,7 +132,7 @@ class SageScorer:
             # repeat(0) is 0 (no bias): only the pairs bought before move.
             row, article, count = self.snap.bought_entries(customers)
             rows[row, article] += self.model.repeat(count)
-        return rows.float().cpu()
+        return rows.float()
 
 
 class OracleScorer:
@@ -197,10 +198,12 @@ def rank(
     for lo in range(0, len(customers), CHUNK):
         rows = scorer.scores(torch.from_numpy(customers[lo : lo + CHUNK]))
         best = torch.topk(rows, min(k, rows.shape[1]), dim=1)
-        top[lo : lo + CHUNK], values[lo : lo + CHUNK] = best.indices.numpy(), best.values.numpy()
+        top[lo : lo + CHUNK] = best.indices.cpu().numpy()
+        values[lo : lo + CHUNK] = best.values.cpu().numpy()
         if pair_rows is not None:
             mine = np.flatnonzero((pair_rows >= lo) & (pair_rows < lo + CHUNK))
-            pair_scores[mine] = rows[pair_rows[mine] - lo, pairs[1][mine]].numpy()
+            at = torch.from_numpy(pair_rows[mine] - lo).to(rows.device)
+            pair_scores[mine] = rows[at, torch.from_numpy(pairs[1][mine]).to(rows.device)].cpu().numpy()
     return top, values, pair_scores
 
 
