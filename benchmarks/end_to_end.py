@@ -84,7 +84,9 @@ def sample_gpu(samples: Samples, stop: threading.Event) -> None:
         smi = subprocess.Popen(["nvidia-smi", *query], stdout=subprocess.PIPE, text=True)
     except OSError:
         return
-    threading.Thread(target=lambda: (stop.wait(), smi.terminate()), daemon=True).start()
+    # kill, not terminate: a process started with SIGTERM ignored inherits that, and a looping
+    # nvidia-smi would then outlive the run.
+    threading.Thread(target=lambda: (stop.wait(), smi.kill()), daemon=True).start()
     for line in smi.stdout or ():
         try:
             busy, used = (float(v) for v in line.split(",")[:2])
