@@ -16,7 +16,7 @@ from stl_pipeline.personalized.config import HmTrainConfig, RankerConfig
 from stl_pipeline.personalized.evaluate import baselines, ranking_metrics
 from stl_pipeline.personalized.files import HM_FILES
 from stl_pipeline.personalized.generate import HmConfig, generate_hm, load_truth
-from stl_pipeline.personalized.graph import BUYS, build_hm_graph
+from stl_pipeline.personalized.graph import ARTICLE, BUYS, build_hm_graph
 from stl_pipeline.personalized.ingest import check_quarantine, ingest_hm
 from stl_pipeline.personalized.split import check_windows
 from stl_pipeline.personalized.windows import temporal_violations
@@ -164,6 +164,31 @@ def test_map_at_12_is_relbenchs() -> None:
     assert metrics["MAP@12"] == pytest.approx(np.mean(expected))
 
 
+def test_the_sparse_top_k_is_the_dense_one(hm_small: Path) -> None:
+    """Each heuristic ranks from its entries and the fill row; the lists, their scores and the
+    scored pairs are the dense matrix's, with a list size that needs the fill (k = 40)."""
+    from stl_pipeline.personalized.evaluate import rank, sample_negatives
+    from stl_pipeline.personalized.windows import make_window
+
+    tables = ingest_hm(*_paths(hm_small))
+    graph = build_hm_graph(tables.transactions, tables.articles, tables.customers, tables.windows)
+    window = make_window(graph, graph.info["test_start_day"], 7, torch.device("cpu"))
+    customers = np.unique(window.customers.numpy())
+    pairs = sample_negatives(window, 0)
+    ids = (pd.Index(tables.customers["customer_id"]), pd.Index(tables.articles["article_id"]))
+    heuristics = baselines(window, None, *ids, pd.Timestamp(graph.info["start"]).date())
+    for name, scorer in heuristics.items():
+        top, values, scored = rank(scorer, customers, 40, pairs)
+        row, article, value = scorer.entries(customers)
+        dense = np.tile(scorer.fill, (len(customers), 1))
+        dense[row, article] = value
+        expected = torch.topk(torch.from_numpy(dense), 40, dim=1).values.numpy()
+        assert np.array_equal(values, expected), name
+        assert np.array_equal(np.take_along_axis(dense, top, 1), values), name
+        assert np.array_equal(scored, dense[np.searchsorted(customers, pairs[0]), pairs[1]]), name
+        assert all(len(set(t)) == 40 for t in top), name
+
+
 def _beats(ours: np.ndarray, theirs: np.ndarray, label: tuple) -> None:
     gain = ours - theirs
     standard_error = gain.std(ddof=1) / np.sqrt(len(gain))
@@ -175,7 +200,7 @@ def test_the_gnn_and_the_ranker_beat_every_heuristic_on_the_test_week(tmp_path: 
     the last week, paired over more than a thousand customers, GraphSAGE's MAP@12 and recall@12
     exceed each heuristic's by over two standard errors; the ranker's MAP@12 exceeds each
     heuristic's and GraphSAGE's so; and the oracle shows the headroom is real."""
-    from stl_pipeline.personalized.candidates import GENERATORS, candidate_recall
+    from stl_pipeline.personalized.candidates import GENERATORS, CandidateRecall
     from stl_pipeline.personalized.evaluate import HEURISTICS, evaluate
     from stl_pipeline.personalized.model import model_record, train_hm
     from stl_pipeline.personalized.ranker import ranker_record, scorer_for, train_ranker
@@ -204,6 +229,8 @@ def test_the_gnn_and_the_ranker_beat_every_heuristic_on_the_test_week(tmp_path: 
         pd.Index(tables.articles["article_id"]),
         pd.Timestamp(graph.info["start"]).date(),
     )
+    bought = (window.customers.numpy(), window.articles.numpy())
+    methods["hm_ranker"].recall = CandidateRecall(graph[ARTICLE].num_nodes, bought)
     results = {name: evaluate(scorer, window) for name, scorer in methods.items()}
     print({name: {k: round(v, 4) for k, v in r.metrics.items()} for name, r in results.items()})
     assert len(results["hm_sage"].customers) > 1_000
@@ -219,8 +246,7 @@ def test_the_gnn_and_the_ranker_beat_every_heuristic_on_the_test_week(tmp_path: 
         )
     assert results["oracle"].metrics["MAP@12"] > results["hm_ranker"].metrics["MAP@12"]
     # The union's recall bounds the ranker's, and holds more than any one generator's.
-    bought = (window.customers.numpy(), window.articles.numpy())
-    recall = candidate_recall(methods["hm_ranker"].candidates, np.unique(bought[0]), bought, 2048)
+    recall = methods["hm_ranker"].recall.result()
     assert recall["recall_union"] > max(recall[f"recall_{g}"] for g in GENERATORS)
     assert recall["recall_union"] >= results["hm_ranker"].metrics["Recall@12"]
 

@@ -325,24 +325,26 @@ class Candidates:
         return CandidateBlock(rows, articles, features)
 
 
-def candidate_recall(
-    candidates: Candidates, customers: np.ndarray, bought: tuple[np.ndarray, np.ndarray], chunk: int
-) -> dict[str, float]:
-    """The share of the window's distinct purchases (customer, article codes, ``customers``
-    sorted and distinct) that each generator's candidates and their union contain, and the
-    mean number of candidates per customer: the ceiling of any ranker over them."""
-    na = candidates.n_articles
-    wanted = np.unique(bought[0].astype(np.int64) * na + bought[1])
-    hits = dict.fromkeys((*GENERATORS, "union"), 0)
-    total = 0
-    for lo in range(0, len(customers), chunk):
-        part = customers[lo : lo + chunk]
-        block = candidates.block(part)
-        keys = part[block.rows].astype(np.int64) * na + block.articles
-        found = np.isin(keys, wanted)
-        hits["union"] += int(found.sum())
+class CandidateRecall:
+    """The share of a window's distinct purchases (customer, article codes) that each
+    generator's candidates and their union hold, and the candidates per customer, counted
+    block by block as the candidates are built: the ceiling of any ranker over them."""
+
+    def __init__(self, n_articles: int, bought: tuple[np.ndarray, np.ndarray]) -> None:
+        self.n_articles = n_articles
+        self.wanted = np.unique(bought[0].astype(np.int64) * n_articles + bought[1])
+        self.hits = dict.fromkeys((*GENERATORS, "union"), 0)
+        self.candidates = self.customers = 0
+
+    def add(self, customers: np.ndarray, block: CandidateBlock) -> None:
+        keys = customers[block.rows].astype(np.int64) * self.n_articles + block.articles
+        found = np.isin(keys, self.wanted)
+        self.hits["union"] += int(found.sum())
         for generator in GENERATORS:
-            hits[generator] += int((found & block.generated_by(generator)).sum())
-        total += len(keys)
-    recall = {f"recall_{name}": count / max(len(wanted), 1) for name, count in hits.items()}
-    return recall | {"candidates_per_customer": total / max(len(customers), 1)}
+            self.hits[generator] += int((found & block.generated_by(generator)).sum())
+        self.candidates += len(keys)
+        self.customers += len(customers)
+
+    def result(self) -> dict[str, float]:
+        recall = {f"recall_{name}": n / max(len(self.wanted), 1) for name, n in self.hits.items()}
+        return recall | {"candidates_per_customer": self.candidates / max(self.customers, 1)}

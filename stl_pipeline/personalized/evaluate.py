@@ -33,7 +33,7 @@ MODELS = ("hm_sage", "hm_ranker")
 HEURISTICS = ("popularity", "repurchase", "co_purchase")
 
 
-class Scorer(Protocol):
+class DenseScorer(Protocol):
     logits: bool  # scores are log-odds of a purchase (accuracy and F1 apply)
 
     def scores(self, customers: torch.Tensor) -> torch.Tensor: ...
@@ -55,46 +55,60 @@ def _history(
     return sparse.csr_matrix((ones, (edge_index[0], edge_index[1])), shape=(n_customers, n_articles))
 
 
-class PopularityScorer:
-    """Last week's best sellers, for everyone (ties broken by the previous four weeks)."""
+class FilledScorer:
+    """A scorer whose row is a few entries per customer above one ``fill`` row shared by all
+    (last week's best sellers, every value below any entry's). Its top-k and pair scores come
+    from the entries alone: no dense (customers, articles) matrix, which at the release's size
+    is 100,000 x 105,542 floats a method and window."""
 
     logits = False
+    fill: np.ndarray  # (articles,) float32
+
+    def entries(self, customers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row in ``customers``, article, score) of the customers' own entries."""
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
+
+
+Scorer = DenseScorer | FilledScorer
+
+
+class PopularityScorer(FilledScorer):
+    """Last week's best sellers, for everyone (ties broken by the previous four weeks)."""
 
     def __init__(self, snap: Snapshot, n_articles: int) -> None:
         week = _recent_counts(snap, n_articles, RECENT_DAYS[0])
         month = _recent_counts(snap, n_articles, RECENT_DAYS[1])
         self.row = week + month / (month.max() + 1)
-
-    def scores(self, customers: torch.Tensor) -> torch.Tensor:
-        return self.row.expand(len(customers), -1)
+        self.fill = self.row.numpy()
 
 
-class _FilledScorer:
+class _OwnScorer(FilledScorer):
     """A customer-specific score, with last week's best sellers filling the rest of the list."""
-
-    logits = False
 
     def __init__(self, snap: Snapshot, n_articles: int, matrix: sparse.csr_matrix) -> None:
         popularity = PopularityScorer(snap, n_articles).row
-        self.fill = popularity / (popularity.max() + 1)  # below any own score of 1 or more
+        self.fill = (popularity / (popularity.max() + 1)).numpy()  # below any own score of 1 or more
         self.matrix = matrix
 
     def own(self, customers: np.ndarray) -> sparse.csr_matrix:
         return self.matrix[customers]
 
-    def scores(self, customers: torch.Tensor) -> torch.Tensor:
-        own = torch.from_numpy(self.own(customers.numpy()).toarray())
-        return torch.where(own > 0, own + 1, 0) + self.fill
+    def entries(self, customers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        own = self.own(customers).tocoo()
+        keep = own.data > 0
+        row, article = own.row[keep].astype(np.int64), own.col[keep].astype(np.int64)
+        return row, article, (own.data[keep] + 1 + self.fill[article]).astype(np.float32)
 
 
-class RepurchaseScorer(_FilledScorer):
+class RepurchaseScorer(_OwnScorer):
     """The customer's own purchases, most bought first, then last week's best sellers."""
 
     def __init__(self, snap: Snapshot, n_customers: int, n_articles: int) -> None:
         super().__init__(snap, n_articles, _history(snap, n_customers, n_articles))
 
 
-class CoPurchaseScorer(_FilledScorer):
+class CoPurchaseScorer(_OwnScorer):
     """Item-to-item: articles bought, in the last four weeks, by customers who also bought the
     customer's articles, weighted by how often; then last week's best sellers. Each chunk's
     rows are multiplied out when asked for: all customers' at once do not fit at the
@@ -195,7 +209,16 @@ def rank(
     if pairs is not None:
         pair_scores = np.empty(len(pairs[0]), np.float32)
         pair_rows = np.searchsorted(customers, pairs[0])  # customers are sorted and distinct
+    filled = _FilledTop(scorer, k) if isinstance(scorer, FilledScorer) else None
     for lo in range(0, len(customers), CHUNK):
+        if filled is not None:
+            mine = None if pair_rows is None else np.flatnonzero((pair_rows >= lo) & (pair_rows < lo + CHUNK))
+            asked = None if mine is None else (pair_rows[mine] - lo, pairs[1][mine])
+            chunk_top, chunk_values, chunk_pairs = filled.rank(customers[lo : lo + CHUNK], asked)
+            top[lo : lo + CHUNK], values[lo : lo + CHUNK] = chunk_top, chunk_values
+            if mine is not None:
+                pair_scores[mine] = chunk_pairs
+            continue
         rows = scorer.scores(torch.from_numpy(customers[lo : lo + CHUNK]))
         best = torch.topk(rows, min(k, rows.shape[1]), dim=1)
         top[lo : lo + CHUNK] = best.indices.cpu().numpy()
@@ -205,6 +228,54 @@ def rank(
             at = torch.from_numpy(pair_rows[mine] - lo).to(rows.device)
             pair_scores[mine] = rows[at, torch.from_numpy(pairs[1][mine]).to(rows.device)].cpu().numpy()
     return top, values, pair_scores
+
+
+class _FilledTop:
+    """A ``FilledScorer``'s top-k: each row's entries, best first, then the best fill articles
+    the row does not hold (from the fill's top k: a row holding m entries hides at most m of
+    those and needs k - m), exactly as a top-k over the dense row would order them."""
+
+    def __init__(self, scorer: FilledScorer, k: int) -> None:
+        self.scorer, self.n = scorer, len(scorer.fill)
+        self.k = min(k, self.n)
+        head = np.argsort(-scorer.fill, kind="stable")[: self.k]
+        self.head, self.head_values = head, scorer.fill[head]
+
+    def rank(
+        self, customers: np.ndarray, pairs: tuple[np.ndarray, np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        k, n_rows = self.k, len(customers)
+        row, article, value = self.scorer.entries(customers)
+        order = np.lexsort((-value, row))
+        row, article, value = row[order], article[order], value[order]
+        place = np.arange(len(row)) - np.searchsorted(row, row)  # rank within the row
+        top = np.zeros((n_rows, k), np.int64)
+        values = np.zeros((n_rows, k), np.float32)
+        keep = place < k
+        top[row[keep], place[keep]] = article[keep]
+        values[row[keep], place[keep]] = value[keep]
+        held = np.minimum(np.bincount(row, minlength=n_rows), k)
+        by_key = np.argsort(row * self.n + article)
+        keys_sorted = (row * self.n + article)[by_key]
+        wanted = np.arange(n_rows, dtype=np.int64)[:, None] * self.n + self.head[None, :]
+        free = ~_contains(keys_sorted, wanted)
+        slot = held[:, None] + np.cumsum(free, axis=1) - 1
+        take = free & (slot < k)
+        r, c = np.nonzero(take)
+        top[r, slot[r, c]] = self.head[c]
+        values[r, slot[r, c]] = self.head_values[c]
+        scored = None
+        if pairs is not None:
+            scored = self.scorer.fill[pairs[1]].astype(np.float32)
+            asked = pairs[0].astype(np.int64) * self.n + pairs[1]
+            found = _contains(keys_sorted, asked)
+            scored[found] = value[by_key][np.searchsorted(keys_sorted, asked[found])]
+        return top, values, scored
+
+
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    at = np.minimum(np.searchsorted(sorted_keys, keys), max(len(sorted_keys) - 1, 0))
+    return sorted_keys[at] == keys if len(sorted_keys) else np.zeros(keys.shape, bool)
 
 
 def ranking_metrics(

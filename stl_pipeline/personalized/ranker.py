@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.personalized.candidates import CATEGORICAL, FEATURES, Candidates
+from stl_pipeline.personalized.candidates import CATEGORICAL, FEATURES, CandidateRecall, Candidates
 from stl_pipeline.personalized.config import RankerConfig
-from stl_pipeline.personalized.evaluate import K, SageScorer, Scorer, evaluate
-from stl_pipeline.personalized.graph import snapshot, window_purchases
+from stl_pipeline.personalized.evaluate import FilledScorer, K, SageScorer, Scorer, evaluate
+from stl_pipeline.personalized.graph import Snapshot, snapshot, window_purchases
 from stl_pipeline.personalized.model import load_model
 from stl_pipeline.personalized.windows import make_window
 
@@ -35,11 +35,19 @@ def _threads() -> int:
 
 
 def candidates_at(
-    graph: HeteroData, record: dict, cutoff: int, config: RankerConfig, device: torch.device
+    graph: HeteroData,
+    record: dict,
+    cutoff: int,
+    config: RankerConfig,
+    device: torch.device,
+    snap: Snapshot | None = None,
 ) -> Candidates:
-    """The candidates of day ``cutoff``, the GNN of the hm_sage ``record`` among the generators."""
+    """The candidates of day ``cutoff``, the GNN of the hm_sage ``record`` among the generators;
+    ``snap``: the snapshot at ``cutoff`` where the caller has it (at the release's size one is
+    gigabytes)."""
     model = load_model(record, graph).to(device)
-    return Candidates(graph, cutoff, config, SageScorer(model, snapshot(graph, cutoff).to(device)))
+    snap = snapshot(graph, cutoff) if snap is None else snap
+    return Candidates(graph, cutoff, config, SageScorer(model, snap.to(device)))
 
 
 @dataclass
@@ -189,25 +197,29 @@ def train_ranker(
     )
 
 
-class RankerScorer:
+class RankerScorer(FilledScorer):
     """The ranker's scores over each customer's candidates, above last week's best sellers,
-    which fill a list that has fewer than ``K`` candidates (and score every other article)."""
-
-    logits = False
+    which fill a list that has fewer than ``K`` candidates (and score every other article).
+    With ``recall`` set, it counts the candidates' recall as it builds them."""
 
     def __init__(self, booster, candidates: Candidates) -> None:
-        popularity = torch.from_numpy(candidates.popularity.astype(np.float32))
+        popularity = candidates.popularity.astype(np.float32)
         self.fill = popularity / (popularity.max() + 1)
         self.booster, self.candidates = booster, candidates
+        self.recall: CandidateRecall | None = None
 
-    def scores(self, customers: torch.Tensor) -> torch.Tensor:
-        chosen = customers.cpu().numpy()
-        block = self.candidates.block(chosen)
-        rows = self.fill.expand(len(chosen), -1).clone()
-        if len(block.rows):
-            raw = self.booster.predict(block.features, num_threads=_threads())
-            rows[block.rows, block.articles] = torch.from_numpy((raw - raw.min() + 2).astype(np.float32))
-        return rows
+    def entries(self, customers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        block = self.candidates.block(customers)
+        if self.recall is not None:
+            self.recall.add(customers, block)
+        if not len(block.rows):
+            return super().entries(customers)
+        raw = self.booster.predict(block.features, num_threads=_threads())
+        return (
+            block.rows.astype(np.int64),
+            block.articles.astype(np.int64),
+            (raw - raw.min() + 2).astype(np.float32),
+        )
 
 
 def ranker_record(
@@ -229,8 +241,11 @@ def ranker_record(
     }
 
 
-def scorer_for(record: dict, graph: HeteroData, cutoff: int, device: torch.device) -> Scorer:
-    """The scorer of a group's model record (``hm_sage`` or ``hm_ranker``) at day ``cutoff``."""
+def scorer_for(
+    record: dict, graph: HeteroData, cutoff: int, device: torch.device, snap: Snapshot | None = None
+) -> Scorer:
+    """The scorer of a group's model record (``hm_sage`` or ``hm_ranker``) at day ``cutoff``
+    (``snap``: the snapshot at that day, where the caller has it)."""
     if record.get("kind") == "hm_ranker":
         import lightgbm as lgb
 
@@ -239,9 +254,10 @@ def scorer_for(record: dict, graph: HeteroData, cutoff: int, device: torch.devic
         config = RankerConfig(**record["config"])
         return RankerScorer(
             lgb.Booster(model_str=record["booster"]),
-            candidates_at(graph, record["sage"], cutoff, config, device),
+            candidates_at(graph, record["sage"], cutoff, config, device, snap),
         )
-    return SageScorer(load_model(record, graph).to(device), snapshot(graph, cutoff).to(device))
+    snap = snapshot(graph, cutoff) if snap is None else snap
+    return SageScorer(load_model(record, graph).to(device), snap.to(device))
 
 
 def importance_table(importance: dict[str, float], top: int = 15) -> pd.DataFrame:

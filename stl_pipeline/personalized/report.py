@@ -9,9 +9,8 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
-from stl_pipeline.personalized.candidates import candidate_recall
+from stl_pipeline.personalized.candidates import CandidateRecall
 from stl_pipeline.personalized.evaluate import (
-    CHUNK,
     COLUMNS,
     GAIN,
     HEURISTICS,
@@ -23,7 +22,8 @@ from stl_pipeline.personalized.evaluate import (
 )
 from stl_pipeline.personalized.files import TRUTH_DIR
 from stl_pipeline.personalized.generate import load_truth
-from stl_pipeline.personalized.ranker import scorer_for
+from stl_pipeline.personalized.graph import ARTICLE
+from stl_pipeline.personalized.ranker import RankerScorer, scorer_for
 from stl_pipeline.personalized.windows import make_window
 
 Z95 = 1.96
@@ -44,14 +44,23 @@ def report_table(
     start = date.fromisoformat(graph.info["start"])
     rows, recall = [], []
     for name, key in (("val", "val_start_day"), ("test", "test_start_day")):
+        # One snapshot for every method, and one model's scorer alive at a time: at the
+        # release's size each is gigabytes.
         window = make_window(graph, graph.info[key], graph.info["window_days"], torch.device("cpu"))
-        methods = {m: scorer_for(records[m], graph, window.start, device) for m in MODELS if m in records}
-        methods |= baselines(
+        bought = (window.customers.numpy(), window.articles.numpy())
+        results = {}
+        for method in (m for m in MODELS if m in records):
+            scorer = scorer_for(records[method], graph, window.start, device, window.snap)
+            if isinstance(scorer, RankerScorer):
+                scorer.recall = CandidateRecall(int(graph[ARTICLE].num_nodes), bought)
+            results[method] = evaluate(scorer, window, pairs=True, seed=seed)
+            if isinstance(scorer, RankerScorer):
+                recall.append({"window": name, **scorer.recall.result()})
+            del scorer
+        heuristics = baselines(
             window, truth, pd.Index(customers["customer_id"]), pd.Index(articles["article_id"]), start
         )
-        results = {
-            method: evaluate(scorer, window, pairs=True, seed=seed) for method, scorer in methods.items()
-        }
+        results |= {m: evaluate(scorer, window, pairs=True, seed=seed) for m, scorer in heuristics.items()}
         best = max(HEURISTICS, key=lambda m: results[m].metrics[f"MAP@{K}"])
         for method, result in results.items():
             gain, error = paired_gain(result.per_customer[f"MAP@{K}"], results[best].per_customer[f"MAP@{K}"])
@@ -59,8 +68,4 @@ def report_table(
                 zip(GAIN, (gain, gain - Z95 * error, gain + Z95 * error), strict=True)
             )
             rows.append({"window": name, "method": method, **{c: metrics.get(c, np.nan) for c in COLUMNS}})
-        if "hm_ranker" in methods:
-            bought = (window.customers.numpy(), window.articles.numpy())
-            found = candidate_recall(methods["hm_ranker"].candidates, np.unique(bought[0]), bought, CHUNK)
-            recall.append({"window": name, **found})
     return pd.DataFrame(rows), pd.DataFrame(recall)
