@@ -211,23 +211,27 @@ def rank(
         pair_rows = np.searchsorted(customers, pairs[0])  # customers are sorted and distinct
     filled = _FilledTop(scorer, k) if isinstance(scorer, FilledScorer) else None
     for lo in range(0, len(customers), CHUNK):
-        if filled is not None:
-            mine = None if pair_rows is None else np.flatnonzero((pair_rows >= lo) & (pair_rows < lo + CHUNK))
-            asked = None if mine is None else (pair_rows[mine] - lo, pairs[1][mine])
-            chunk_top, chunk_values, chunk_pairs = filled.rank(customers[lo : lo + CHUNK], asked)
-            top[lo : lo + CHUNK], values[lo : lo + CHUNK] = chunk_top, chunk_values
-            if mine is not None:
-                pair_scores[mine] = chunk_pairs
-            continue
-        rows = scorer.scores(torch.from_numpy(customers[lo : lo + CHUNK]))
-        best = torch.topk(rows, min(k, rows.shape[1]), dim=1)
-        top[lo : lo + CHUNK] = best.indices.cpu().numpy()
-        values[lo : lo + CHUNK] = best.values.cpu().numpy()
-        if pair_rows is not None:
-            mine = np.flatnonzero((pair_rows >= lo) & (pair_rows < lo + CHUNK))
-            at = torch.from_numpy(pair_rows[mine] - lo).to(rows.device)
-            pair_scores[mine] = rows[at, torch.from_numpy(pairs[1][mine]).to(rows.device)].cpu().numpy()
+        part = customers[lo : lo + CHUNK]
+        mine = None if pair_rows is None else np.flatnonzero((pair_rows >= lo) & (pair_rows < lo + CHUNK))
+        asked = None if mine is None else (pair_rows[mine] - lo, pairs[1][mine])
+        ranked = filled.rank(part, asked) if filled is not None else _dense_top(scorer, part, k, asked)
+        top[lo : lo + CHUNK], values[lo : lo + CHUNK] = ranked[0], ranked[1]
+        if mine is not None:
+            pair_scores[mine] = ranked[2]
     return top, values, pair_scores
+
+
+def _dense_top(
+    scorer: DenseScorer, customers: np.ndarray, k: int, pairs: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A dense scorer's top-k and pair scores for one chunk; the rows stay on its device."""
+    rows = scorer.scores(torch.from_numpy(customers))
+    best = torch.topk(rows, min(k, rows.shape[1]), dim=1)
+    scored = None
+    if pairs is not None:
+        at = [torch.from_numpy(i).to(rows.device) for i in pairs]
+        scored = rows[at[0], at[1]].cpu().numpy()
+    return best.indices.cpu().numpy(), best.values.cpu().numpy(), scored
 
 
 class _FilledTop:
@@ -255,8 +259,9 @@ class _FilledTop:
         top[row[keep], place[keep]] = article[keep]
         values[row[keep], place[keep]] = value[keep]
         held = np.minimum(np.bincount(row, minlength=n_rows), k)
-        by_key = np.argsort(row * self.n + article)
-        keys_sorted = (row * self.n + article)[by_key]
+        keys = row * self.n + article
+        by_key = np.argsort(keys)
+        keys_sorted = keys[by_key]
         wanted = np.arange(n_rows, dtype=np.int64)[:, None] * self.n + self.head[None, :]
         free = ~_contains(keys_sorted, wanted)
         slot = held[:, None] + np.cumsum(free, axis=1) - 1
