@@ -189,6 +189,44 @@ def test_the_sparse_top_k_is_the_dense_one(hm_small: Path) -> None:
         assert all(len(set(t)) == 40 for t in top), name
 
 
+def test_the_gnn_layers_are_sages_with_torchs_gradients(hm_small: Path) -> None:
+    """HmSage applies SAGEConv's weights by hand, its backward through the snapshot's stored
+    transposes: the embeddings are PyG HeteroConv's on the same weights, and every parameter's
+    gradient is the one torch's own sparse backward gives."""
+    import stl_pipeline.personalized.model as model_module
+    from stl_pipeline.personalized.graph import CUSTOMER, snapshot
+
+    tables = ingest_hm(*_paths(hm_small))
+    graph = build_hm_graph(tables.transactions, tables.articles, tables.customers, tables.windows)
+    snap = snapshot(graph, graph.info["val_start_day"])
+    torch.manual_seed(0)
+    model = model_module.build_model(graph, HmTrainConfig(dropout=0.0))
+    with torch.no_grad():  # a trained-looking model: the article embeddings are zero at first
+        model.article_embedding.weight.normal_()
+
+    def loss_and_grads() -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+        model.zero_grad()
+        out = model(snap)
+        sum(o.square().sum() for o in out).backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ours, our_grads = loss_and_grads()
+    h = {kind: torch.relu(model.project[kind](x)) for kind, x in snap.x.items()}
+    h[ARTICLE] = torch.relu(model.project[ARTICLE](snap.x[ARTICLE]) + model.article_embedding.weight)
+    for i, conv in enumerate(model.convs):
+        h = conv(h, snap.adj_t)
+        if i < len(model.convs) - 1:
+            h = {k: torch.relu(v) for k, v in h.items()}
+    assert torch.allclose(ours[0], h[CUSTOMER], atol=1e-5)
+    assert torch.allclose(ours[1], h[ARTICLE], atol=1e-5)
+    with pytest.MonkeyPatch.context() as patch:  # torch's own backward of the CSR product
+        patch.setattr(model_module._Aggregate, "apply", lambda x, adjacency, _: adjacency @ x)
+        _, torch_grads = loss_and_grads()
+    assert len(torch_grads) == len(our_grads) > 10  # the repeat term alone is not in the forward
+    for name, grad in torch_grads.items():
+        assert torch.allclose(our_grads[name], grad, rtol=1e-4, atol=1e-6 * grad.abs().max()), name
+
+
 def _beats(ours: np.ndarray, theirs: np.ndarray, label: tuple) -> None:
     gain = ours - theirs
     standard_error = gain.std(ddof=1) / np.sqrt(len(gain))

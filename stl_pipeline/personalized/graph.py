@@ -135,7 +135,8 @@ class Snapshot:
 
     cutoff: int
     x: dict[str, torch.Tensor]
-    adj_t: dict[tuple[str, str, str], torch.Tensor]  # sparse (dst, src), rows averaging
+    adj_t: dict[tuple[str, str, str], torch.Tensor]  # sparse CSR (dst, src), rows averaging
+    adj: dict[tuple[str, str, str], torch.Tensor]  # their transposes, for the backward pass
     edge_index: torch.Tensor  # (2, edges) customer -> article, purchases before cutoff
     time: torch.Tensor  # their days
     bought_keys: torch.Tensor  # sorted distinct customer * articles + article
@@ -175,6 +176,7 @@ class Snapshot:
             self.cutoff,
             {k: v.to(device) for k, v in self.x.items()},
             {k: v.to(device) for k, v in self.adj_t.items()},
+            {k: v.to(device) for k, v in self.adj.items()},
             self.edge_index.to(device),
             self.time.to(device),
             self.bought_keys.to(device),
@@ -182,17 +184,40 @@ class Snapshot:
         )
 
 
-def _mean_adjacency(dst: torch.Tensor, src: torch.Tensor, n_dst: int, n_src: int) -> torch.Tensor:
-    """Sparse CSR (dst, src) whose rows average a node's in-neighbours (repeat purchases count)."""
-    degree = torch.bincount(dst, minlength=n_dst).clamp(min=1).to(torch.float32)
-    values = 1.0 / degree[dst]
-    # Indices are node codes the graph was built from: in range by construction, unchecked.
-    adjacency = torch.sparse_coo_tensor(
-        torch.stack([dst, src]), values, (n_dst, n_src), check_invariants=False
-    )
-    with warnings.catch_warnings():  # PyG's sparse path is CSR; torch calls the layout beta
+def _adjacency(
+    customer: torch.Tensor, article: torch.Tensor, n_customers: int, n_articles: int
+) -> tuple[dict, dict]:
+    """Sparse CSR (dst, src) matrices whose rows average a node's neighbours (a repeat purchase
+    counts again), for both edge types, and their transposes. A transpose is one of the two
+    index structures with the other side's weights: built once per snapshot, it spares the
+    backward pass torch's transposition of the CSR matrix at every step."""
+
+    def structure(dst: torch.Tensor, src: torch.Tensor, n_dst: int, n_src: int) -> torch.Tensor:
+        # Indices are node codes the graph was built from: in range by construction, unchecked.
+        counts = torch.sparse_coo_tensor(
+            torch.stack([dst, src]), torch.ones(len(dst)), (n_dst, n_src), check_invariants=False
+        )
+        return counts.coalesce().to_sparse_csr()
+
+    with warnings.catch_warnings():  # torch calls the CSR layout beta
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-        return adjacency.coalesce().to_sparse_csr()
+        by_customer = structure(customer, article, n_customers, n_articles)
+        by_article = structure(article, customer, n_articles, n_customers)
+    degree = {
+        CUSTOMER: torch.bincount(customer, minlength=n_customers).clamp(min=1).float(),
+        ARTICLE: torch.bincount(article, minlength=n_articles).clamp(min=1).float(),
+    }
+
+    def weighted(like: torch.Tensor, by: str, rows: bool) -> torch.Tensor:
+        crow, col = like.crow_indices(), like.col_indices()
+        index = torch.repeat_interleave(torch.arange(len(crow) - 1), crow.diff()) if rows else col
+        return torch.sparse_csr_tensor(
+            crow, col, like.values() / degree[by][index], like.shape, check_invariants=False
+        )
+
+    adj_t = {BUYS: weighted(by_article, ARTICLE, True), REV_BUYS: weighted(by_customer, CUSTOMER, True)}
+    adj = {BUYS: weighted(by_customer, ARTICLE, False), REV_BUYS: weighted(by_article, CUSTOMER, False)}
+    return adj_t, adj
 
 
 def snapshot(graph: HeteroData, cutoff: int, adjacency: bool = True) -> Snapshot:
@@ -239,16 +264,9 @@ def snapshot(graph: HeteroData, cutoff: int, adjacency: bool = True) -> Snapshot
         CUSTOMER: torch.cat([graph[CUSTOMER].x, customer_dynamic], dim=1),
         ARTICLE: torch.cat([graph[ARTICLE].x, article_dynamic], dim=1),
     }
-    adj_t = (
-        {
-            BUYS: _mean_adjacency(article, customer, n_articles, n_customers),
-            REV_BUYS: _mean_adjacency(customer, article, n_customers, n_articles),
-        }
-        if adjacency
-        else {}
-    )
+    adj_t, adj = _adjacency(customer, article, n_customers, n_articles) if adjacency else ({}, {})
     keys, counts = torch.unique(customer * n_articles + article, sorted=True, return_counts=True)
-    return Snapshot(cutoff, x, adj_t, edge_index, time, keys, counts.to(torch.float32))
+    return Snapshot(cutoff, x, adj_t, adj, edge_index, time, keys, counts.to(torch.float32))
 
 
 def window_purchases(graph: HeteroData, start: int, days: int) -> tuple[np.ndarray, np.ndarray]:
