@@ -104,7 +104,10 @@ def test_personalized_benchmark_times_every_stage(tmp_path: Path) -> None:
     paired gain) and the candidates' recall for dashboards."""
     summary = tmp_path / "summary.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "personalized.py"), "--demo", "--device", "cpu"]
-    done = subprocess.run([*command, "--json", str(summary)], capture_output=True, text=True, timeout=600)
+    keep = tmp_path / "keep"
+    done = subprocess.run(
+        [*command, "--json", str(summary), "--keep", str(keep)], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     table = done.stdout[done.stdout.index("| stage |") :].split("\n\n")[0].splitlines()
     rows = [line for line in table if "---" not in line]
@@ -131,6 +134,44 @@ def test_personalized_benchmark_times_every_stage(tmp_path: Path) -> None:
     assert all(0 <= row["map@12"] <= 1 for row in found["report"])
     assert [row["window"] for row in found["candidate_recall"]] == ["val", "test"]
     assert all(row["recall_union"] >= row["recall_repurchase"] for row in found["candidate_recall"])
+
+    # The GNN's recipe on the same graph, validation only: the defaults first, then each --set.
+    recipe = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "personalized_recipe.py"),
+        str(keep),
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(
+        [
+            *recipe,
+            "--set",
+            "epochs=2,eval_every=1",
+            "--set",
+            "lr=0.05,epochs=3,article_embeddings=false",
+            "--json",
+            str(tmp_path / "recipe.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads((tmp_path / "recipe.json").read_text())["runs"]
+    assert [(r["set"], r["epochs_run"]) for r in runs] == [
+        ("defaults", 40),
+        ("epochs=2,eval_every=1", 2),
+        ("lr=0.05,epochs=3,article_embeddings=False", 3),
+    ]
+    assert runs[0]["val_map@12"] == pytest.approx(_val_sage(found))
+    assert "| epochs=2,eval_every=1 |" in done.stdout and "vs repurchase" in done.stdout
+    wrong = subprocess.run([*recipe, "--set", "epoch=2"], capture_output=True, text=True, timeout=600)
+    assert wrong.returncode and "'epoch' is not an HmTrainConfig field" in wrong.stderr
+
+
+def _val_sage(found: dict) -> float:
+    return next(r["map@12"] for r in found["report"] if (r["split"], r["method"]) == ("val", "hm_sage"))
 
 
 def test_kernels_benchmark_compares_our_dropout_and_gather_with_pytorchs_own() -> None:
