@@ -3,8 +3,8 @@ one graph and print its best validation MAP@12 beside the heuristics' on the sam
 test week is never scored here.
 
     .venv/bin/python benchmarks/personalized.py --scale 0.1 --keep DIR --until graph
-    .venv/bin/python benchmarks/personalized_recipe.py DIR --set pair_history=false \\
-        --set epochs=160,patience=8 [--device cuda] [--json PATH]
+    .venv/bin/python benchmarks/personalized_recipe.py DIR --set lr=0.03 \\
+        --set epochs=200,patience=10,hidden=128 [--device cuda] [--json PATH]
 
 Each ``--set`` is one configuration: comma-separated overrides of ``HmTrainConfig``; the
 defaults are always trained first. ``--json`` writes every finished run's figures and history.
