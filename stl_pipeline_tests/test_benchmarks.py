@@ -149,7 +149,7 @@ def test_personalized_benchmark_times_every_stage(tmp_path: Path) -> None:
             "--set",
             "epochs=2,eval_every=1",
             "--set",
-            "lr=0.05,epochs=3,article_embeddings=false",
+            "loss=bce,lr=0.05,epochs=3,article_embeddings=false",
             "--json",
             str(tmp_path / "recipe.json"),
         ],
@@ -162,7 +162,7 @@ def test_personalized_benchmark_times_every_stage(tmp_path: Path) -> None:
     assert [(r["set"], r["epochs_run"]) for r in runs] == [
         ("defaults", 40),
         ("epochs=2,eval_every=1", 2),
-        ("lr=0.05,epochs=3,article_embeddings=False", 3),
+        ("loss=bce,lr=0.05,epochs=3,article_embeddings=False", 3),
     ]
     assert runs[0]["val_map@12"] == pytest.approx(_val_sage(found))
     assert "| epochs=2,eval_every=1 |" in done.stdout and "vs repurchase" in done.stdout

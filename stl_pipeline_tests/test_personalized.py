@@ -4,6 +4,7 @@ its place against the baselines on a dataset generated for the test alone."""
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,64 @@ def test_the_gnn_layers_are_sages_with_torchs_gradients(hm_small: Path) -> None:
     assert len(torch_grads) == len(our_grads) > 10  # the repeat term alone is not in the forward
     for name, grad in torch_grads.items():
         assert torch.allclose(our_grads[name], grad, rtol=1e-4, atol=1e-6 * grad.abs().max()), name
+
+
+def test_the_softmax_loss_is_the_full_softmax_when_every_article_is_sampled(
+    hm_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The softmax loss takes the customer's history exactly and the rest from a sample: with
+    every article on sale in the sample its value and gradients are the full cross-entropy's,
+    each purchase against every article on sale, the repeat term included; a sample of a
+    tenth gives an estimate, not the same figure."""
+    import stl_pipeline.personalized.model as model_module
+    from stl_pipeline.personalized.windows import make_window
+
+    monkeypatch.setattr(model_module._PairDot, "CHUNK", 97)  # the history's scores in many chunks
+
+    tables = ingest_hm(*_paths(hm_small))
+    graph = build_hm_graph(tables.transactions, tables.articles, tables.customers, tables.windows)
+    window = make_window(graph, graph.info["val_start_day"] - 7, 7, torch.device("cpu"))
+    config = HmTrainConfig(dropout=0.0, loss="softmax", negatives=10**9)
+    torch.manual_seed(0)
+    model = model_module.build_model(graph, config)
+    with torch.no_grad():  # a repeat term that matters
+        model.again.weight.copy_(torch.tensor([[1.5, 2.0]]))
+    eligible, customers, articles = window.negatives.eligible, window.customers, window.articles
+    assert window.snap.bought(customers, articles).gt(0).any()  # some purchases are repeats
+
+    def loss_and_grads(full: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        if full:
+            h_c, h_a, bias = model(window.snap)
+            pairs = len(customers), len(eligible)
+            bought = window.snap.bought(
+                customers.repeat_interleave(len(eligible)), eligible.repeat(len(customers))
+            )
+            every = h_c[customers] @ h_a[eligible].T + bias[eligible] + model.repeat(bought).view(pairs)
+            positive = model.score(
+                h_c[customers], h_a[articles], bias[articles], window.snap.bought(customers, articles)
+            )
+            loss = (torch.logsumexp(every, dim=1) - positive).mean()
+        else:
+            loss = model_module._step(model, window, config, None, torch.Generator().manual_seed(0))
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ours, our_grads = loss_and_grads(full=False)
+    full, full_grads = loss_and_grads(full=True)
+    assert ours == pytest.approx(full, rel=1e-5)
+    assert our_grads.keys() == full_grads.keys() and "again.weight" in our_grads
+    # Some gradients are zero up to rounding (a shift of every article's embedding moves no
+    # softmax): tolerance relative to the largest gradient.
+    scale = max(float(grad.abs().max()) for grad in full_grads.values())
+    for name, grad in full_grads.items():
+        assert torch.allclose(our_grads[name], grad, rtol=1e-4, atol=1e-6 * scale), name
+    sampled = replace(config, negatives=len(eligible) // 10)
+    estimate = model_module._step(model, window, sampled, None, torch.Generator().manual_seed(0))
+    assert float(estimate) != pytest.approx(full, rel=1e-5)
+    assert float(estimate) == pytest.approx(full, rel=0.2)
+    with pytest.raises(ValueError, match="loss is 'hinge'; choose one of bce, softmax"):
+        model_module.train_hm(graph, HmTrainConfig(loss="hinge"), torch.device("cpu"), hm_small / "unused")
 
 
 def _beats(ours: np.ndarray, theirs: np.ndarray, label: tuple) -> None:

@@ -21,6 +21,11 @@ class HmTrainConfig:
     eval_every: int = 4
     train_windows: int = 8  # training weeks, each with its own snapshot
     max_positives: int = 200_000  # per step; a sample of the week when it has more
+    # "softmax": each purchase against the customer's whole history and ``negatives`` uniform
+    # articles shared by the step; "bce": against one uniform and (``hard_negatives``) one
+    # same-type negative (model.py; docs/experiments.md, the GNN's recipe).
+    loss: str = "softmax"
+    negatives: int = 1024
     hard_negatives: bool = True
     hard_negative_days: int = 28  # hard negatives sold in these days before the week; 0: any on sale
     article_embeddings: bool = True

@@ -2,8 +2,9 @@
 
 Training follows the evaluation's protocol rather than a random edge split: for each of the
 last ``train_windows`` weeks before validation, the model sees the snapshot at the week's
-start and learns to score the week's purchases above sampled negatives: a random article and
-a hard one of the positive's product type, both drawn from articles on sale by the week's end.
+start and learns to rank each of the week's purchases first among the articles on sale (a
+softmax over the customer's earlier purchases and a shared uniform sample of the rest;
+``loss: bce`` scores them against a random and a same-type negative instead).
 Early stopping watches validation MAP@12 (the validation week, from its own snapshot).
 
 Aggregation is a sparse-dense product with a row-normalized adjacency, so a layer's memory is
@@ -11,6 +12,7 @@ O(nodes x hidden), not O(edges x hidden): the full graph trains without neighbou
 Its backward multiplies by the transpose the snapshot stores (``_Aggregate``).
 """
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -43,6 +45,36 @@ class _Aggregate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         return ctx.transpose @ grad, None, None
+
+
+class _PairDot(torch.autograd.Function):
+    """``(a[rows] * b[cols]).sum(-1)`` a chunk at a time, and its backward the same way: at the
+    release's size a week's buyers have millions of earlier purchases, and the gathered
+    (pairs, hidden) operands autograd would keep are gigabytes."""
+
+    CHUNK = 1 << 18
+
+    @staticmethod
+    def forward(
+        ctx, a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(a, b, rows, cols)
+        out = a.new_empty(len(rows))
+        for at in range(0, len(rows), _PairDot.CHUNK):
+            r, c = rows[at : at + _PairDot.CHUNK], cols[at : at + _PairDot.CHUNK]
+            out[at : at + len(r)] = (a[r] * b[c]).sum(-1)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        a, b, rows, cols = ctx.saved_tensors
+        grad_a, grad_b = torch.zeros_like(a), torch.zeros_like(b)
+        for at in range(0, len(rows), _PairDot.CHUNK):
+            r, c = rows[at : at + _PairDot.CHUNK], cols[at : at + _PairDot.CHUNK]
+            g = grad[at : at + len(r), None]
+            grad_a.index_add_(0, r, g * b[c])
+            grad_b.index_add_(0, c, g * a[r])
+        return grad_a, grad_b, None, None
 
 
 class HmSage(nn.Module):
@@ -128,6 +160,9 @@ class HmTrainResult:
     seconds: float
 
 
+LOSSES = ("bce", "softmax")
+
+
 def _step(
     model: HmSage,
     window: Window,
@@ -142,6 +177,10 @@ def _step(
         )
         customers, articles = customers[keep], articles[keep]
     h_c, h_a, bias = model(window.snap)
+    if config.loss == "softmax":
+        return _softmax_loss(
+            model, window, config.negatives, (h_c, h_a, bias), customers, articles, generator
+        )
     device = customers.device
     negatives = [window.negatives.uniform(len(customers), generator).to(device)]
     if config.hard_negatives:
@@ -157,6 +196,59 @@ def _step(
     weights = torch.cat([torch.full_like(positive, float(len(negatives))), torch.ones_like(negative)])
     loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
     return loss
+
+
+def _softmax_loss(
+    model: HmSage,
+    window: Window,
+    shared: int,
+    embeddings: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    customers: torch.Tensor,
+    articles: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Each purchase's cross-entropy against the catalogue, as MAP@12 ranks it: exact over the
+    customer's earlier purchases, where repurchase competes with everything else, and over the
+    rest estimated from ``shared`` uniform articles, each standing for its share of the
+    articles on sale (sampled softmax's log-share correction). The catalogue's sum is a
+    customer's, computed once however many purchases they made in the week."""
+    h_c, h_a, bias = embeddings
+    snap, device = window.snap, customers.device
+    buyers, which = torch.unique(customers, return_inverse=True)
+    user = h_c[buyers]
+    repeat = snap.bought(customers, articles)
+    positive = model.score(user[which], h_a[articles], bias[articles], repeat)
+    sample = window.negatives.distinct(shared, generator).to(device)
+    share = math.log(len(window.negatives.eligible) / len(sample))
+    slot = torch.full((snap.articles,), -1, dtype=torch.long, device=device)
+    slot[sample] = torch.arange(len(sample), device=device)
+    row, article, count = snap.bought_entries(buyers)
+    history = _PairDot.apply(user, h_a, row, article) + bias[article] + model.repeat(count)
+    past = _segment_logsumexp(history, row, len(buyers))
+    # A sampled article the customer bought before is counted with the history, not twice.
+    hit = slot[article] >= 0
+    minus = torch.tensor(float("-inf"), device=device)
+    sampled = (user @ h_a[sample].T + bias[sample] + share).index_put((row[hit], slot[article[hit]]), minus)
+    catalogue = torch.logaddexp(torch.logsumexp(sampled, dim=1), past)[which]
+    # A repurchase is in the history already; any other purchase is counted as itself, and
+    # where it was also drawn, its stand-in is taken out of that row's sample.
+    total = torch.where(repeat > 0, catalogue, torch.logaddexp(catalogue, positive))
+    at = slot[articles]
+    drawn = ((repeat == 0) & (at >= 0)).nonzero().squeeze(1)
+    if len(drawn):
+        rows = sampled[which[drawn]].index_put((torch.arange(len(drawn), device=device), at[drawn]), minus)
+        rest = torch.logaddexp(torch.logsumexp(rows, dim=1), past[which[drawn]])
+        total = total.index_put((drawn,), torch.logaddexp(rest, positive[drawn]))
+    return (total - positive).mean()
+
+
+def _segment_logsumexp(values: torch.Tensor, segment: torch.Tensor, segments: int) -> torch.Tensor:
+    """log(sum(exp(values))) per segment, -inf for an empty one, with finite gradients."""
+    empty = torch.bincount(segment, minlength=segments) == 0
+    top = values.new_full((segments,), float("-inf")).scatter_reduce(0, segment, values.detach(), "amax")
+    top = torch.where(empty, 0.0, top)
+    total = values.new_zeros(segments).index_add(0, segment, torch.exp(values - top[segment]))
+    return torch.where(empty, float("-inf"), top + torch.log(torch.where(empty, 1.0, total)))
 
 
 @dataclass
@@ -200,6 +292,8 @@ def train_hm(
     ``checkpoint_dir/last.pt``, early-stopped on validation MAP@12."""
     from stl_pipeline.personalized.evaluate import PopularityScorer, evaluate
 
+    if config.loss not in LOSSES:
+        raise ValueError(f"hm_sage_model's loss is {config.loss!r}; choose one of {', '.join(LOSSES)}")
     began = time.perf_counter()
     info, days = graph.info, graph.info["window_days"]  # the windows hm_graph was split with
     val_start = info["val_start_day"]

@@ -53,6 +53,10 @@ class NegativeSampler:
     def uniform(self, count: int, generator: torch.Generator) -> torch.Tensor:
         return self.eligible[torch.randint(len(self.eligible), (count,), generator=generator)]
 
+    def distinct(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """``count`` different articles on sale (all of them when fewer are)."""
+        return self.eligible[torch.randperm(len(self.eligible), generator=generator)[:count]]
+
     def same_type(
         self, articles: torch.Tensor, product_type: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
