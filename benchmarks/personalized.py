@@ -8,9 +8,10 @@ with its floor, pyarrow reading the same transactions file with no validation.
 
     .venv/bin/python benchmarks/personalized.py --demo          # the demo's size
     .venv/bin/python benchmarks/personalized.py --scale 0.1     # a tenth of the release
-    .venv/bin/python benchmarks/personalized.py --scale 1 --epochs 4 --train-windows 2
+    .venv/bin/python benchmarks/personalized.py --scale 1 --epochs 4 --train-windows 2 --loss bce
         # the release (1.37M customers, 105,542 articles, 31.8M purchases) on 2 CPU cores:
-        # the GNN trains 4 epochs over 2 weeks; on a GPU host drop both for the defaults
+        # the GNN trains 4 epochs over 2 weeks with the binary loss, which learns faster in so
+        # few steps; on a GPU host drop all three for the defaults
     ... --json PATH   # total_seconds, peak_rss_mb, stages, report, candidate_recall, importance
 """
 
@@ -48,7 +49,13 @@ def _records(work: Path) -> dict[str, dict]:
 
 
 def stage(
-    name: str, work: Path, scale: float | None, device_spec: str, epochs: int | None, windows: int | None
+    name: str,
+    work: Path,
+    scale: float | None,
+    device_spec: str,
+    epochs: int | None,
+    windows: int | None,
+    loss: str | None,
 ) -> dict:
     import pandas as pd
 
@@ -113,7 +120,7 @@ def stage(
             from stl_pipeline.personalized.config import HmTrainConfig
             from stl_pipeline.personalized.model import model_record, train_hm
 
-            changes = {"epochs": epochs, "train_windows": windows}
+            changes = {"epochs": epochs, "train_windows": windows, "loss": loss}
             config = replace(HmTrainConfig(), **{k: v for k, v in changes.items() if v is not None})
             result = train_hm(graph, config, device, work / "checkpoints")
             torch.save(model_record(result, graph, config, "benchmark"), work / "model.pt")
@@ -219,6 +226,8 @@ def _print_results(found: dict) -> None:
 
 
 def main() -> None:
+    from stl_pipeline.personalized.config import LOSSES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("--demo", action="store_true", help="the demo's generated size")
@@ -226,6 +235,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, help="the GNN's training epochs (default: the asset's)")
     parser.add_argument("--train-windows", type=int, help="the GNN's training weeks (default: the asset's)")
+    parser.add_argument("--loss", choices=LOSSES, help="the GNN's loss (default: the asset's)")
     parser.add_argument("--keep", type=Path, help="work here and keep the files")
     parser.add_argument(
         "--from", dest="first", choices=STAGES, default=STAGES[0], help="resume a --keep folder at this stage"
@@ -244,7 +254,11 @@ def main() -> None:
     args = parser.parse_args()
     scale = None if args.demo else args.scale
     if args.stage:
-        print(json.dumps(stage(args.stage, args.work, scale, args.device, args.epochs, args.train_windows)))
+        print(
+            json.dumps(
+                stage(args.stage, args.work, scale, args.device, args.epochs, args.train_windows, args.loss)
+            )
+        )
         return
     if args.first != STAGES[0] and args.keep is None:
         parser.error("--from needs the --keep folder of an earlier run")
@@ -269,7 +283,11 @@ def main() -> None:
                 args.device,
             ]
             command += ["--demo"] if args.demo else ["--scale", str(args.scale)]
-            for flag, value in (("--epochs", args.epochs), ("--train-windows", args.train_windows)):
+            for flag, value in (
+                ("--epochs", args.epochs),
+                ("--train-windows", args.train_windows),
+                ("--loss", args.loss),
+            ):
                 if value is not None:
                     command += [flag, str(value)]
             done = subprocess.run(command, capture_output=True, text=True, check=False)

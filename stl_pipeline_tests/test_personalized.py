@@ -282,7 +282,7 @@ def test_the_softmax_loss_is_the_full_softmax_when_every_article_is_sampled(
     estimate = model_module._step(model, window, sampled, None, torch.Generator().manual_seed(0))
     assert float(estimate) != pytest.approx(full, rel=1e-5)
     assert float(estimate) == pytest.approx(full, rel=0.2)
-    with pytest.raises(ValueError, match="loss is 'hinge'; choose one of bce, softmax"):
+    with pytest.raises(ValueError, match="loss is 'hinge'; choose one of softmax, bce"):
         model_module.train_hm(graph, HmTrainConfig(loss="hinge"), torch.device("cpu"), hm_small / "unused")
 
 

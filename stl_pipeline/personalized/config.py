@@ -7,6 +7,7 @@ GROUP = "personalized"  # the Dagster asset group (personalized/assets/)
 REGISTERED = "hm-sage"  # the MLflow registered model of hm_sage_model
 RANKER_REGISTERED = "hm-ranker"  # of hm_ranker_model
 REGISTERED_MODELS = [REGISTERED, RANKER_REGISTERED]  # the group's champion is one of these
+LOSSES = ("softmax", "bce")  # HmTrainConfig.loss
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from torch_geometric.nn import HeteroConv, SAGEConv
 
 from stl_pipeline.checkpoints import BEST, load_checkpoint
 from stl_pipeline.lifecycle import fit
-from stl_pipeline.personalized.config import HmTrainConfig
+from stl_pipeline.personalized.config import LOSSES, HmTrainConfig
 from stl_pipeline.personalized.graph import ARTICLE, BUYS, CUSTOMER, REV_BUYS, Snapshot, snapshot
 from stl_pipeline.personalized.windows import Window, make_window
 
@@ -158,9 +158,6 @@ class HmTrainResult:
     epochs_run: int
     stopped_early: bool
     seconds: float
-
-
-LOSSES = ("bce", "softmax")
 
 
 def _step(
