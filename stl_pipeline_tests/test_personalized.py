@@ -359,6 +359,7 @@ def test_the_rankers_features_come_from_before_its_weeks(hm_small: Path) -> None
     leaky[BUYS].time = leaky[BUYS].time - 1
     problems = feature_violations(leaky, tables.transactions, RankerConfig())
     assert any("counts purchases not before it" in p for p in problems), problems
+    assert any("affinity_product_type_name" in p for p in problems), problems
 
 
 def test_the_hm_variables_feed_the_group_and_bad_files_stop_it(

@@ -12,6 +12,10 @@ The generators are those of the two-stage systems that won the H&M competition:
   within the customer's age band and within the customer's usual sales channel;
 * ``hm_sage``: the GraphSAGE model's top-N, whose score is also a feature of every candidate.
 
+Beside them each candidate carries the customer's affinity to the article's attributes: the
+recency-weighted share of the customer's purchases with the same product type, colour, and
+so on (each of ingest's ``ARTICLE_FEATURES``).
+
 Everything is computed for a chunk of customers at a time from sparse per-snapshot tables,
 so the release's 1.37M customers never need a dense (customers, articles) matrix.
 """
@@ -27,6 +31,7 @@ from torch_geometric.data import HeteroData
 
 from stl_pipeline.personalized.config import RankerConfig
 from stl_pipeline.personalized.graph import ARTICLE, BUYS, CUSTOMER
+from stl_pipeline.personalized.ingest import ARTICLE_FEATURES
 
 GENERATORS = (
     "repurchase",
@@ -63,6 +68,7 @@ FEATURES = (
     "customer_online_share",
     "customer_distinct_articles",
     "price_ratio",
+    *(f"affinity_{column}" for column in ARTICLE_FEATURES),
 )
 
 
@@ -98,7 +104,7 @@ def _segment_top(counts: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(-counts, axis=1, kind="stable")[:, : min(n, counts.shape[1])]
 
 
-def _block_codes(x: torch.Tensor, names: list[str], prefix: str) -> np.ndarray:
+def block_codes(x: torch.Tensor, names: list[str], prefix: str) -> np.ndarray:
     """The value code of a one-hot block of the graph's static features (-1: none)."""
     columns = [i for i, name in enumerate(names) if name.startswith(f"{prefix}=")]
     if not columns:
@@ -186,7 +192,7 @@ class Candidates:
             "article_days_since_first_sale": cutoff - first_sale,
             "article_price": np.where(sales_28 > 0, price_28, np.where(sales_all > 0, price_all, np.nan)),
             "article_product_type": graph[ARTICLE].product_type.numpy().astype(np.float64),
-            "article_index_group": _block_codes(ax, anames, "index_group_name").astype(np.float64),
+            "article_index_group": block_codes(ax, anames, "index_group_name").astype(np.float64),
         }
         popularity = sales_7 + sales_28 / (sales_28.max(initial=0) + 1)  # ties: the month's sales
         self.popular = _segment_top(popularity[None, :], config.popularity)[0]
@@ -209,6 +215,18 @@ class Candidates:
             channel_sales + popularity / (popularity.max(initial=0) + 1), config.popularity_channel
         )
         self.popularity = popularity
+
+        # Each attribute of ingest's (product type, colour, ...): the article's value code and
+        # its one-hot matrix (articles, values).
+        self.attributes: dict[str, tuple[np.ndarray, sparse.csr_matrix]] = {}
+        for name in ARTICLE_FEATURES:
+            code = block_codes(ax, anames, name)
+            valued = np.flatnonzero(code >= 0)
+            if len(valued):
+                onehot = sparse.csr_matrix(
+                    (np.ones(len(valued), np.float32), (valued, code[valued])), (na, int(code.max()) + 1)
+                )
+                self.attributes[name] = code, onehot
 
         # Item to item: of an article's buyers in the last four weeks, the share who bought another.
         recent_pairs = np.unique(keys[ago <= MONTH])
@@ -322,6 +340,17 @@ class Candidates:
         features[:, column("price_ratio")] = (
             features[:, column("article_price")] / features[:, column("customer_price")]
         )
+        # Affinity: the recency-weighted share of the customer's purchases that have the
+        # article's value of an attribute, a taste no generator ranks by.
+        profile = self.profile[customers]
+        total = np.asarray(profile.sum(1)).ravel()[rows]
+        for name, (code, onehot) in self.attributes.items():
+            share = (profile @ onehot).toarray()
+            value = code[articles]
+            found = np.where(value >= 0, share[rows, value.clip(min=0)], 0.0)
+            features[:, column(f"affinity_{name}")] = np.where(
+                total > 0, found / np.maximum(total, 1e-30), np.nan
+            )
         return CandidateBlock(rows, articles, features)
 
 

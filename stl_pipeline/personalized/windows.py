@@ -143,8 +143,9 @@ def feature_violations(
 ) -> list[str]:
     """What the ranker's candidates could see of their own week: for its earliest training week
     and for validation, a sample of the week's customers' candidates must carry the pair,
-    customer and article counts recounted from the table's rows before the week."""
-    from stl_pipeline.personalized.candidates import FEATURES, WEEK, Candidates
+    customer and article counts and the customer's product-type affinity recounted from the
+    table's rows before the week."""
+    from stl_pipeline.personalized.candidates import FEATURES, RECENCY_DAYS, WEEK, Candidates, block_codes
 
     info, days = graph.info, graph.info["window_days"]
     day = ((transactions["t_dat"] - pd.Timestamp(info["start"])) // pd.Timedelta(days=1)).to_numpy()
@@ -167,6 +168,11 @@ def feature_violations(
         customer = before.groupby("c")["d"].agg(["size", "max"]).reindex(who)
         article = before.groupby("a")["d"].agg(["size", "min"]).reindex(what)
         week = before[before["d"] >= cutoff - WEEK].groupby("a").size().reindex(what)
+        kind = block_codes(graph[ARTICLE].x, info["article_features"], "product_type_name")
+        weighted = before.assign(w=np.exp(-(cutoff - before["d"]) / RECENCY_DAYS), v=kind[before["a"]])
+        kind_weight = weighted.groupby(["c", "v"])["w"].sum()
+        kind_weight = kind_weight.reindex(pd.MultiIndex.from_arrays([who, kind[what]])).fillna(0)
+        customer_weight = weighted.groupby("c")["w"].sum().reindex(who)
         expected = {
             "pair_purchases": pair["size"].fillna(0),
             "pair_days_since": cutoff - pair["max"],
@@ -175,10 +181,11 @@ def feature_violations(
             "article_sales_all": article["size"].fillna(0),
             "article_sales_7d": week.fillna(0),
             "article_days_since_first_sale": cutoff - article["min"],
+            "affinity_product_type_name": kind_weight.to_numpy() / customer_weight.to_numpy(),
         }
         for name, values in expected.items():
             found = block.features[:, FEATURES.index(name)].astype(np.float64)
-            if not np.allclose(found, values.to_numpy(np.float64), equal_nan=True):
+            if not np.allclose(found, np.asarray(values, np.float64), rtol=1e-4, equal_nan=True):
                 problems.append(
                     f"the ranker's {name} for the week from day {cutoff} counts purchases not before it"
                 )
