@@ -164,14 +164,32 @@ def test_personalized_benchmark_times_every_stage(tmp_path: Path) -> None:
         ("epochs=2,eval_every=1", 2),
         ("loss=bce,lr=0.05,epochs=3,article_embeddings=False", 3),
     ]
-    assert runs[0]["val_map@12"] == pytest.approx(_val_sage(found))
+    assert runs[0]["val_map@12"] == pytest.approx(_val(found, "hm_sage"))
     assert "| epochs=2,eval_every=1 |" in done.stdout and "vs repurchase" in done.stdout
     wrong = subprocess.run([*recipe, "--set", "epoch=2"], capture_output=True, text=True, timeout=600)
-    assert wrong.returncode and "'epoch' is not an HmTrainConfig field" in wrong.stderr
+    assert wrong.returncode and "'epoch' is not a HmTrainConfig field" in wrong.stderr
+
+    # The ranker's recipe, the run's GNN fixed: its defaults are the report's ranker.
+    done = subprocess.run(
+        [*recipe, "--ranker", "--set", "train_weeks=1,rounds=3", "--json", str(tmp_path / "ranker.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found_ranker = json.loads((tmp_path / "ranker.json").read_text())
+    assert found_ranker["hm_sage"] == pytest.approx(_val(found, "hm_sage"))
+    runs = found_ranker["runs"]
+    assert [r["set"] for r in runs] == ["defaults", "train_weeks=1,rounds=3"] and runs[1]["epochs_run"] <= 3
+    assert runs[0]["val_map@12"] == pytest.approx(_val(found, "hm_ranker"))
+    wrong = subprocess.run(
+        [*recipe, "--ranker", "--set", "lr=0.1"], capture_output=True, text=True, timeout=600
+    )
+    assert wrong.returncode and "'lr' is not a RankerConfig field" in wrong.stderr
 
 
-def _val_sage(found: dict) -> float:
-    return next(r["map@12"] for r in found["report"] if (r["split"], r["method"]) == ("val", "hm_sage"))
+def _val(found: dict, method: str) -> float:
+    return next(r["map@12"] for r in found["report"] if (r["split"], r["method"]) == ("val", method))
 
 
 def test_kernels_benchmark_compares_our_dropout_and_gather_with_pytorchs_own() -> None:
