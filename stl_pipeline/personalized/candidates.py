@@ -266,11 +266,11 @@ class Candidates:
         return count, recency, since
 
     def _generate(
-        self, customers: np.ndarray
+        self, customers: np.ndarray, profile: sparse.csr_matrix
     ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """(generator, row, article, score, rank) of each generator's proposals."""
+        """(generator, row, article, score, rank) of each generator's proposals; ``profile``:
+        the customers' rows of ``self.profile``."""
         c = self.config
-        profile = self.profile[customers]
         yield "repurchase", *_top_per_row(profile, c.repurchase)
         yield "co_purchase", *_top_per_row(profile @ self.neighbours, c.co_purchase)
         yield "same_product", *_top_per_row(profile @ self.siblings, c.same_product)
@@ -298,7 +298,8 @@ class Candidates:
     def block(self, customers: np.ndarray) -> CandidateBlock:
         """The candidates of ``customers`` (codes) and their features."""
         na = self.n_articles
-        proposals = list(self._generate(customers))
+        profile = self.profile[customers]
+        proposals = list(self._generate(customers, profile))
         sage_rows = None
         if self.sage is not None:
             scores = self.sage.scores(torch.from_numpy(customers))
@@ -342,7 +343,6 @@ class Candidates:
         )
         # Affinity: the recency-weighted share of the customer's purchases that have the
         # article's value of an attribute, a taste no generator ranks by.
-        profile = self.profile[customers]
         total = np.asarray(profile.sum(1)).ravel()[rows]
         for name, (code, onehot) in self.attributes.items():
             share = (profile @ onehot).toarray()
